@@ -1,0 +1,240 @@
+"""The ``genrec`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from genrec.errors import GenrecError
+
+app = typer.Typer(
+    help="genrec: LLM-based generative recommendation, from raw logs to a served model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Load, prepare, describe and generate datasets.", no_args_is_help=True)
+baselines_app = typer.Typer(help="Classic recommenders through the shared evaluator.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(baselines_app, name="baselines")
+
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", "-f", help="lcrec, recbole, amazon2018, amazon2023 or tabular; detected when omitted")
+]
+KcoreOpt = Annotated[int, typer.Option("--kcore", help="iterative k-core threshold (0: off)")]
+MissingOpt = Annotated[
+    str, typer.Option("--missing-items", help="items absent from the item table: error, drop or keep")
+]
+
+
+def _options(pairs: list[str] | None) -> dict:
+    out = {}
+    for p in pairs or []:
+        k, sep, v = p.partition("=")
+        if not sep:
+            raise GenrecError(f"--option {p!r}: expected NAME=VALUE, e.g. user_col=uid")
+        out[k] = v
+    return out
+
+
+def _prepare_config(kcore: int, missing_items: str, dedup: bool = True):
+    from pydantic import ValidationError
+
+    from genrec.data.preprocess import PrepareConfig
+
+    try:
+        return PrepareConfig(kcore=kcore, missing_items=missing_items, dedup=dedup)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise GenrecError(f"--{err['loc'][0]}: {err['msg']}") from None
+
+
+# -- run ------------------------------------------------------------------------------
+@app.command("run")
+def run_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/demo.yaml")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: a.b=value")] = None,
+    force: Annotated[bool, typer.Option(help="rebuild stages even when up to date")] = False,
+) -> None:
+    """Run every stage of a config in order, skipping stages whose inputs and config are unchanged."""
+    from genrec import pipeline
+    from genrec.config import load_config
+
+    cfg = load_config(config, set_)
+    done = pipeline.run(cfg, force=force, echo=lambda s: typer.echo(s, err=True))
+    run_dir = cfg.resolved_run_dir()
+    stats = done["data"]["metrics"]
+    typer.echo(
+        f"\nData: {stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions "
+        f"(avg length {stats['avg_len']:.2f})."
+    )
+    rows = {k.split(":", 1)[1]: v["metrics"]["test"]["metrics"] for k, v in done.items() if k.startswith("baseline:")}
+    if rows:
+        typer.echo(_compare_table(rows, cfg.evaluate.ks))
+    typer.echo(f"Artifacts in {run_dir}/ (each stage folder has a manifest.json).")
+
+
+def _compare_table(rows: dict[str, dict], ks: list[int]) -> str:
+    cols = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks if k > 1] + ["MRR"]
+    head = f"{'test':<12}" + "".join(f"{c:>9}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for name, m in rows.items():
+        lines.append(f"{name:<12}" + "".join(f"{m.get(c, float('nan')):>9.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+# -- data -----------------------------------------------------------------------------
+@data_app.command("prepare")
+def data_prepare(
+    source: Annotated[Path, typer.Argument(help="raw data folder (or file)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the prepared dataset")],
+    format: FormatOpt = None,
+    kcore: KcoreOpt = 5,
+    missing_items: MissingOpt = "error",
+    dedup: Annotated[bool, typer.Option(help="drop repeated user-item pairs (first stays)")] = True,
+    option: Annotated[list[str] | None, typer.Option("--option", help="loader option NAME=VALUE")] = None,
+    force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
+) -> None:
+    """Read raw data, filter (dedup, k-core), build chronological sequences and the split."""
+    from genrec.pipeline import stage_data
+
+    res = stage_data(source, out, _prepare_config(kcore, missing_items, dedup), format, _options(option), force)
+    s = res.manifest["metrics"]
+    state = "up to date" if res.skipped else f"prepared in {res.manifest['wall_seconds']:.1f}s"
+    typer.echo(
+        f"{out}: {state}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions, "
+        f"avg length {s['avg_len']:.2f}, long users {100 * s['long_user_share']:.2f}%"
+    )
+
+
+@data_app.command("stats")
+def data_stats(
+    path: Annotated[Path, typer.Argument(help="prepared dataset or raw data folder")],
+    format: FormatOpt = None,
+    kcore: KcoreOpt = 5,
+    missing_items: MissingOpt = "error",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Users, items, interactions, average length and share of long users (as the paper's Table 2).
+
+    A raw folder is preprocessed in memory first (dedup, k-core), without writing anything.
+    """
+    from genrec.pipeline import load_dataset
+
+    ds = load_dataset(path, format, _prepare_config(kcore, missing_items))
+    s = ds.stats()
+    if as_json:
+        typer.echo(json.dumps(s))
+        return
+    src = ds.meta.get("source", {}).get("format", "?")
+    typer.echo(f"{path} ({src})")
+    typer.echo(f"  users          {s['users']:>10,}")
+    typer.echo(f"  items          {s['items']:>10,}")
+    typer.echo(f"  interactions   {s['interactions']:>10,}")
+    typer.echo(f"  avg length     {s['avg_len']:>10.3f}")
+    typer.echo(f"  long users     {100 * s['long_user_share']:>9.2f}%  (sequences longer than 20)")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the raw CSV files")],
+    users: Annotated[int | None, typer.Option(help="number of users")] = None,
+    items: Annotated[int | None, typer.Option(help="number of items")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing synthetic folder")] = False,
+) -> None:
+    """Generate the seeded synthetic catalogue and user log (the demo's default data)."""
+    from genrec.data import synth
+
+    fields = {"seed": seed}
+    if users is not None:
+        fields["n_users"] = users
+    if items is not None:
+        fields["n_items"] = items
+    cfg = synth.SynthConfig(**fields)
+    synth.write(cfg, out, overwrite=overwrite)
+    typer.echo(f"wrote synthetic data to {out} (prepare it with `genrec data prepare {out} --out DIR`)")
+
+
+@data_app.command("download")
+def data_download(
+    source: Annotated[str, typer.Argument(help="amazon2018 or amazon2023")],
+    category: Annotated[str, typer.Option("--category", "-c", help="e.g. Industrial_and_Scientific")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the downloaded files")],
+    five_core: Annotated[bool, typer.Option("--five-core", help="amazon2018: the smaller 5-core review file")] = False,
+    base_url: Annotated[str | None, typer.Option(help="a mirror of the public files")] = None,
+) -> None:
+    """Fetch the public Amazon review files for a category (needs internet)."""
+    from genrec.data.download import download
+
+    paths = download(source, category, out, base_url=base_url, five_core=five_core)
+    typer.echo("downloaded: " + ", ".join(str(p) for p in paths))
+    typer.echo(f"next: genrec data prepare {out} --out DIR --missing-items drop")
+
+
+# -- baselines ------------------------------------------------------------------------
+@baselines_app.command("list")
+def baselines_list() -> None:
+    """Name every classic baseline."""
+    from genrec.baselines import BASELINES
+
+    for name, cls in BASELINES.items():
+        typer.echo(f"{name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}")
+
+
+@baselines_app.command("run")
+def baselines_run(
+    name: Annotated[str, typer.Argument(help="baseline name (see `genrec baselines list`)")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="prepared dataset or raw data folder")],
+    format: FormatOpt = None,
+    kcore: KcoreOpt = 5,
+    missing_items: MissingOpt = "error",
+    stage: Annotated[str, typer.Option(help="valid or test")] = "test",
+    mask_history: Annotated[bool, typer.Option(help="remove the user's history items from the ranking")] = False,
+    ks: Annotated[str, typer.Option(help="cut-offs, comma-separated")] = "1,5,10,20",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    dump: Annotated[Path | None, typer.Option(help="write per-user results to this Parquet file")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+) -> None:
+    """Fit a baseline on the training split and print its metrics on the chosen split."""
+    from genrec.baselines import BASELINES
+    from genrec.evaluate import Evaluator
+    from genrec.pipeline import load_dataset
+
+    if name not in BASELINES:
+        raise GenrecError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+    if stage not in ("valid", "test"):
+        raise GenrecError(f"--stage must be valid or test, got {stage!r}")
+    try:
+        cutoffs = tuple(int(k) for k in ks.split(","))
+    except ValueError:
+        raise GenrecError(f"--ks must be comma-separated integers, got {ks!r}") from None
+    ds = load_dataset(data, format, _prepare_config(kcore, missing_items))
+    model = BASELINES[name]()
+    model.fit(ds, seed=seed)
+    res = Evaluator(ds, ks=cutoffs, mask_history=mask_history).evaluate(model, stage=stage, dump_path=dump)
+    if as_json:
+        typer.echo(json.dumps(res.to_dict()))
+        return
+    typer.echo(f"{name} on {data} ({stage}, {res.n_users:,} users, full ranking over {ds.n_items:,} items)")
+    typer.echo(res.table())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a GenrecError becomes one line on stderr and exit code 2."""
+    try:
+        app(args=argv, prog_name="genrec")
+    except GenrecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # typer's standalone mode exits with the command's code
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

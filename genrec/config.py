@@ -1,0 +1,88 @@
+"""Run configuration: YAML validated by pydantic, with ``--set a.b=value`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genrec.data.preprocess import PrepareConfig
+from genrec.data.synth import SynthConfig
+from genrec.errors import DataError, GenrecError
+
+
+class DataSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field("synth", description="'synth' or a folder of raw or prepared data")
+    format: str | None = Field(None, description="raw format; detected when omitted")
+    options: dict[str, Any] = Field(default_factory=dict, description="loader options (file and column names)")
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+
+class EvaluateSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    mask_history: bool = False
+    batch_size: int = Field(256, ge=1)
+
+
+class RunConfig(BaseModel):
+    """A whole pipeline run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "run"
+    run_dir: str | None = Field(None, description="defaults to runs/<name>")
+    seed: int = 0
+    data: DataSection = Field(default_factory=DataSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
+    baselines: list[str] = Field(default_factory=lambda: ["pop"])
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GenrecError(f"override {item!r}: expected KEY=VALUE, e.g. data.prepare.kcore=10")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise GenrecError(f"override {item!r}: {part!r} is not a section")
+            node = nxt
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (or start from defaults), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, None, "no such config file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise DataError(path, f"line {mark.line + 1}" if mark else None, f"invalid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise DataError(path, None, "expected a mapping of sections at the top level")
+    apply_overrides(raw, overrides or [])
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise DataError(path, where, f"{err['msg']} (input {err.get('input')!r})") from None
+    return cfg

@@ -1,0 +1,1 @@
+"""Data stage: raw loaders, preprocessing, leave-one-out split, synthetic generator."""

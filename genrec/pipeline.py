@@ -1,0 +1,105 @@
+"""Stages wired together. Each stage is a function from artifact folders to an artifact folder
+(see :mod:`genrec.artifacts`); ``run`` executes them in order, skipping up-to-date ones."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from genrec.artifacts import StageResult, run_stage
+from genrec.baselines import BASELINES
+from genrec.config import EvaluateSection, RunConfig
+from genrec.data import synth
+from genrec.data.dataset import Dataset
+from genrec.data.loaders import load_raw
+from genrec.data.preprocess import PrepareConfig, preprocess
+from genrec.errors import GenrecError
+from genrec.evaluate import Evaluator
+
+
+def stage_synth(out: Path, cfg: synth.SynthConfig, force: bool = False) -> StageResult:
+    """Generate the synthetic raw data (CSV) into ``out``."""
+    return run_stage(
+        out, "synth", {"synth": cfg.model_dump()}, {}, lambda tmp: synth.write(cfg, tmp, overwrite=True) and None, force
+    )
+
+
+def stage_data(
+    source: str | Path,
+    out: Path,
+    prepare: PrepareConfig,
+    format: str | None = None,
+    options: dict | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Load raw data in any supported format, preprocess and save a prepared dataset."""
+    options = options or {}
+
+    def build(tmp: Path) -> dict:
+        ds = preprocess(load_raw(source, format, **options), prepare)
+        ds.save(tmp)
+        return ds.stats()
+
+    config = {"format": format, "options": options, "prepare": prepare.model_dump()}
+    return run_stage(out, "data", config, {"source": source}, build, force)
+
+
+def load_dataset(path: str | Path, format: str | None = None, prepare: PrepareConfig | None = None) -> Dataset:
+    """A prepared dataset folder, or a raw folder prepared in memory with ``prepare``."""
+    if Dataset.is_prepared(path):
+        return Dataset.load(path)
+    return preprocess(load_raw(path, format), prepare or PrepareConfig())
+
+
+def evaluate_model(model, dataset: Dataset, ev: EvaluateSection, out: Path | None = None) -> dict:
+    """Validation and test metrics of a fitted model through the shared evaluator."""
+    evaluator = Evaluator(dataset, ks=tuple(ev.ks), mask_history=ev.mask_history, batch_size=ev.batch_size)
+    result = {}
+    for stage in ("valid", "test"):
+        dump = out / f"{stage}_users.parquet" if out is not None else None
+        res = evaluator.evaluate(model, stage=stage, dump_path=dump)
+        result[stage] = res.to_dict()
+    return result
+
+
+def stage_baseline(name: str, data: Path, out: Path, ev: EvaluateSection, seed: int, force: bool = False) -> StageResult:
+    """Fit a classic baseline on the training split and evaluate it."""
+    if name not in BASELINES:
+        raise GenrecError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+
+    def build(tmp: Path) -> dict:
+        ds = Dataset.load(data)
+        model = BASELINES[name]()
+        fit_info = model.fit(ds, seed=seed)
+        model.save(tmp / "model")
+        metrics = evaluate_model(model, ds, ev, tmp)
+        metrics["fit"] = fit_info
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        return metrics
+
+    config = {"baseline": name, "evaluate": ev.model_dump(), "seed": seed}
+    return run_stage(out, f"baseline:{name}", config, {"data": data}, build, force)
+
+
+def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print) -> dict:
+    """Run every configured stage in order; return {stage: manifest}."""
+    run_dir = cfg.resolved_run_dir()
+    done: dict[str, dict] = {}
+
+    def note(label: str, res: StageResult) -> None:
+        state = "up to date, skipped" if res.skipped else f"done in {res.manifest['wall_seconds']:.1f}s"
+        echo(f"[{label}] {state} -> {res.path}")
+        done[label] = res.manifest
+
+    source: str | Path = cfg.data.source
+    fmt = cfg.data.format
+    if cfg.data.source == "synth":
+        res = stage_synth(run_dir / "raw", cfg.data.synth, force)
+        note("synth", res)
+        source, fmt = res.path, "tabular"
+    res = stage_data(source, run_dir / "data", cfg.data.prepare, fmt, cfg.data.options, force)
+    note("data", res)
+    for name in cfg.baselines:
+        note(f"baseline:{name}", stage_baseline(name, run_dir / "data", run_dir / "baselines" / name, cfg.evaluate, cfg.seed, force))
+    return done
