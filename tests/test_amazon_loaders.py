@@ -22,14 +22,36 @@ from genrec.errors import DataError, GenrecError
 # ---------------------------------------------------------------- fixtures
 
 BEAUTY_REVIEWS = [
-    json.dumps({"overall": 5.0, "verified": True, "reviewerID": "U1", "asin": "B002", "reviewerName": "Ann",
-                "reviewText": "Works well", "summary": "Great", "unixReviewTime": 1300}),
-    json.dumps({"reviewerID": "U2", "asin": "B001", "unixReviewTime": 1100, "overall": 3.0, "reviewText": "ok"}),
-    json.dumps({"reviewerID": "U1", "asin": "B001", "unixReviewTime": 1200, "overall": 4.0, "summary": "Fine"}),
+    json.dumps(
+        {
+            "overall": 5.0,
+            "verified": True,
+            "reviewerID": "U1",
+            "asin": "B002",
+            "reviewerName": "Ann",
+            "reviewText": "Works well",
+            "summary": "Great",
+            "unixReviewTime": 1300,
+        }
+    ),
+    json.dumps(
+        {"reviewerID": "U2", "asin": "B001", "unixReviewTime": 1100, "overall": 3.0, "reviewText": "ok"}
+    ),
+    json.dumps(
+        {"reviewerID": "U1", "asin": "B001", "unixReviewTime": 1200, "overall": 4.0, "summary": "Fine"}
+    ),
     "",
     json.dumps({"reviewerID": "U2", "asin": "B003", "unixReviewTime": 1000, "overall": 1.0}),
-    json.dumps({"reviewerID": "U1", "asin": "B003", "unixReviewTime": 1250, "overall": 2.0, "summary": "Meh",
-                "reviewText": "Too small"}),
+    json.dumps(
+        {
+            "reviewerID": "U1",
+            "asin": "B003",
+            "unixReviewTime": 1250,
+            "overall": 2.0,
+            "summary": "Meh",
+            "reviewText": "Too small",
+        }
+    ),
 ]
 
 # 2014-style metadata: Python literals, nested category lists, a duplicate asin (first wins)
@@ -43,8 +65,16 @@ BEAUTY_META = [
 
 # 2018-style metadata: JSON, flat `category`, list descriptions
 TOYS_META = [
-    json.dumps({"asin": "T1", "title": "Puzzle &amp; Game", "description": ["Fun for all.", "<p>Safe &amp; sound</p>"],
-                "brand": "Kid Co", "category": ["Toys &amp; Games", "Puzzles", "Toys &amp; Games"], "main_cat": "Toys"}),
+    json.dumps(
+        {
+            "asin": "T1",
+            "title": "Puzzle &amp; Game",
+            "description": ["Fun for all.", "<p>Safe &amp; sound</p>"],
+            "brand": "Kid Co",
+            "category": ["Toys &amp; Games", "Puzzles", "Toys &amp; Games"],
+            "main_cat": "Toys",
+        }
+    ),
     json.dumps({"asin": "T2", "title": "Ball", "description": [], "category": []}),
 ]
 TOYS_REVIEWS = [
@@ -53,22 +83,71 @@ TOYS_REVIEWS = [
 ]
 
 A23_REVIEWS = [
-    json.dumps({"rating": 5.0, "title": "Love it", "text": "Smells nice", "images": [], "asin": "V1",
-                "parent_asin": "P1", "user_id": "AU1", "timestamp": 1588687728923, "helpful_vote": 0,
-                "verified_purchase": True}),
-    json.dumps({"rating": 2.0, "title": "", "text": "Broke", "asin": "V2", "parent_asin": "P2", "user_id": "AU2",
-                "timestamp": 1588000000000}),
-    json.dumps({"rating": 4.0, "title": "Ok", "asin": "V3", "parent_asin": "P1", "user_id": "AU2",
-                "timestamp": 1587000000500}),
-    json.dumps({"rating": 3.0, "asin": "V4", "parent_asin": "P2", "user_id": "AU1", "timestamp": 1500000000000}),
+    json.dumps(
+        {
+            "rating": 5.0,
+            "title": "Love it",
+            "text": "Smells nice",
+            "images": [],
+            "asin": "V1",
+            "parent_asin": "P1",
+            "user_id": "AU1",
+            "timestamp": 1588687728923,
+            "helpful_vote": 0,
+            "verified_purchase": True,
+        }
+    ),
+    json.dumps(
+        {
+            "rating": 2.0,
+            "title": "",
+            "text": "Broke",
+            "asin": "V2",
+            "parent_asin": "P2",
+            "user_id": "AU2",
+            "timestamp": 1588000000000,
+        }
+    ),
+    json.dumps(
+        {
+            "rating": 4.0,
+            "title": "Ok",
+            "asin": "V3",
+            "parent_asin": "P1",
+            "user_id": "AU2",
+            "timestamp": 1587000000500,
+        }
+    ),
+    json.dumps(
+        {"rating": 3.0, "asin": "V4", "parent_asin": "P2", "user_id": "AU1", "timestamp": 1500000000000}
+    ),
 ]
 A23_META = [
-    json.dumps({"main_category": "All Beauty", "title": "Rose Soap", "average_rating": 4.5,
-                "features": ["Handmade", "Vegan"], "description": ["Gentle soap."], "price": None,
-                "store": "SoapCo", "categories": [], "details": {"Size": "1"}, "parent_asin": "P1"}),
-    json.dumps({"main_category": "All Beauty", "title": "Hair <i>Clip</i>", "features": [], "description": [],
-                "store": None, "categories": ["Beauty & Personal Care", "Hair Care", "Hair Care"],
-                "parent_asin": "P2"}),
+    json.dumps(
+        {
+            "main_category": "All Beauty",
+            "title": "Rose Soap",
+            "average_rating": 4.5,
+            "features": ["Handmade", "Vegan"],
+            "description": ["Gentle soap."],
+            "price": None,
+            "store": "SoapCo",
+            "categories": [],
+            "details": {"Size": "1"},
+            "parent_asin": "P1",
+        }
+    ),
+    json.dumps(
+        {
+            "main_category": "All Beauty",
+            "title": "Hair <i>Clip</i>",
+            "features": [],
+            "description": [],
+            "store": None,
+            "categories": ["Beauty & Personal Care", "Hair Care", "Hair Care"],
+            "parent_asin": "P2",
+        }
+    ),
 ]
 
 
@@ -85,8 +164,10 @@ def beauty(tmp_path: Path) -> Path:
     """A 2014/2018 folder: full gzipped reviews, a 5-core file, Python-literal metadata."""
     folder = tmp_path / "beauty"
     write(folder / "Beauty.json.gz", BEAUTY_REVIEWS)
-    write(folder / "Beauty_5.json", [json.dumps({"reviewerID": "X", "asin": "B001", "unixReviewTime": 1,
-                                                 "overall": 5.0})])
+    write(
+        folder / "Beauty_5.json",
+        [json.dumps({"reviewerID": "X", "asin": "B001", "unixReviewTime": 1, "overall": 5.0})],
+    )
     write(folder / "meta_Beauty.json", BEAUTY_META)
     return folder
 
@@ -264,32 +345,78 @@ def _replace(lines: list[str], index: int, line: str) -> list[str]:
 
 ERROR_CASES = [
     # (loader, file name, lines, expected line, text the message holds)
-    (amazon2018, "Beauty.json", _replace(BEAUTY_REVIEWS, 2, '{"reviewerID": "U1", "asin": "B0'),
-     "line 3", "one JSON object per line"),
-    (amazon2018, "Beauty.json.gz", _replace(BEAUTY_REVIEWS, 1, BEAUTY_REVIEWS[1].replace("1100", '"yesterday"')),
-     "line 2", "'yesterday' is not a number"),
-    (amazon2018, "Beauty.json", _replace(BEAUTY_REVIEWS, 4, json.dumps({"reviewerID": "U2", "unixReviewTime": 5})),
-     "line 5", "'asin'"),
-    (amazon2018, "Beauty.json", _replace(BEAUTY_REVIEWS, 5, json.dumps({"reviewerID": "U2", "asin": "B1"})),
-     "line 6", "'unixReviewTime'"),
+    (
+        amazon2018,
+        "Beauty.json",
+        _replace(BEAUTY_REVIEWS, 2, '{"reviewerID": "U1", "asin": "B0'),
+        "line 3",
+        "one JSON object per line",
+    ),
+    (
+        amazon2018,
+        "Beauty.json.gz",
+        _replace(BEAUTY_REVIEWS, 1, BEAUTY_REVIEWS[1].replace("1100", '"yesterday"')),
+        "line 2",
+        "'yesterday' is not a number",
+    ),
+    (
+        amazon2018,
+        "Beauty.json",
+        _replace(BEAUTY_REVIEWS, 4, json.dumps({"reviewerID": "U2", "unixReviewTime": 5})),
+        "line 5",
+        "'asin'",
+    ),
+    (
+        amazon2018,
+        "Beauty.json",
+        _replace(BEAUTY_REVIEWS, 5, json.dumps({"reviewerID": "U2", "asin": "B1"})),
+        "line 6",
+        "'unixReviewTime'",
+    ),
     (amazon2018, "Beauty.json", _replace(BEAUTY_REVIEWS, 1, "[1, 2]"), "line 2", "found a list"),
-    (amazon2018, "meta_Beauty.json", _replace(BEAUTY_META, 0, "{'asin': 'B001', 'title': 'Lip"),
-     "line 1", "one JSON object per line"),
+    (
+        amazon2018,
+        "meta_Beauty.json",
+        _replace(BEAUTY_META, 0, "{'asin': 'B001', 'title': 'Lip"),
+        "line 1",
+        "one JSON object per line",
+    ),
     (amazon2018, "meta_Beauty.json.gz", _replace(BEAUTY_META, 1, "{'title': 'No id'}"), "line 2", "'asin'"),
-    (amazon2023, "All_Beauty.jsonl.gz", _replace(A23_REVIEWS, 3, A23_REVIEWS[3][:40]),
-     "line 4", "one JSON object per line"),
-    (amazon2023, "All_Beauty.jsonl", _replace(A23_REVIEWS, 0, A23_REVIEWS[0].replace("1588687728923", '"n/a"')),
-     "line 1", "'n/a' is not a number"),
-    (amazon2023, "All_Beauty.jsonl", _replace(A23_REVIEWS, 1, json.dumps({"user_id": "x", "timestamp": 1})),
-     "line 2", "'parent_asin'"),
-    (amazon2023, "meta_All_Beauty.jsonl", _replace(A23_META, 1, json.dumps({"title": "x"})),
-     "line 2", "'parent_asin'"),
+    (
+        amazon2023,
+        "All_Beauty.jsonl.gz",
+        _replace(A23_REVIEWS, 3, A23_REVIEWS[3][:40]),
+        "line 4",
+        "one JSON object per line",
+    ),
+    (
+        amazon2023,
+        "All_Beauty.jsonl",
+        _replace(A23_REVIEWS, 0, A23_REVIEWS[0].replace("1588687728923", '"n/a"')),
+        "line 1",
+        "'n/a' is not a number",
+    ),
+    (
+        amazon2023,
+        "All_Beauty.jsonl",
+        _replace(A23_REVIEWS, 1, json.dumps({"user_id": "x", "timestamp": 1})),
+        "line 2",
+        "'parent_asin'",
+    ),
+    (
+        amazon2023,
+        "meta_All_Beauty.jsonl",
+        _replace(A23_META, 1, json.dumps({"title": "x"})),
+        "line 2",
+        "'parent_asin'",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("loader", "name", "lines", "where", "text"), ERROR_CASES)
-def test_errors_name_file_and_line(tmp_path: Path, loader, name: str, lines: list[str], where: str,
-                                   text: str) -> None:
+def test_errors_name_file_and_line(
+    tmp_path: Path, loader, name: str, lines: list[str], where: str, text: str
+) -> None:
     folder = tmp_path / "bad"
     if loader is amazon2018:
         write(folder / "Beauty.json", BEAUTY_REVIEWS)
@@ -381,7 +508,9 @@ def test_source_urls() -> None:
 
 
 def test_download_unknown_source(tmp_path: Path) -> None:
-    with pytest.raises(GenrecError, match="unknown download source 'kaggle'; expected one of amazon2018, amazon2023"):
+    with pytest.raises(
+        GenrecError, match="unknown download source 'kaggle'; expected one of amazon2018, amazon2023"
+    ):
         download("kaggle", "Beauty", tmp_path / "out")
 
 
@@ -415,7 +544,9 @@ def test_download_http_error_keeps_only_complete_files(site: tuple[Path, str], t
     root, base = site
     (root / "metaFiles2" / "meta_Beauty.json.gz").unlink()
     out = tmp_path / "out"
-    with pytest.raises(GenrecError, match=r"could not download .*/metaFiles2/meta_Beauty\.json\.gz: HTTP 404"):
+    with pytest.raises(
+        GenrecError, match=r"could not download .*/metaFiles2/meta_Beauty\.json\.gz: HTTP 404"
+    ):
         download("amazon2018", "Beauty", out, base_url=base)
     assert [p.name for p in out.iterdir()] == ["Beauty.json.gz"]
 
@@ -437,3 +568,13 @@ def test_download_timeout_leaves_nothing(tmp_path: Path, no_proxy: None) -> None
         with pytest.raises(GenrecError, match="timed out; check the internet connection"):
             download("amazon2018", "Beauty", out, base_url=base, timeout=0.5)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("loader", "name"), [(amazon2018, "Beauty.json"), (amazon2023, "All_Beauty.jsonl.gz")]
+)
+def test_broken_first_line_is_reported_not_ignored(tmp_path: Path, loader, name: str) -> None:
+    bad = write(tmp_path / "broken" / name, ['{"user_id": "U1", "parent_asin": "P', "{}"])
+    with pytest.raises(DataError) as info:
+        loader.load(tmp_path / "broken")
+    assert str(info.value).startswith(f"{bad}: line 1: expected one JSON object per line")

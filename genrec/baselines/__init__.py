@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from genrec.baselines.pop import Pop
+from genrec.baselines.sasrec import SASRecBCE, SASRecCE
 
-#: name -> model class; each has ``fit(dataset)``, ``score(histories, users)``, ``save``/``load``.
-BASELINES = {"pop": Pop}
+#: name -> model class; each has ``fit(dataset, seed=...)``, ``score(histories, users)``,
+#: ``save(folder)`` and ``load(folder)``.
+BASELINES = {"pop": Pop, "sasrec": SASRecBCE, "sasrec-ce": SASRecCE}

@@ -29,7 +29,9 @@ _CATEGORY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_&-]*$")
 _CHUNK = 1 << 20
 
 
-def source_urls(source: str, category: str, base_url: str | None = None, five_core: bool = False) -> list[str]:
+def source_urls(
+    source: str, category: str, base_url: str | None = None, five_core: bool = False
+) -> list[str]:
     """The reviews URL and the metadata URL of ``category`` in ``source``."""
     if source not in DEFAULT_BASES:
         raise GenrecError(f"unknown download source {source!r}; expected one of {', '.join(DEFAULT_BASES)}")
@@ -40,12 +42,17 @@ def source_urls(source: str, category: str, base_url: str | None = None, five_co
     base = (base_url or DEFAULT_BASES[source]).rstrip("/")
     if source == "amazon2018":
         reviews = (
-            f"{base}/categoryFilesSmall/{category}_5.json.gz" if five_core else f"{base}/categoryFiles/{category}.json.gz"
+            f"{base}/categoryFilesSmall/{category}_5.json.gz"
+            if five_core
+            else f"{base}/categoryFiles/{category}.json.gz"
         )
         return [reviews, f"{base}/metaFiles2/meta_{category}.json.gz"]
     if five_core:
         raise GenrecError("five_core is only available for amazon2018; amazon2023 has full review files only")
-    return [f"{base}/raw/review_categories/{category}.jsonl.gz", f"{base}/raw/meta_categories/meta_{category}.jsonl.gz"]
+    return [
+        f"{base}/raw/review_categories/{category}.jsonl.gz",
+        f"{base}/raw/meta_categories/meta_{category}.jsonl.gz",
+    ]
 
 
 def _reason(err: BaseException) -> str:

@@ -252,7 +252,7 @@ _DESC_TEMPLATES = (
 
 _REVIEW_TEMPLATES = {
     "good": (
-        "Really happy with this {noun_l}; {f1} works great for {use}.",
+        "Really happy with this {noun_l}, especially {f1}; great for {use}.",
         "Excellent {kind} gear, {f1} is the highlight.",
         "Exactly what I needed for {use}. The {material} feels solid.",
         "Great {noun_l}. Love {f1}.",
@@ -292,7 +292,10 @@ class SynthConfig(BaseModel):
     p_followup_same_category: float = Field(
         0.85, ge=0, le=1, description="share of follow-ups in the item's own category (else a sibling/other one)"
     )
-    popularity_skew: float = Field(1.0, ge=0, description="Zipf exponent of popularity within a category")
+    popularity_skew: float = Field(0.8, ge=0, description="Zipf exponent of popularity within a category")
+    popularity_floor: float = Field(
+        0.0, ge=0, description="added to every Zipf weight (top item: 1) so tail items still get picked"
+    )
     max_taste_categories: int = Field(3, ge=1, description="a user prefers 1..this many categories")
     taste_concentration: float = Field(1.0, gt=0, description="Dirichlet concentration of taste weights")
     p_explore: float = Field(0.05, ge=0, le=1, description="chance a taste draw ignores the user's tastes")
@@ -381,7 +384,7 @@ def _catalogue(cfg: SynthConfig, rng: np.random.Generator) -> _Catalogue:
     for c, spec in enumerate(specs):
         items = members[c]
         ranks = rng.permutation(len(items))
-        popularity[items] = 1.0 / (ranks + 1.0) ** cfg.popularity_skew
+        popularity[items] = 1.0 / (ranks + 1.0) ** cfg.popularity_skew + cfg.popularity_floor
         for i in (int(x) for x in items):
             role[i] = int(rng.integers(len(spec.roles)))
             r = spec.roles[role[i]]
@@ -566,6 +569,20 @@ def generate(cfg: SynthConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame
     return interactions, items
 
 
+def _marker(cfg: SynthConfig, interactions: pd.DataFrame, items: pd.DataFrame) -> dict:
+    """Content of ``synth.json``: who made the folder, with which config, and its sizes."""
+    return {
+        "generator": GENERATOR_NAME,
+        "version": GENERATOR_VERSION,
+        "config": cfg.model_dump(),
+        "stats": {
+            "users": int(interactions["user_id"].nunique()),
+            "items": int(len(items)),
+            "interactions": int(len(interactions)),
+        },
+    }
+
+
 def _made_by_synth(folder: Path) -> bool:
     """True when ``folder`` holds only synth's files and a valid synth marker."""
     names = {p.name for p in folder.iterdir()}
@@ -604,6 +621,7 @@ def write(cfg: SynthConfig | None, out: str | Path, overwrite: bool = False) -> 
                 f"{out}: folder is not empty and was not made by `genrec data synth`; "
                 "choose an empty folder or pass --overwrite"
             )
+    given, out = out, out.resolve()  # resolve so "." or "data/" still name a folder and its parent
     out.parent.mkdir(parents=True, exist_ok=True)
 
     interactions, items = generate(cfg)
@@ -612,16 +630,7 @@ def write(cfg: SynthConfig | None, out: str | Path, overwrite: bool = False) -> 
     try:
         interactions.to_csv(tmp / INTERACTIONS_FILE, index=False, lineterminator="\n")
         items.to_csv(tmp / ITEMS_FILE, index=False, lineterminator="\n")
-        marker = {
-            "generator": GENERATOR_NAME,
-            "version": GENERATOR_VERSION,
-            "config": cfg.model_dump(),
-            "stats": {
-                "users": int(interactions["user_id"].nunique()),
-                "items": int(len(items)),
-                "interactions": int(len(interactions)),
-            },
-        }
+        marker = _marker(cfg, interactions, items)
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if out.exists():
             old = _fresh_sibling(out, "old")
@@ -637,4 +646,4 @@ def write(cfg: SynthConfig | None, out: str | Path, overwrite: bool = False) -> 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return [out / name for name in SYNTH_FILES]
+    return [given / name for name in SYNTH_FILES]

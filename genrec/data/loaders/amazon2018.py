@@ -73,12 +73,19 @@ def require(obj: dict, fields: tuple[str, ...], path: Path, n: int, what: str) -
             raise DataError(path, f"line {n}", f"{what} is missing the required field {name!r}")
 
 
-def first_object(path: Path) -> dict | None:
-    """The first non-blank line of ``path`` as an object, or None if unreadable or not an object."""
+def first_object(path: Path, strict: bool = False) -> dict | None:
+    """The first non-blank line of ``path`` as an object, or None if unreadable or not an object.
+
+    With ``strict``, a first line that is not an object raises its DataError instead.
+    """
     try:
         for n, line in iter_lines(path):
             return parse_object(line, path, n)
-    except (OSError, EOFError, UnicodeDecodeError, DataError):
+    except (OSError, EOFError, UnicodeDecodeError):
+        return None
+    except DataError:
+        if strict:
+            raise
         return None
     return None
 
@@ -117,8 +124,9 @@ def _describe_line(rec: object) -> str:
     return f"line {int(rec)}"  # type: ignore[call-overload]
 
 
-def interactions_frame(cols: dict[str, list], path: Path, time_field: str, rating_field: str,
-                       time_scale: float = 1.0) -> pd.DataFrame:
+def interactions_frame(
+    cols: dict[str, list], path: Path, time_field: str, rating_field: str, time_scale: float = 1.0
+) -> pd.DataFrame:
     """Build the interaction table from column lists (``user_id``, ``item_id``, ``timestamp``,
     ``rating``, ``review``, ``_rec``), checking timestamps and ratings are numeric."""
     recs = pd.Series(cols["_rec"], dtype=np.int64)
@@ -127,7 +135,9 @@ def interactions_frame(cols: dict[str, list], path: Path, time_field: str, ratin
     present = raw_ratings.notna().to_numpy()
     ratings = np.full(len(raw_ratings), np.nan)
     if present.any():
-        ratings[present] = numeric_column(raw_ratings[present], recs[present], path, rating_field, _describe_line)
+        ratings[present] = numeric_column(
+            raw_ratings[present], recs[present], path, rating_field, _describe_line
+        )
     return pd.DataFrame(
         {
             "user_id": pd.Series(cols["user_id"], dtype=object).astype(str),
@@ -168,20 +178,26 @@ def meta_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and p.name.startswith("meta_") and strip_suffix(p.name, suffixes)
     )
 
 
-def review_files(folder: Path, suffixes: tuple[str, ...], keys: tuple[str, ...]) -> list[Path]:
-    """Files in ``folder`` with one of ``suffixes`` whose first line is an object holding all ``keys``."""
+def review_files(
+    folder: Path, suffixes: tuple[str, ...], keys: tuple[str, ...], strict: bool = False
+) -> list[Path]:
+    """Files in ``folder`` with one of ``suffixes`` whose first line is an object holding all ``keys``.
+
+    With ``strict``, a candidate whose first line does not parse raises that line's DataError.
+    """
     if not folder.is_dir():
         return []
     found = []
     for p in sorted(folder.iterdir()):
         if not p.is_file() or p.name.startswith("meta_") or strip_suffix(p.name, suffixes) is None:
             continue
-        obj = first_object(p)
+        obj = first_object(p, strict)
         if obj is not None and all(k in obj for k in keys):
             found.append(p)
     return found
@@ -194,8 +210,14 @@ def _given(folder: Path, name: str, role: str) -> Path:
     return path
 
 
-def pick_files(path: Path, reviews: str | None, meta: str | None, suffixes: tuple[str, ...],
-               keys: tuple[str, ...], fmt: str) -> tuple[Path, Path | None]:
+def pick_files(
+    path: Path,
+    reviews: str | None,
+    meta: str | None,
+    suffixes: tuple[str, ...],
+    keys: tuple[str, ...],
+    fmt: str,
+) -> tuple[Path, Path | None]:
     """Choose the reviews file and the optional metadata file for ``path`` (a folder or one file).
 
     Explicit ``reviews`` / ``meta`` names (relative to the folder, or absolute) win. Otherwise the
@@ -217,8 +239,10 @@ def pick_files(path: Path, reviews: str | None, meta: str | None, suffixes: tupl
     else:
         found = review_files(folder, suffixes, keys)
         if not found:
+            review_files(folder, suffixes, keys, strict=True)  # a broken first line says why
             raise DataError(
-                folder, None,
+                folder,
+                None,
                 f"no {fmt} reviews file found (expected <Category>{suffixes[-1]} or <Category>{suffixes[0]} "
                 f"with one object per line holding {', '.join(keys)})",
             )
@@ -229,7 +253,8 @@ def pick_files(path: Path, reviews: str | None, meta: str | None, suffixes: tupl
             found = [p for p in found if review_category(p, suffixes)[0] == wanted]
             if not found:
                 raise DataError(
-                    folder, None,
+                    folder,
+                    None,
                     f"several reviews files for different categories ({', '.join(sorted(categories))}); "
                     "name one with the `reviews` option",
                 )
@@ -246,7 +271,8 @@ def pick_files(path: Path, reviews: str | None, meta: str | None, suffixes: tupl
         return review_path, metas[0]
     if metas:
         raise DataError(
-            folder, None,
+            folder,
+            None,
             f"several metadata files ({', '.join(m.name for m in metas)}) and none is meta_{category}; "
             "name one with the `meta` option",
         )
@@ -307,4 +333,3 @@ def load(path: str | Path, reviews: str | None = None, meta: str | None = None) 
         record_kind="line",
         files=files,
     )
-
