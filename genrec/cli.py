@@ -155,7 +155,13 @@ def data_synth(
         fields["n_users"] = users
     if items is not None:
         fields["n_items"] = items
-    cfg = synth.SynthConfig(**fields)
+    from pydantic import ValidationError
+
+    try:
+        cfg = synth.SynthConfig(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise GenrecError(f"synthetic data settings: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     synth.write(cfg, out, overwrite=overwrite)
     typer.echo(f"wrote synthetic data to {out} (prepare it with `genrec data prepare {out} --out DIR`)")
 
@@ -197,16 +203,18 @@ def baselines_run(
     mask_history: Annotated[bool, typer.Option(help="remove the user's history items from the ranking")] = False,
     ks: Annotated[str, typer.Option(help="cut-offs, comma-separated")] = "1,5,10,20",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="model setting, e.g. train.epochs=50 or config.dim=64")
+    ] = None,
     dump: Annotated[Path | None, typer.Option(help="write per-user results to this Parquet file")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
 ) -> None:
     """Fit a baseline on the training split and print its metrics on the chosen split."""
-    from genrec.baselines import BASELINES
+    from genrec.config import apply_overrides
     from genrec.evaluate import Evaluator
-    from genrec.pipeline import load_dataset
+    from genrec.pipeline import load_dataset, make_baseline
 
-    if name not in BASELINES:
-        raise GenrecError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+    model = make_baseline(name, apply_overrides({}, set_ or []))
     if stage not in ("valid", "test"):
         raise GenrecError(f"--stage must be valid or test, got {stage!r}")
     try:
@@ -214,7 +222,6 @@ def baselines_run(
     except ValueError:
         raise GenrecError(f"--ks must be comma-separated integers, got {ks!r}") from None
     ds = load_dataset(data, format, _prepare_config(kcore, missing_items))
-    model = BASELINES[name]()
     model.fit(ds, seed=seed)
     res = Evaluator(ds, ks=cutoffs, mask_history=mask_history).evaluate(model, stage=stage, dump_path=dump)
     if as_json:

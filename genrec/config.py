@@ -42,6 +42,10 @@ class RunConfig(BaseModel):
     data: DataSection = Field(default_factory=DataSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     baselines: list[str] = Field(default_factory=lambda: ["pop"])
+    baseline_params: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="per baseline: {'config': model settings, 'train': trainer settings}",
+    )
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from genrec.artifacts import StageResult, run_stage
+from pydantic import ValidationError
+
+from genrec.artifacts import StageResult, config_hash, fingerprint, run_stage
 from genrec.baselines import BASELINES
 from genrec.config import EvaluateSection, RunConfig
 from genrec.data import synth
@@ -20,9 +23,11 @@ from genrec.evaluate import Evaluator
 
 def stage_synth(out: Path, cfg: synth.SynthConfig, force: bool = False) -> StageResult:
     """Generate the synthetic raw data (CSV) into ``out``."""
-    return run_stage(
-        out, "synth", {"synth": cfg.model_dump()}, {}, lambda tmp: synth.write(cfg, tmp, overwrite=True) and None, force
-    )
+
+    def build(tmp: Path) -> None:
+        synth.write(cfg, tmp, overwrite=True)
+
+    return run_stage(out, "synth", {"synth": cfg.model_dump()}, {}, build, force)
 
 
 def stage_data(
@@ -63,23 +68,50 @@ def evaluate_model(model, dataset: Dataset, ev: EvaluateSection, out: Path | Non
     return result
 
 
-def stage_baseline(name: str, data: Path, out: Path, ev: EvaluateSection, seed: int, force: bool = False) -> StageResult:
-    """Fit a classic baseline on the training split and evaluate it."""
+def make_baseline(name: str, params: dict | None = None):
+    """An unfitted baseline by name, with optional {'config': ..., 'train': ...} settings."""
     if name not in BASELINES:
         raise GenrecError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+    params = params or {}
+    unknown = set(params) - {"config", "train"}
+    if unknown:
+        raise GenrecError(f"baseline {name!r}: unknown settings {sorted(unknown)}; expected 'config' and/or 'train'")
+    cls = BASELINES[name]
+    try:
+        return cls(params.get("config"), params.get("train")) if params else cls()
+    except (ValidationError, ValueError) as e:
+        raise GenrecError(f"baseline {name!r}: invalid settings {params}: {str(e).splitlines()[0]}") from None
+
+
+def stage_baseline(
+    name: str,
+    data: Path,
+    out: Path,
+    ev: EvaluateSection,
+    seed: int,
+    params: dict | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Fit a classic baseline on the training split and evaluate it.
+
+    Neural models checkpoint next to ``out`` (keyed by config), so a killed stage resumes.
+    """
+    config = {"baseline": name, "params": params or {}, "evaluate": ev.model_dump(), "seed": seed}
+    ckpt = out.parent / f".ckpt-{name}-{config_hash(config, {'data': fingerprint(data)})[:12]}"
 
     def build(tmp: Path) -> dict:
         ds = Dataset.load(data)
-        model = BASELINES[name]()
-        fit_info = model.fit(ds, seed=seed)
+        model = make_baseline(name, params)
+        fit_info = model.fit(ds, seed=seed, checkpoint_dir=ckpt)
         model.save(tmp / "model")
         metrics = evaluate_model(model, ds, ev, tmp)
         metrics["fit"] = fit_info
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         return metrics
 
-    config = {"baseline": name, "evaluate": ev.model_dump(), "seed": seed}
-    return run_stage(out, f"baseline:{name}", config, {"data": data}, build, force)
+    res = run_stage(out, f"baseline:{name}", config, {"data": data}, build, force)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return res
 
 
 def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print) -> dict:
@@ -101,5 +133,8 @@ def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print
     res = stage_data(source, run_dir / "data", cfg.data.prepare, fmt, cfg.data.options, force)
     note("data", res)
     for name in cfg.baselines:
-        note(f"baseline:{name}", stage_baseline(name, run_dir / "data", run_dir / "baselines" / name, cfg.evaluate, cfg.seed, force))
+        res = stage_baseline(
+            name, run_dir / "data", run_dir / "baselines" / name, cfg.evaluate, cfg.seed, cfg.baseline_params.get(name), force
+        )
+        note(f"baseline:{name}", res)
     return done

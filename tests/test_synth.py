@@ -44,7 +44,8 @@ def test_default_sizes(default_data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     assert 0.8 * cfg.n_users * cfg.mean_length <= len(inter) <= 1.2 * cfg.n_users * cfg.mean_length
     lengths = inter.groupby("user_id").size()
     assert lengths.min() >= cfg.min_length and lengths.max() <= cfg.max_length
-    assert inter["item_id"].nunique() > 0.95 * cfg.n_items
+    counts = inter["item_id"].value_counts()
+    assert len(counts) == cfg.n_items and counts.min() >= 5  # survives the default 5-core intact
     assert set(inter["rating"].unique()) <= {1, 2, 3, 4, 5}
     assert 0.2 < (inter["review"] != "").mean() < 0.4
 
@@ -93,7 +94,17 @@ def test_config_validation() -> None:
     with pytest.raises(ValidationError):
         SynthConfig(n_categories=len(CATEGORIES) + 1)
     with pytest.raises(ValidationError):
-        SynthConfig(n_items=10, n_categories=8)
+        SynthConfig(n_items=5, n_categories=8)
+    with pytest.raises(ValidationError):
+        SynthConfig(brands_per_category=1000)
+
+
+def test_tiny_catalogue() -> None:
+    cfg = SynthConfig(n_users=20, n_items=8, n_categories=8)  # one item per category, short catalogue
+    inter, items = generate(cfg)
+    assert len(items) == 8
+    assert inter.groupby("user_id").size().max() <= 8
+    assert not inter.duplicated(["user_id", "item_id"]).any()
 
 
 def test_write_round_trip_and_marker(tmp_path: Path) -> None:

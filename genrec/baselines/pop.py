@@ -15,7 +15,9 @@ class Pop:
 
     name = "pop"
 
-    def __init__(self) -> None:
+    def __init__(self, config: dict | None = None, train: dict | None = None) -> None:
+        if config or train:
+            raise ValueError("pop has no settings")
         self.counts: np.ndarray | None = None
 
     def fit(self, dataset: Dataset, **_: object) -> dict:

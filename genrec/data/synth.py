@@ -3,15 +3,16 @@
 The generator is built so that every later stage has structure to find:
 
 * **Catalogue.** Categories are two-level ("Audio > Headphones"); each has its own product
-  product roles (each with nouns, adjectives, features and materials) and uses, so an item's title and description are
-  informative of its category (text-based tokenizers can recover it) while brand, model
-  number and the drawn attributes keep every item's text different.
+  roles (each with a noun, adjectives, features and materials), uses and brands, so an item's
+  title and description are informative of its category (text-based tokenizers can recover
+  it) while brand, model number and the drawn attributes keep every item's text different.
 * **Tastes.** Each user prefers 1-3 categories with Dirichlet weights and occasionally explores.
-* **Popularity.** Within a category, items follow a Zipf-like law (``popularity_skew``).
+* **Popularity.** Within a category, items follow a Zipf-like law (``popularity_skew``) with a
+  small floor, so the default dataset survives 5-core filtering intact.
 * **Sequential habits.** Every item has 2-4 follow-up items ("complements": camera -> lens ->
-  tripod), mostly in its own category and preferring the next product role. With probability
-  ``p_seq`` a user's next item is a follow-up of the previous one, otherwise it is drawn from
-  the user's tastes. A first-order transition model therefore beats popularity by far, which
+  tripod), mostly in its own category and preferring the next product role; every item is
+  the follow-up of at least one other item. With probability ``p_seq`` a user's next item is
+  a follow-up of the previous one, otherwise it is drawn from the user's tastes. A first-order transition model therefore beats popularity by far, which
   is what sequential recommenders (SASRec, the LLM) should learn.
 
 Users never repeat an item; timestamps are integer seconds increasing per user; some
@@ -243,10 +244,10 @@ _BRAND_TAILS = ("vik", "tra", "dor", "sen", "ix", "ora", "ent", "ley", "mont", "
                 "us", "elle", "wick", "ano", "eth", "isk")
 
 _DESC_TEMPLATES = (
-    "The {brand} {noun} is a {adj} piece of {kind} gear with {f1} and {f2}.",
+    "The {brand} {noun} is {a_adj} piece of {kind} gear with {f1} and {f2}.",
     "Made from {material}, this {noun_l} is designed for {use}.",
     "It features {f1}, which makes it a good fit for {use}.",
-    "A {adj} {noun_l} from {brand} offering {f2}.",
+    "{a_adj} {noun_l} from {brand} offering {f2}.",
     "Built with {material} and {f3} for everyday {kind} use.",
 )
 
@@ -285,16 +286,16 @@ class SynthConfig(BaseModel):
     seed: int = Field(0, ge=0, description="seed of the numpy Generator; same seed -> same files")
     mean_length: float = Field(12.0, gt=0, description="mean interactions per user (before truncation)")
     min_length: int = Field(5, ge=1, description="shortest user sequence")
-    max_length: int = Field(50, ge=1, description="longest user sequence")
+    max_length: int = Field(50, ge=1, description="longest user sequence (and at most n_items)")
     p_seq: float = Field(0.6, ge=0, le=1, description="probability the next item is a follow-up of the previous")
     min_followups: int = Field(2, ge=1, description="fewest follow-up items per item")
     max_followups: int = Field(4, ge=1, description="most follow-up items per item")
     p_followup_same_category: float = Field(
         0.85, ge=0, le=1, description="share of follow-ups in the item's own category (else a sibling/other one)"
     )
-    popularity_skew: float = Field(0.8, ge=0, description="Zipf exponent of popularity within a category")
+    popularity_skew: float = Field(1.0, ge=0, description="Zipf exponent of popularity within a category")
     popularity_floor: float = Field(
-        0.0, ge=0, description="added to every Zipf weight (top item: 1) so tail items still get picked"
+        0.05, ge=0, description="added to every Zipf weight (top item: 1) so tail items still get picked"
     )
     max_taste_categories: int = Field(3, ge=1, description="a user prefers 1..this many categories")
     taste_concentration: float = Field(1.0, gt=0, description="Dirichlet concentration of taste weights")
@@ -316,13 +317,11 @@ class SynthConfig(BaseModel):
             )
         if self.min_followups > self.max_followups:
             raise ValueError(f"min_followups ({self.min_followups}) exceeds max_followups ({self.max_followups})")
-        if self.n_items < self.n_categories * (self.max_followups + 1):
-            raise ValueError(
-                f"n_items ({self.n_items}) must be at least n_categories * (max_followups + 1) "
-                f"= {self.n_categories * (self.max_followups + 1)}"
-            )
-        if self.max_length > self.n_items:
-            raise ValueError(f"max_length ({self.max_length}) exceeds n_items ({self.n_items})")
+        if self.n_items < self.n_categories:
+            raise ValueError(f"n_items ({self.n_items}) must be at least n_categories ({self.n_categories})")
+        n_brands = len(_BRAND_HEADS) * len(_BRAND_TAILS)
+        if self.n_categories * self.brands_per_category > n_brands:
+            raise ValueError(f"n_categories * brands_per_category must be at most {n_brands}")
         return self
 
 
@@ -346,9 +345,23 @@ class _Catalogue:
 def _brand_names(rng: np.random.Generator, count: int) -> list[str]:
     """``count`` distinct made-up brand names from syllable pairs."""
     pairs = [h + t for h in _BRAND_HEADS for t in _BRAND_TAILS]
-    if count > len(pairs):
-        raise GenrecError(f"synthetic data: at most {len(pairs)} brands available, {count} requested")
     return [pairs[int(i)] for i in rng.choice(len(pairs), size=count, replace=False)]
+
+
+def _with_article(word: str) -> str:
+    """``word`` preceded by "a" or "an", by how it sounds (rules enough for this vocabulary)."""
+    first = word.split("-")[0]
+    if first.isupper():  # spelt out: "an RGB", "an X-style", "a U-shaped", "a V90"
+        vowel = first[0] in "AEFHILMNORSX"
+    else:
+        low = first.lower()
+        vowel = low[:1] in "aeio8" or (low[:1] == "u" and not low.startswith("uni"))
+    return f"{'an' if vowel else 'a'} {word}"
+
+
+def _mid_sentence(adjective: str) -> str:
+    """Lower-case a title-case adjective for use mid-sentence, keeping acronyms ("RGB", "V90", "X-")."""
+    return "-".join(p.lower() if p[1:].islower() else p for p in adjective.split("-"))
 
 
 def _fill(template: str, **fields: str) -> str:
@@ -400,7 +413,7 @@ def _catalogue(cfg: SynthConfig, rng: np.random.Generator) -> _Catalogue:
                     break
             seen_titles.add(t)
             fields = {
-                "brand": b, "noun": r.noun, "noun_l": r.noun.lower(), "adj": adj.lower(), "kind": spec.kind,
+                "brand": b, "noun": r.noun, "noun_l": r.noun.lower(), "a_adj": _with_article(_mid_sentence(adj)), "kind": spec.kind,
                 "f1": feats[0], "f2": feats[1 % len(feats)], "f3": feats[2 % len(feats)], "material": mat, "use": u,
             }
             k = int(rng.integers(1, 4))
@@ -428,7 +441,7 @@ def _followups(
     n_cat = len(specs)
     siblings = [[d for d in range(n_cat) if d != c and specs[d].top == specs[c].top] for c in range(n_cat)]
     brand_arr = np.array(brand)
-    out: list[np.ndarray] = []
+    lists: list[list[int]] = []
     for i in range(len(category)):
         c = int(category[i])
         k = int(rng.integers(cfg.min_followups, cfg.max_followups + 1))
@@ -450,8 +463,30 @@ def _followups(
             if w.sum() <= 0:
                 continue
             chosen.append(int(pool[int(rng.choice(len(pool), p=w / w.sum()))]))
-        out.append(np.array(chosen, dtype=np.int64))
-    return out
+        lists.append(chosen)
+
+    # every item is somebody's follow-up: an orphan takes over the last (least likely) slot of a
+    # same-category item, preferably of the previous role, whose last follow-up has other sources
+    indeg = np.bincount(np.array([j for fl in lists for j in fl], dtype=np.int64), minlength=len(category))
+    for j in (int(x) for x in np.flatnonzero(indeg == 0)):
+        c = int(category[j])
+        pool = members[c]
+        w = popularity[pool].copy()
+        w[role[pool] == (role[j] - 1) % len(specs[c].roles)] *= 4.0
+        w[pool == j] = 0.0
+        swap = np.array([bool(lists[i]) and indeg[lists[i][-1]] >= 2 for i in pool])
+        if (w * swap).sum() > 0:
+            w *= swap
+        if w.sum() <= 0:
+            continue
+        i = int(pool[int(rng.choice(len(pool), p=w / w.sum()))])
+        if lists[i] and indeg[lists[i][-1]] >= 2:
+            indeg[lists[i][-1]] -= 1
+            lists[i][-1] = j
+        else:
+            lists[i].append(j)
+        indeg[j] += 1
+    return [np.array(fl, dtype=np.int64) for fl in lists]
 
 
 def _user_sequence(
@@ -525,7 +560,7 @@ def generate(cfg: SynthConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame
     # sequence lengths: min_length + geometric excess with the requested mean, truncated at max_length
     excess_mean = cfg.mean_length - cfg.min_length
     excess = rng.geometric(1.0 / (excess_mean + 1.0), size=cfg.n_users) - 1
-    lengths = np.minimum(cfg.min_length + excess, cfg.max_length)
+    lengths = np.minimum(cfg.min_length + excess, min(cfg.max_length, cfg.n_items))  # no repeats
 
     rows_u: list[str] = []
     rows_i: list[str] = []
