@@ -150,7 +150,7 @@ def fit(
             model.batches(dataset, cfg.batch_size, rng),
             desc=f"{model.name} epoch {epoch}",
             leave=False,
-            disable=not cfg.progress,
+            disable=None if cfg.progress else True,  # None: off when not a terminal
         )
         for batch in bar:
             batch = _to_device(batch, device)

@@ -1,0 +1,290 @@
+"""Alignment tokenization (stage one of the reference paper), as read in DESIGN.md.
+
+L cascaded codebooks of K codes quantise an item's behaviour embedding coarse to fine:
+``r_1 = e``, ``c_l = argmin_k ||r_l - C_l[k]||``, ``r_{l+1} = r_l - C_l[c_l]``. There is no
+encoder or decoder (the paper's "ED" ablation adds one; see :mod:`genrec.index.rqvae`).
+
+Losses, summed over levels:
+
+- behaviour alignment: ``||sg(r_l) - C_l[c_l]||^2 + beta * ||r_l - sg(C_l[c_l])||^2`` (codes move
+  to their items' residuals; the commitment term flows back into earlier levels' codes);
+- LLM alignment (weight ``llm_weight``; 0 is the "w/o LA" ablation): a symmetric InfoNCE, across
+  the batch, between the cumulative reconstruction ``z_l = sum_{j<=l} C_j[c_j]`` and the item's
+  LLM embedding (mean input-layer embedding over title and description) brought into the code
+  space by a learned projection. Contrast across items keeps the projection from collapsing
+  (a constant projection scores log B, the worst value), and it pulls codes of semantically
+  close items together, so they come to share prefixes.
+
+Each level is initialised by k-means on the residuals left by the levels above it; codes no
+item uses are re-seeded from random residuals during training. After training, collisions (two
+items with one tuple) are measured, then resolved by moving later duplicates to their next
+nearest free last-level code. New items are encoded from the codebooks alone (no retraining):
+from a behaviour embedding, from the mean embedding of co-interacted items, or, lacking both,
+from text through a ridge map from LLM embedding to behaviour embedding fitted on the catalogue.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from tqdm import tqdm
+
+from genrec.index.base import ItemIndex, collision_rate, perplexity, unique_codes
+from genrec.index.kmeans import kmeans
+
+
+class AlignmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    levels: int = Field(4, ge=1, le=8)
+    codebook_size: int = Field(256, ge=2)
+    epochs: int = Field(200, ge=0)
+    batch_size: int = Field(1024, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    beta: float = Field(0.25, ge=0, description="commitment weight")
+    llm_weight: float = Field(0.1, ge=0, description="LLM alignment weight; 0 = the 'w/o LA' ablation")
+    temperature: float = Field(0.1, gt=0)
+    proj_hidden: int = Field(256, ge=1)
+    reset_dead_codes: bool = True
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+class CascadedCodebooks(nn.Module):
+    """The codebooks plus the LLM projection; ``forward`` returns codes and losses."""
+
+    def __init__(self, dim: int, llm_dim: int, cfg: AlignmentConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.codebooks = nn.ParameterList(nn.Parameter(torch.zeros(cfg.codebook_size, dim)) for _ in range(cfg.levels))
+        self.proj = nn.Sequential(nn.Linear(llm_dim, cfg.proj_hidden), nn.GELU(), nn.Linear(cfg.proj_hidden, dim))
+
+    @torch.no_grad()
+    def init_kmeans(self, e: torch.Tensor, generator: torch.Generator) -> None:
+        r = e
+        for cb in self.codebooks:
+            cb.copy_(kmeans(r, cb.shape[0], generator=generator))
+            r = r - cb[torch.cdist(r, cb).argmin(1)]
+
+    def quantize(self, e: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """codes [N, L], per-level residuals (inputs), per-level chosen code vectors."""
+        r, codes, residuals, chosen = e, [], [], []
+        for cb in self.codebooks:
+            c = torch.cdist(r.detach(), cb.detach()).argmin(1)
+            q = cb[c]
+            codes.append(c)
+            residuals.append(r)
+            chosen.append(q)
+            r = r - q
+        return torch.stack(codes, 1), residuals, chosen
+
+    def losses(self, e: torch.Tensor, llm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        codes, residuals, chosen = self.quantize(e)
+        ba = e.new_zeros(())
+        for r, q in zip(residuals, chosen, strict=True):
+            ba = ba + ((r.detach() - q) ** 2).sum(1).mean() + self.cfg.beta * ((r - q.detach()) ** 2).sum(1).mean()
+        la = e.new_zeros(())
+        if llm is not None and self.cfg.llm_weight > 0:
+            p = nn.functional.normalize(self.proj(llm), dim=1)
+            z = torch.zeros_like(e)
+            target = torch.arange(len(e), device=e.device)
+            for q in chosen:
+                z = z + q
+                logits = nn.functional.normalize(z, dim=1) @ p.T / self.cfg.temperature
+                la = la + 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
+            la = la / len(chosen)
+        return codes, ba, la
+
+
+class AlignmentTokenizer:
+    """Fit on behaviour embeddings (+ LLM embeddings), produce an :class:`ItemIndex`, encode new items."""
+
+    method = "alignment"
+
+    def __init__(self, cfg: AlignmentConfig | None = None):
+        self.cfg = cfg or AlignmentConfig()
+        self.module: CascadedCodebooks | None = None
+        self.mean: torch.Tensor | None = None
+        self.scale: float = 1.0
+        self.item_emb: np.ndarray | None = None  # standardised behaviour embeddings of the catalogue
+        self.text_map: np.ndarray | None = None  # ridge map [llm_dim + 1, dim] from LLM to behaviour space
+        self.codes: np.ndarray | None = None
+        self.log: list[dict] = []
+
+    # fitting ---------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        if self.cfg.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.cfg.device)
+
+    def standardise(self, e: np.ndarray) -> torch.Tensor:
+        return (torch.as_tensor(e, dtype=torch.float32) - self.mean) / self.scale
+
+    def fit(self, behaviour: np.ndarray, llm: np.ndarray | None = None) -> ItemIndex:
+        cfg = self.cfg
+        if llm is not None and len(llm) != len(behaviour):
+            raise ValueError(f"{len(behaviour)} behaviour embeddings but {len(llm)} LLM embeddings")
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        dev = self._device()
+        raw = torch.as_tensor(behaviour, dtype=torch.float32)
+        self.mean = raw.mean(0)
+        self.scale = float((raw - self.mean).norm(dim=1).mean().clamp(min=1e-8))
+        e = self.standardise(behaviour).to(dev)
+        llm_t = torch.as_tensor(llm, dtype=torch.float32).to(dev) if llm is not None else None
+        if llm_t is not None:
+            llm_t = (llm_t - llm_t.mean(0)) / llm_t.std(0).clamp(min=1e-6)
+        self.module = CascadedCodebooks(e.shape[1], llm_t.shape[1] if llm_t is not None else 1, cfg).to(dev)
+        self.module.init_kmeans(e, gen)
+        opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
+        n = len(e)
+        bar = tqdm(range(cfg.epochs), desc="alignment tokenizer", disable=None if cfg.progress else True)
+        for epoch in bar:
+            perm = torch.randperm(n, generator=gen).to(dev)
+            used = [torch.zeros(cfg.codebook_size, dtype=torch.bool, device=dev) for _ in range(cfg.levels)]
+            tot_ba = tot_la = 0.0
+            for s in range(0, n, cfg.batch_size):
+                idx = perm[s : s + cfg.batch_size]
+                if len(idx) < 2:
+                    continue
+                codes, ba, la = self.module.losses(e[idx], llm_t[idx] if llm_t is not None else None)
+                loss = ba + cfg.llm_weight * la
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for lv in range(cfg.levels):
+                    used[lv][codes[:, lv]] = True
+                tot_ba += float(ba.detach()) * len(idx)
+                tot_la += float(la.detach()) * len(idx)
+            if cfg.reset_dead_codes and epoch < cfg.epochs - 1:
+                self._reset_dead(e, used, gen)
+            self.log.append({"epoch": epoch + 1, "behaviour_loss": tot_ba / n, "llm_loss": tot_la / n})
+            bar.set_postfix(ba=f"{tot_ba / n:.4f}", la=f"{tot_la / n:.3f}")
+        if llm is not None:
+            self.text_map = self._fit_text_map(llm, self.standardise(behaviour).numpy())
+        self.item_emb = self.standardise(behaviour).numpy()
+        return self._index(e)
+
+    @torch.no_grad()
+    def _reset_dead(self, e: torch.Tensor, used: list[torch.Tensor], gen: torch.Generator) -> None:
+        """Re-seed unused codes with residuals of random items, so the whole codebook stays in play."""
+        codes, residuals, _ = self.module.quantize(e)
+        for lv, cb in enumerate(self.module.codebooks):
+            dead = (~used[lv]).nonzero().flatten()
+            if len(dead):
+                pick = torch.randint(len(e), (len(dead),), generator=gen).to(e.device)
+                noise = torch.randn(len(dead), e.shape[1], generator=gen).to(e.device) * 1e-2
+                cb[dead] = residuals[lv][pick] + noise
+
+    @staticmethod
+    def _fit_text_map(llm: np.ndarray, target: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+        """Ridge regression LLM embedding -> standardised behaviour embedding (with bias row)."""
+        x = np.hstack([llm.astype(np.float64), np.ones((len(llm), 1))])
+        a = x.T @ x + alpha * np.eye(x.shape[1])
+        return np.linalg.solve(a, x.T @ target.astype(np.float64)).astype(np.float32)
+
+    @torch.no_grad()
+    def _index(self, e: torch.Tensor) -> ItemIndex:
+        codes, residuals, _ = self.module.quantize(e)
+        codes = codes.cpu().numpy()
+        before = collision_rate(codes)
+        last = torch.cdist(residuals[-1], self.module.codebooks[-1]).cpu().numpy()
+        resolved, sizes = unique_codes(codes, last, [self.cfg.codebook_size] * self.cfg.levels)
+        self.codes = resolved
+        stats = {
+            "collision_rate_before": before,
+            "collision_rate_after": collision_rate(resolved),
+            "perplexity": [perplexity(codes[:, lv], self.cfg.codebook_size) for lv in range(self.cfg.levels)],
+            "appended_level": len(sizes) > self.cfg.levels,
+            "final_behaviour_loss": self.log[-1]["behaviour_loss"] if self.log else None,
+            "final_llm_loss": self.log[-1]["llm_loss"] if self.log else None,
+        }
+        return ItemIndex.from_codes(self.method, resolved, sizes, stats=stats, config=self.cfg.model_dump())
+
+    # new items -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(
+        self,
+        behaviour: np.ndarray | None = None,
+        neighbours: list[list[int]] | None = None,
+        llm: np.ndarray | None = None,
+        taken: set[tuple[int, ...]] | None = None,
+    ) -> np.ndarray:
+        """Codes [M, L] for new items from one of: behaviour embeddings [M, d], lists of co-interacted
+        catalogue items, or LLM embeddings [M, llm_dim]; deterministic, unique against ``taken``
+        (default: the catalogue's tuples) and against each other."""
+        if self.module is None:
+            raise RuntimeError("encode called before fit or load")
+        if behaviour is not None:
+            z = self.standardise(behaviour)
+        elif neighbours is not None:
+            rows = []
+            for nb in neighbours:
+                if not nb:
+                    raise ValueError("a new item needs at least one co-interacted item")
+                rows.append(self.item_emb[np.asarray(nb)].mean(0))
+            z = torch.as_tensor(np.stack(rows))
+        elif llm is not None:
+            if self.text_map is None:
+                raise ValueError("this tokenizer was fitted without LLM embeddings: encode from behaviour instead")
+            x = np.hstack([llm, np.ones((len(llm), 1), dtype=np.float32)])
+            z = torch.as_tensor(x @ self.text_map)
+        else:
+            raise ValueError("encode needs behaviour embeddings, neighbours or LLM embeddings")
+        z = z.to(next(self.module.parameters()).device)
+        codes, residuals, _ = self.module.quantize(z)
+        codes = codes.cpu().numpy()
+        last = torch.cdist(residuals[-1], self.module.codebooks[-1]).cpu().numpy()
+        taken = set(map(tuple, self.codes.tolist())) if taken is None else set(taken)
+        out = codes.copy()
+        for i in range(len(codes)):
+            t = tuple(int(c) for c in codes[i])
+            if t in taken:
+                for c in np.argsort(last[i], kind="stable"):
+                    cand = t[:-1] + (int(c),)
+                    if cand not in taken:
+                        t = cand
+                        break
+                else:
+                    raise ValueError("no free code under this prefix; rebuild the index with more levels")
+            out[i] = t
+            taken.add(t)
+        return out
+
+    # persistence -----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "config": self.cfg.model_dump(),
+                "state": self.module.state_dict(),
+                "dim": self.module.codebooks[0].shape[1],
+                "llm_dim": self.module.proj[0].in_features,
+                "mean": self.mean,
+                "scale": self.scale,
+                "item_emb": self.item_emb,
+                "text_map": self.text_map,
+                "codes": self.codes,
+                "log": self.log,
+            },
+            folder / "tokenizer.pt",
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> AlignmentTokenizer:
+        blob = torch.load(Path(folder) / "tokenizer.pt", map_location=device, weights_only=False)
+        tok = cls(AlignmentConfig(**{**blob["config"], "device": device}))
+        tok.module = CascadedCodebooks(blob["dim"], blob["llm_dim"], tok.cfg)
+        tok.module.load_state_dict(blob["state"])
+        tok.module.to(device)
+        tok.mean, tok.scale = blob["mean"], blob["scale"]
+        tok.item_emb, tok.text_map, tok.codes, tok.log = blob["item_emb"], blob["text_map"], blob["codes"], blob["log"]
+        return tok
+
+

