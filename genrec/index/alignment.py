@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from genrec.index.base import ItemIndex, collision_rate, perplexity, unique_codes
+from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
 
 
@@ -46,7 +47,7 @@ class AlignmentConfig(BaseModel):
     batch_size: int = Field(1024, ge=2)
     lr: float = Field(1e-3, gt=0)
     beta: float = Field(0.25, ge=0, description="commitment weight")
-    llm_weight: float = Field(0.1, ge=0, description="LLM alignment weight; 0 = the 'w/o LA' ablation")
+    llm_weight: float = Field(0.5, ge=0, description="LLM alignment weight; 0 = the 'w/o LA' ablation")
     temperature: float = Field(0.1, gt=0)
     proj_hidden: int = Field(256, ge=1)
     reset_dead_codes: bool = True
@@ -71,26 +72,43 @@ class CascadedCodebooks(nn.Module):
             cb.copy_(kmeans(r, cb.shape[0], generator=generator))
             r = r - cb[torch.cdist(r, cb).argmin(1)]
 
-    def quantize(self, e: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """codes [N, L], per-level residuals (inputs), per-level chosen code vectors."""
-        r, codes, residuals, chosen = e, [], [], []
+    def quantize(
+        self, e: torch.Tensor, p: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """codes [N, L], per-level residuals (inputs), per-level chosen code vectors.
+
+        Without ``p`` a code is the nearest to the residual. With ``p`` (the items' normalised,
+        projected LLM embeddings) the choice minimises the same objective training does:
+        squared distance plus ``llm_weight`` times the misalignment ``1 - cos(z_l, p)`` of the
+        cumulative reconstruction, so semantics can decide between behaviourally close codes.
+        """
+        r, z, codes, residuals, chosen = e, torch.zeros_like(e), [], [], []
         for cb in self.codebooks:
-            c = torch.cdist(r.detach(), cb.detach()).argmin(1)
+            cbd = cb.detach()
+            dist = torch.cdist(r.detach(), cbd) ** 2
+            if p is not None and self.cfg.llm_weight > 0:
+                cand = nn.functional.normalize(z.detach().unsqueeze(1) + cbd.unsqueeze(0), dim=2)
+                dist = dist + self.cfg.llm_weight * (1 - torch.einsum("bkd,bd->bk", cand, p.detach()))
+            c = dist.argmin(1)
             q = cb[c]
             codes.append(c)
             residuals.append(r)
             chosen.append(q)
             r = r - q
+            z = z + q
         return torch.stack(codes, 1), residuals, chosen
 
+    def project(self, llm: torch.Tensor | None) -> torch.Tensor | None:
+        return None if llm is None or self.cfg.llm_weight <= 0 else nn.functional.normalize(self.proj(llm), dim=1)
+
     def losses(self, e: torch.Tensor, llm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        codes, residuals, chosen = self.quantize(e)
+        p = self.project(llm)
+        codes, residuals, chosen = self.quantize(e, p)
         ba = e.new_zeros(())
         for r, q in zip(residuals, chosen, strict=True):
             ba = ba + ((r.detach() - q) ** 2).sum(1).mean() + self.cfg.beta * ((r - q.detach()) ** 2).sum(1).mean()
         la = e.new_zeros(())
-        if llm is not None and self.cfg.llm_weight > 0:
-            p = nn.functional.normalize(self.proj(llm), dim=1)
+        if p is not None:
             z = torch.zeros_like(e)
             target = torch.arange(len(e), device=e.device)
             for q in chosen:
@@ -113,6 +131,8 @@ class AlignmentTokenizer:
         self.scale: float = 1.0
         self.item_emb: np.ndarray | None = None  # standardised behaviour embeddings of the catalogue
         self.text_map: np.ndarray | None = None  # ridge map [llm_dim + 1, dim] from LLM to behaviour space
+        self.llm_mean: torch.Tensor | None = None
+        self.llm_std: torch.Tensor | None = None
         self.codes: np.ndarray | None = None
         self.log: list[dict] = []
 
@@ -121,6 +141,9 @@ class AlignmentTokenizer:
         if self.cfg.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.cfg.device)
+
+    def standardise_llm(self, llm: np.ndarray) -> torch.Tensor:
+        return (torch.as_tensor(llm, dtype=torch.float32) - self.llm_mean) / self.llm_std
 
     def standardise(self, e: np.ndarray) -> torch.Tensor:
         return (torch.as_tensor(e, dtype=torch.float32) - self.mean) / self.scale
@@ -136,9 +159,11 @@ class AlignmentTokenizer:
         self.mean = raw.mean(0)
         self.scale = float((raw - self.mean).norm(dim=1).mean().clamp(min=1e-8))
         e = self.standardise(behaviour).to(dev)
-        llm_t = torch.as_tensor(llm, dtype=torch.float32).to(dev) if llm is not None else None
-        if llm_t is not None:
-            llm_t = (llm_t - llm_t.mean(0)) / llm_t.std(0).clamp(min=1e-6)
+        llm_t = None
+        if llm is not None:
+            raw_llm = torch.as_tensor(llm, dtype=torch.float32)
+            self.llm_mean, self.llm_std = raw_llm.mean(0), raw_llm.std(0).clamp(min=1e-6)
+            llm_t = self.standardise_llm(llm).to(dev)
         self.module = CascadedCodebooks(e.shape[1], llm_t.shape[1] if llm_t is not None else 1, cfg).to(dev)
         self.module.init_kmeans(e, gen)
         opt = torch.optim.Adam(self.module.parameters(), lr=cfg.lr)
@@ -162,18 +187,18 @@ class AlignmentTokenizer:
                 tot_ba += float(ba.detach()) * len(idx)
                 tot_la += float(la.detach()) * len(idx)
             if cfg.reset_dead_codes and epoch < cfg.epochs - 1:
-                self._reset_dead(e, used, gen)
+                self._reset_dead(e, used, gen, llm_t)
             self.log.append({"epoch": epoch + 1, "behaviour_loss": tot_ba / n, "llm_loss": tot_la / n})
             bar.set_postfix(ba=f"{tot_ba / n:.4f}", la=f"{tot_la / n:.3f}")
         if llm is not None:
             self.text_map = self._fit_text_map(llm, self.standardise(behaviour).numpy())
         self.item_emb = self.standardise(behaviour).numpy()
-        return self._index(e)
+        return self._index(e, llm_t)
 
     @torch.no_grad()
-    def _reset_dead(self, e: torch.Tensor, used: list[torch.Tensor], gen: torch.Generator) -> None:
+    def _reset_dead(self, e: torch.Tensor, used: list[torch.Tensor], gen: torch.Generator, llm: torch.Tensor | None) -> None:
         """Re-seed unused codes with residuals of random items, so the whole codebook stays in play."""
-        codes, residuals, _ = self.module.quantize(e)
+        codes, residuals, _ = self.module.quantize(e, self.module.project(llm))
         for lv, cb in enumerate(self.module.codebooks):
             dead = (~used[lv]).nonzero().flatten()
             if len(dead):
@@ -189,8 +214,8 @@ class AlignmentTokenizer:
         return np.linalg.solve(a, x.T @ target.astype(np.float64)).astype(np.float32)
 
     @torch.no_grad()
-    def _index(self, e: torch.Tensor) -> ItemIndex:
-        codes, residuals, _ = self.module.quantize(e)
+    def _index(self, e: torch.Tensor, llm: torch.Tensor | None) -> ItemIndex:
+        codes, residuals, _ = self.module.quantize(e, self.module.project(llm))
         codes = codes.cpu().numpy()
         before = collision_rate(codes)
         last = torch.cdist(residuals[-1], self.module.codebooks[-1]).cpu().numpy()
@@ -206,6 +231,10 @@ class AlignmentTokenizer:
         }
         return ItemIndex.from_codes(self.method, resolved, sizes, stats=stats, config=self.cfg.model_dump())
 
+    def build(self, inputs: IndexInputs) -> ItemIndex:
+        """The index stage's entry point (same for every indexer)."""
+        return self.fit(inputs.require("behaviour", self.method), inputs.llm)
+
     # new items -------------------------------------------------------------------------
     @torch.no_grad()
     def encode(
@@ -215,9 +244,10 @@ class AlignmentTokenizer:
         llm: np.ndarray | None = None,
         taken: set[tuple[int, ...]] | None = None,
     ) -> np.ndarray:
-        """Codes [M, L] for new items from one of: behaviour embeddings [M, d], lists of co-interacted
-        catalogue items, or LLM embeddings [M, llm_dim]; deterministic, unique against ``taken``
-        (default: the catalogue's tuples) and against each other."""
+        """Codes [M, L] for new items from behaviour embeddings [M, d], or else lists of co-interacted
+        catalogue items, or else LLM embeddings [M, llm_dim] alone (through the text map). LLM
+        embeddings given with either of the others take part in the choice of codes as in training.
+        Deterministic, unique against ``taken`` (default: the catalogue's tuples) and each other."""
         if self.module is None:
             raise RuntimeError("encode called before fit or load")
         if behaviour is not None:
@@ -236,8 +266,11 @@ class AlignmentTokenizer:
             z = torch.as_tensor(x @ self.text_map)
         else:
             raise ValueError("encode needs behaviour embeddings, neighbours or LLM embeddings")
-        z = z.to(next(self.module.parameters()).device)
-        codes, residuals, _ = self.module.quantize(z)
+        dev = next(self.module.parameters()).device
+        p = None
+        if llm is not None and self.llm_mean is not None:
+            p = self.module.project(self.standardise_llm(llm).to(dev))
+        codes, residuals, _ = self.module.quantize(z.to(dev), p)
         codes = codes.cpu().numpy()
         last = torch.cdist(residuals[-1], self.module.codebooks[-1]).cpu().numpy()
         taken = set(map(tuple, self.codes.tolist())) if taken is None else set(taken)
@@ -270,6 +303,8 @@ class AlignmentTokenizer:
                 "scale": self.scale,
                 "item_emb": self.item_emb,
                 "text_map": self.text_map,
+                "llm_mean": self.llm_mean,
+                "llm_std": self.llm_std,
                 "codes": self.codes,
                 "log": self.log,
             },
@@ -285,6 +320,7 @@ class AlignmentTokenizer:
         tok.module.to(device)
         tok.mean, tok.scale = blob["mean"], blob["scale"]
         tok.item_emb, tok.text_map, tok.codes, tok.log = blob["item_emb"], blob["text_map"], blob["codes"], blob["log"]
+        tok.llm_mean, tok.llm_std = blob["llm_mean"], blob["llm_std"]
         return tok
 
 

@@ -49,20 +49,23 @@ def collision_rate(codes: np.ndarray) -> float:
     return float((counts[inverse.ravel()] > 1).mean())
 
 
-def resolve_collisions(codes: np.ndarray, distances: np.ndarray | None = None) -> np.ndarray:
+def resolve_collisions(
+    codes: np.ndarray, distances: np.ndarray | None = None, sizes: list[int] | None = None
+) -> np.ndarray:
     """Give every item a unique tuple by moving later duplicates to their next-best last-level code.
 
     ``distances[i, k]`` is item i's distance to code k of the last level (lower is better); without
     it the smallest free code is taken. The first item of each group keeps its tuple. When every
     last-level code under a prefix is taken, the item moves to the best free code of the level
-    above (keeping the rest of its prefix) and so on. Returns a new array; raises if the code
-    space is exhausted.
+    above (keeping the rest of its prefix) and so on; ``sizes`` gives the codes per level (default:
+    the largest code used + 1). Returns a new array; raises if the code space is exhausted.
     """
     codes = codes.copy()
     n, levels = codes.shape
     taken = {tuple(r) for r in np.unique(codes, axis=0)}
     seen: set[tuple] = set()
-    k_last = int(codes[:, -1].max()) + 1 if distances is None else distances.shape[1]
+    sizes = list(sizes) if sizes is not None else [int(codes[:, lv].max()) + 1 for lv in range(levels)]
+    k_last = sizes[-1] if distances is None else distances.shape[1]
     for i in range(n):
         t = tuple(int(c) for c in codes[i])
         if t not in seen:
@@ -112,7 +115,7 @@ def unique_codes(codes: np.ndarray, distances: np.ndarray | None, sizes: list[in
     """Resolve collisions in place of the last level when the code space allows it, else append a
     disambiguation level. Returns the codes and the per-level sizes."""
     try:
-        return resolve_collisions(codes, distances), list(sizes)
+        return resolve_collisions(codes, distances, sizes), list(sizes)
     except ValueError:
         out = append_disambiguation(codes)
         return out, [*sizes, int(out[:, -1].max()) + 1]

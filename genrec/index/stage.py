@@ -1,0 +1,149 @@
+"""The index stage: dataset + behaviour embeddings (+ LLM embeddings) -> ItemIndex artifact,
+and assigning codes to new items from a built index without retraining."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genrec.artifacts import StageResult, read_manifest, run_stage
+from genrec.data.dataset import Dataset
+from genrec.errors import DataError, GenrecError
+from genrec.index.base import ItemIndex, codes_to_strings
+from genrec.index.inputs import IndexInputs
+from genrec.index.quality import index_quality
+
+#: indexers that read the items' LLM embeddings (alignment: LLM alignment and text encoding of new items)
+NEEDS_LLM = {"alignment", "rqvae", "semid"}
+#: indexers that read behaviour embeddings from the cf stage
+NEEDS_BEHAVIOUR = {"alignment", "rqvae"}
+EMBEDDINGS_FILE = "item_embeddings.npy"
+
+
+def load_embeddings(path: str | Path, n_items: int) -> np.ndarray:
+    """Behaviour embeddings from a cf artifact folder or a .npy file, checked against the catalogue."""
+    path = Path(path)
+    f = path / EMBEDDINGS_FILE if path.is_dir() else path
+    if not f.is_file():
+        raise DataError(f, None, f"expected behaviour embeddings ({EMBEDDINGS_FILE}); run `genrec cf train` first")
+    emb = np.load(f)
+    if emb.ndim != 2 or emb.shape[0] != n_items:
+        raise DataError(f, None, f"expected an array [n_items={n_items}, dim], found shape {emb.shape}")
+    return emb.astype(np.float32)
+
+
+def stage_index(
+    method: str,
+    data: Path,
+    out: Path,
+    embeddings: Path | None = None,
+    config: dict | None = None,
+    backbone: str | None = "default",
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    force: bool = False,
+) -> StageResult:
+    """Build an item index with ``method`` and write it, with its quality statistics, to ``out``."""
+    from genrec.index.registry import make_indexer
+    from genrec.llm.backbone import item_llm_embeddings
+
+    if method in NEEDS_BEHAVIOUR and embeddings is None:
+        raise GenrecError(f"the {method} indexer needs behaviour embeddings: pass --embeddings (a `genrec cf train` output)")
+    make_indexer(method, config)  # validate the settings before any work
+    cfg = {"method": method, "config": config or {}, "backbone": backbone if method in NEEDS_LLM else None, "seed": seed}
+    inputs: dict[str, Path] = {"data": data}
+    if embeddings is not None:
+        inputs["embeddings"] = embeddings
+
+    def build(tmp: Path) -> dict:
+        ds = Dataset.load(data)
+        behaviour = load_embeddings(embeddings, ds.n_items) if embeddings is not None else None
+        llm = None
+        if method in NEEDS_LLM and (ds.items["title"].str.len() > 0).any():
+            llm = item_llm_embeddings(ds.items, backbone, cache_dir or out.parent / ".cache")
+        indexer = make_indexer(method, {**(config or {})})
+        t0 = time.time()
+        index = indexer.build(IndexInputs(ds, behaviour, llm, seed))
+        index.stats["build_seconds"] = round(time.time() - t0, 3)
+        index.stats.update(index_quality(index, ds, seed))
+        index.save(tmp)
+        indexer.save(tmp / "indexer")
+        (tmp / "item_ids.json").write_text(json.dumps(ds.items["item_id"].astype(str).tolist()))
+        return index.stats
+
+    return run_stage(out, f"index:{method}", cfg, inputs, build, force)
+
+
+def read_new_items(path: Path) -> list[dict]:
+    """New items as JSON lines: {"item_id", "title", "description", and one of "embedding" (a
+    behaviour vector), "neighbours" (ids of co-interacted catalogue items) or text alone}."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(path, f"line {n}", f"expected one JSON object per line ({e.msg})") from None
+                if not isinstance(obj, dict) or "item_id" not in obj:
+                    raise DataError(path, f"line {n}", 'expected an object with "item_id"')
+                obj["_line"] = n
+                rows.append(obj)
+    except OSError as e:
+        raise DataError(path, None, f"cannot read ({e.strerror})") from None
+    if not rows:
+        raise DataError(path, None, "expected at least one new item")
+    return rows
+
+
+def assign_new_items(index_dir: Path, new_items: Path, backbone: str | None = None) -> list[dict]:
+    """Codes for new items from a built index's codebooks, without retraining; returns one dict per
+    item (item_id, codes, item_string, source). Items are encoded in file order, each unique
+    against the catalogue and the items before it."""
+    from genrec.index.registry import INDEXERS
+    from genrec.llm.backbone import item_llm_embeddings
+
+    manifest = read_manifest(index_dir)
+    if manifest is None:
+        raise DataError(index_dir, None, "expected a built index (manifest.json missing)")
+    method = manifest["config"]["method"]
+    indexer = INDEXERS[method].load(index_dir / "indexer")
+    if not hasattr(indexer, "encode"):
+        raise GenrecError(f"the {method} index cannot encode new items; use alignment or rqvae")
+    index = ItemIndex.load(index_dir)
+    ids = json.loads((index_dir / "item_ids.json").read_text())
+    pos = {i: k for k, i in enumerate(ids)}
+    rows = read_new_items(new_items)
+    taken = {tuple(r) for r in index.codes.tolist()}
+    out = []
+    for row in rows:
+        where = f"line {row['_line']}"
+        if str(row["item_id"]) in pos:
+            raise DataError(new_items, where, f"item {row['item_id']!r} is already in the catalogue")
+        if row.get("embedding") is not None:
+            vec = np.asarray(row["embedding"], dtype=np.float32)[None]
+            codes = indexer.encode(behaviour=vec, taken=taken)
+            source = "behaviour"
+        elif row.get("neighbours"):
+            missing = [n for n in row["neighbours"] if str(n) not in pos]
+            if missing:
+                raise DataError(new_items, where, f"neighbour {missing[0]!r} is not a catalogue item")
+            codes = indexer.encode(neighbours=[[pos[str(n)] for n in row["neighbours"]]], taken=taken)
+            source = "neighbours"
+        else:
+            text = pd.DataFrame([{"title": str(row.get("title", "")), "description": str(row.get("description", ""))}])
+            if not (text["title"].str.len() > 0).any():
+                raise DataError(new_items, where, 'expected "embedding", "neighbours" or a "title"')
+            llm = item_llm_embeddings(text, backbone or manifest["config"].get("backbone"))
+            codes = indexer.encode(llm=llm, taken=taken)
+            source = "text"
+        t = tuple(int(c) for c in codes[0])
+        taken.add(t)
+        out.append({"item_id": str(row["item_id"]), "codes": list(t), "item_string": codes_to_strings(codes)[0], "source": source})
+    return out
