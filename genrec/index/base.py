@@ -81,7 +81,7 @@ def resolve_collisions(
         if not placed:
             # the whole last level under this prefix is used: vary the level above as well
             for depth in range(levels - 2, -1, -1):
-                for c_up in range(int(codes[:, depth].max()) + 1):
+                for c_up in range(sizes[depth]):
                     for c in order:
                         cand = t[:depth] + (c_up,) + t[depth + 1 : -1] + (int(c),)
                         if cand not in taken:
