@@ -27,3 +27,22 @@ def cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(tmp_path_factory):
+    """The default backbone's real tokenizer (read once from the GGUF file, then from a folder)."""
+    pytest.importorskip("transformers")
+    from genrec.llm.backbone import load_tokenizer
+
+    tok = load_tokenizer("default")
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tokenizer(real_tokenizer):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(real_tokenizer)
