@@ -1,0 +1,212 @@
+"""Alignment tasks (stage two of the reference paper): (prompt, target) samples that teach an
+LLM to read and write item codes.
+
+A sample is a list of parts. A part is template text (``"t"``, trusted), data text (``"d"``: a
+title, a review; tokenized so that special tokens inside it stay plain text), or an item
+(``"i"``: its identifier from the item index). Each part says whether the loss is taken on it.
+Nothing here depends on a tokenizer; :mod:`genrec.llm.encode` turns samples into token ids.
+
+Tasks, each with several paraphrased templates:
+
+- ``seq``: history items in order -> next item (the recommendation task itself);
+- ``neg``: history -> an item the user is unlikely to want (a random item the user never
+  interacted with), ``negatives_per_positive`` per sequential sample (the paper's best 1:3-1:4);
+- ``title2item`` / ``item2title``: an item's title and description -> its codes, and back;
+- ``query``: a user's review of an item -> the item (``query-review``), or, where the data has no
+  reviews, a query built from the item's attributes (``query-attr``, labelled as such).
+
+Only the training part of the split is used: no validation or test item is ever a target, and
+a review is used only for an interaction in the training part. Two layouts for ``seq``:
+``per_prefix`` (the paper's: one sample per prefix) and ``all_positions`` (one sample per user,
+the loss on every item after the first: far fewer tokens for the same supervision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from genrec.data.dataset import Dataset
+
+Part = tuple[str, object, bool]  # (kind "t" | "d" | "i", value, loss on this part?)
+
+SEQ_TEMPLATES = [
+    ("The user has interacted with these items in order: ", "Predict the next item the user will interact with."),
+    ("Here is a user's purchase history, oldest first: ", "Which item will the user buy next?"),
+    ("A customer bought the following items: ", "Recommend the item they are most likely to buy next."),
+]
+NEG_TEMPLATES = [
+    ("The user has interacted with these items in order: ", "Name an item this user is unlikely to want."),
+    ("Here is a user's purchase history, oldest first: ", "Which item would this user not be interested in?"),
+]
+TITLE2ITEM_TEMPLATES = [
+    ("Which item has the title \"", "\"?"),
+    ("Find the item described as: ", ""),
+]
+ITEM2TITLE_TEMPLATES = [
+    ("What is the title of item ", "?"),
+    ("Give the product name of ", "."),
+]
+QUERY_REVIEW_TEMPLATES = [
+    ("A user wrote this review: \"", "\". Which item is it about?"),
+    ("Which item matches this customer feedback: \"", "\"?"),
+]
+QUERY_ATTR_TEMPLATES = [
+    ("I am looking for ", ". Which item should I get?"),
+    ("Recommend an item for this request: ", ""),
+]
+
+
+class TaskConfig(BaseModel):
+    """Which tasks to build and how many samples of each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[Literal["seq", "neg", "title2item", "item2title", "query"]] = Field(
+        default_factory=lambda: ["seq", "neg", "title2item", "item2title", "query"]
+    )
+    layout: Literal["per_prefix", "all_positions"] = "per_prefix"
+    max_history: int = Field(20, ge=1)
+    negatives_per_positive: int = Field(3, ge=0, description="negative-behaviour samples per sequential sample (1:N)")
+    max_description_chars: int = Field(300, ge=0)
+    max_review_chars: int = Field(300, ge=1)
+    seed: int = 0
+
+
+@dataclass
+class Sample:
+    task: str
+    template: int
+    parts: list[Part] = field(default_factory=list)
+    user: int = -1
+    item: int = -1  # the target item, or -1 for a text target
+
+    def targets(self) -> list[int]:
+        """Items the loss is taken on (the model learns to write them)."""
+        return [int(v) for k, v, loss in self.parts if k == "i" and loss]
+
+
+def _history_parts(items: np.ndarray) -> list[Part]:
+    parts: list[Part] = []
+    for n, i in enumerate(items):
+        if n:
+            parts.append(("t", ", ", False))
+        parts.append(("i", int(i), False))
+    return parts
+
+
+def _text(dataset: Dataset, i: int, max_desc: int) -> str:
+    row = dataset.items.iloc[i]
+    title = str(row["title"]).strip()
+    desc = str(row["description"]).strip()[:max_desc]
+    return f"{title}. {desc}".strip(". ").strip() if desc else title
+
+
+def _attribute_query(dataset: Dataset, i: int) -> str:
+    row = dataset.items.iloc[i]
+    cats = [c.strip() for c in str(row["categories"]).split(",") if c.strip()]
+    what = cats[-1] if cats else ""
+    brand = str(row["brand"]).strip()
+    if what and brand:
+        return f"a {what.lower()} item by {brand}"
+    return f"a {what.lower()} item" if what else (f"something by {brand}" if brand else "")
+
+
+def build_tasks(dataset: Dataset, cfg: TaskConfig | None = None) -> list[Sample]:
+    """Every sample of the configured tasks, deterministic for a seed."""
+    cfg = cfg or TaskConfig()
+    rng = np.random.default_rng(cfg.seed)
+    train = dataset.train_sequences()
+    out: list[Sample] = []
+    n_items = dataset.n_items
+
+    if "seq" in cfg.tasks or "neg" in cfg.tasks:
+        for u, s in enumerate(train):
+            if len(s) < 2:
+                continue
+            seen = set(dataset.sequences[u].tolist())  # never a negative the user interacted with, at any time
+            if "seq" in cfg.tasks and cfg.layout == "all_positions":
+                window = s[-(cfg.max_history + 1) :]
+                t = int(rng.integers(len(SEQ_TEMPLATES)))
+                head, tail = SEQ_TEMPLATES[t]
+                parts: list[Part] = [("t", head, False)]
+                for n, i in enumerate(window):
+                    if n:
+                        parts.append(("t", ", ", False))
+                    parts.append(("i", int(i), n > 0))
+                out.append(Sample("seq_all", t, parts, u, int(window[-1])))
+            for pos in range(1, len(s)):
+                hist = s[max(0, pos - cfg.max_history) : pos]
+                if "seq" in cfg.tasks and cfg.layout == "per_prefix":
+                    t = int(rng.integers(len(SEQ_TEMPLATES)))
+                    head, tail = SEQ_TEMPLATES[t]
+                    parts = [("t", head, False), *_history_parts(hist), ("t", ". " + tail, False), ("i", int(s[pos]), True)]
+                    out.append(Sample("seq", t, parts, u, int(s[pos])))
+                if "neg" in cfg.tasks:
+                    for _ in range(cfg.negatives_per_positive):
+                        neg = int(rng.integers(n_items))
+                        while neg in seen and len(seen) < n_items:
+                            neg = int(rng.integers(n_items))
+                        t = int(rng.integers(len(NEG_TEMPLATES)))
+                        head, tail = NEG_TEMPLATES[t]
+                        parts = [("t", head, False), *_history_parts(hist), ("t", ". " + tail, False), ("i", neg, True)]
+                        out.append(Sample("neg", t, parts, u, neg))
+
+    has_text = bool((dataset.items["title"].astype(str).str.len() > 0).any())
+    train_items = np.unique(np.concatenate([s for s in train if len(s)])) if any(len(s) for s in train) else np.zeros(0, int)
+    if has_text and "title2item" in cfg.tasks:
+        for i in train_items:
+            text = _text(dataset, int(i), cfg.max_description_chars)
+            if not text:
+                continue
+            t = int(rng.integers(len(TITLE2ITEM_TEMPLATES)))
+            head, tail = TITLE2ITEM_TEMPLATES[t]
+            out.append(Sample("title2item", t, [("t", head, False), ("d", text, False), ("t", tail, False), ("i", int(i), True)], -1, int(i)))
+    if has_text and "item2title" in cfg.tasks:
+        for i in train_items:
+            title = str(dataset.items.iloc[int(i)]["title"]).strip()
+            if not title:
+                continue
+            t = int(rng.integers(len(ITEM2TITLE_TEMPLATES)))
+            head, tail = ITEM2TITLE_TEMPLATES[t]
+            out.append(Sample("item2title", t, [("t", head, False), ("i", int(i), False), ("t", tail, False), ("d", title, True)], -1, -1))
+    if "query" in cfg.tasks:
+        out.extend(_query_samples(dataset, cfg, rng, train_items, has_text))
+    return out
+
+
+def _query_samples(dataset: Dataset, cfg: TaskConfig, rng: np.random.Generator, train_items: np.ndarray, has_text: bool) -> list[Sample]:
+    inter = dataset.interactions
+    out: list[Sample] = []
+    if "review" in inter.columns:
+        lengths = dataset.lengths()
+        # position of each interaction in its user's sequence; the last two are validation/test
+        pos = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.zeros(0, int)
+        limit = np.repeat(lengths - 2, lengths)
+        reviews = inter["review"].fillna("").astype(str).to_numpy()
+        users = inter["user_idx"].to_numpy()
+        items = inter["item_idx"].to_numpy()
+        for r in np.flatnonzero((pos < limit) & (np.char.str_len(reviews.astype(str)) > 0)):
+            t = int(rng.integers(len(QUERY_REVIEW_TEMPLATES)))
+            head, tail = QUERY_REVIEW_TEMPLATES[t]
+            text = reviews[r][: cfg.max_review_chars]
+            out.append(Sample("query-review", t, [("t", head, False), ("d", text, False), ("t", tail, False), ("i", int(items[r]), True)], int(users[r]), int(items[r])))
+    if not out and has_text:
+        for i in train_items:
+            q = _attribute_query(dataset, int(i))
+            if not q:
+                continue
+            t = int(rng.integers(len(QUERY_ATTR_TEMPLATES)))
+            head, tail = QUERY_ATTR_TEMPLATES[t]
+            out.append(Sample("query-attr", t, [("t", head, False), ("d", q, False), ("t", tail, False), ("i", int(i), True)], -1, int(i)))
+    return out
+
+
+def task_counts(samples: list[Sample]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s.task] = counts.get(s.task, 0) + 1
+    return dict(sorted(counts.items()))

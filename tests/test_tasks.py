@@ -1,0 +1,83 @@
+"""Alignment-task corpus: counts per task and per user by hand, and no leakage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genrec.data.dataset import Dataset
+from genrec.llm.tasks import TaskConfig, build_tasks, task_counts
+
+
+def tiny(with_reviews: bool) -> Dataset:
+    # user 0: 0 1 2 3 4 (train 0 1 2, valid 3, test 4); user 1: 2 3 1 (train 2, valid 3, test 1)
+    seqs = {0: [0, 1, 2, 3, 4], 1: [2, 3, 1]}
+    rows = [(u, i, t) for u, s in seqs.items() for t, i in enumerate(s)]
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"])
+    if with_reviews:
+        inter["review"] = [f"review {u}-{i}" for u, i, _ in rows]
+    items = pd.DataFrame(
+        {
+            "item_id": [str(i) for i in range(6)],
+            "title": [f"Item {i}" for i in range(6)],
+            "description": ["" for _ in range(6)],
+            "brand": ["Acme"] * 6,
+            "categories": ["Tools,Drills"] * 6,
+        }
+    )
+    return Dataset(items, np.array(["u0", "u1"]), inter)
+
+
+def test_counts_by_hand():
+    ds = tiny(with_reviews=True)
+    samples = build_tasks(ds, TaskConfig(negatives_per_positive=2))
+    # seq, per prefix: user 0 train [0,1,2] -> targets 1, 2; user 1 train [2] -> none
+    # neg: 2 per seq sample -> 4; title2item / item2title: train items {0,1,2} -> 3 each
+    # query: reviews of training interactions only: user 0 items 0,1,2 and user 1 item 2 -> 4
+    assert task_counts(samples) == {"item2title": 3, "neg": 4, "query-review": 4, "seq": 2, "title2item": 3}
+    per_user = {}
+    for s in samples:
+        if s.task == "seq":
+            per_user.setdefault(s.user, []).append(s.item)
+    assert per_user == {0: [1, 2]}
+
+
+def test_no_validation_or_test_item_is_a_target_of_its_user():
+    ds = tiny(with_reviews=True)
+    held_out = {0: {3, 4}, 1: {3, 1}}
+    for s in build_tasks(ds, TaskConfig(negatives_per_positive=3)):
+        if s.user >= 0:
+            assert not set(s.targets()) & held_out[s.user], s
+        if s.task == "neg":
+            assert s.item not in set(ds.sequences[s.user].tolist())
+        if s.task in ("title2item", "query-review"):
+            assert s.item in {0, 1, 2}
+        # history items in the prompt come from the training part only
+        prompt_items = [v for k, v, loss in s.parts if k == "i" and not loss]
+        if s.task in ("seq", "neg"):
+            assert set(prompt_items) <= set(ds.train_sequences()[s.user].tolist())
+
+
+def test_attribute_queries_without_reviews_and_all_positions_layout():
+    ds = tiny(with_reviews=False)
+    samples = build_tasks(ds, TaskConfig(tasks=["seq", "query"], layout="all_positions"))
+    counts = task_counts(samples)
+    assert counts == {"query-attr": 3, "seq_all": 1}
+    seq = next(s for s in samples if s.task == "seq_all")
+    assert seq.targets() == [1, 2]  # loss on every item after the first
+    q = next(s for s in samples if s.task == "query-attr")
+    assert "drills" in q.parts[1][1] and "Acme" in q.parts[1][1]
+
+
+def test_deterministic_for_a_seed():
+    ds = tiny(with_reviews=True)
+    a, b = build_tasks(ds, TaskConfig(seed=3)), build_tasks(ds, TaskConfig(seed=3))
+    assert [(s.task, s.template, s.parts) for s in a] == [(s.task, s.template, s.parts) for s in b]
+
+
+@pytest.mark.parametrize("history", [1, 2])
+def test_history_cap(history):
+    ds = tiny(with_reviews=False)
+    for s in build_tasks(ds, TaskConfig(tasks=["seq"], max_history=history)):
+        assert sum(1 for k, _, loss in s.parts if k == "i" and not loss) <= history
