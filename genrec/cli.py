@@ -231,6 +231,127 @@ def baselines_run(
     typer.echo(res.table())
 
 
+# -- cf -------------------------------------------------------------------------------
+cf_app = typer.Typer(help="Collaborative-filtering item embeddings (DCCF, LightGCN, SASRec).", no_args_is_help=True)
+app.add_typer(cf_app, name="cf")
+
+
+@cf_app.command("train")
+def cf_train(
+    name: Annotated[str, typer.Argument(help="dccf, lightgcn or sasrec")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="prepared dataset folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (item_embeddings.npy, model, metrics)")],
+    dim: Annotated[int, typer.Option(help="embedding dimension")] = 32,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="maximum training epochs (default: the model's)")] = None,
+    force: Annotated[bool, typer.Option(help="retrain even when up to date")] = False,
+) -> None:
+    """Train a CF model on the training split and write its item embeddings (row i = item i)."""
+    from genrec.cf import train_embeddings
+
+    train = {"epochs": epochs} if epochs is not None else {}
+    res = train_embeddings(name, data, out, dim=dim, seed=seed, train=train, force=force,
+                           log=lambda s: typer.echo(s, err=True))
+    m = res.manifest["metrics"]
+    state = "up to date, skipped" if res.skipped else f"trained in {res.manifest['wall_seconds']:.1f}s"
+    typer.echo(
+        f"{name}: {state}; valid NDCG@10 {m['valid']['NDCG@10']:.4f}, test NDCG@10 {m['test']['NDCG@10']:.4f}; "
+        f"item embeddings [{m['n_items']} x {m['dim']}] in {res.path / 'item_embeddings.npy'}"
+    )
+
+
+# -- index ----------------------------------------------------------------------------
+index_app = typer.Typer(help="Item indexing: write each item as a short token sequence.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    method: Annotated[str, typer.Option("--method", "-m", help="alignment, rqvae, semid, cid, rid, tid or iid")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="prepared dataset folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the index")],
+    embeddings: Annotated[
+        Path | None, typer.Option(help="behaviour embeddings: a `genrec cf train` folder or a .npy file")
+    ] = None,
+    backbone: Annotated[str, typer.Option(help="LLM for item text embeddings: default, a folder, a .gguf or a hub id")] = "default",
+    levels: Annotated[int | None, typer.Option(help="code levels (alignment, rqvae, semid)")] = None,
+    codebook_size: Annotated[int | None, typer.Option(help="codes per level (alignment, rqvae, semid)")] = None,
+    no_llm_alignment: Annotated[bool, typer.Option("--no-llm-alignment", help="the 'w/o LA' ablation (alignment)")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="indexer setting NAME=VALUE")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
+) -> None:
+    """Build an item index (codes, trie-ready item strings, statistics) from a prepared dataset."""
+    from genrec.config import apply_overrides
+    from genrec.index.stage import stage_index
+
+    config = apply_overrides({}, set_ or [])
+    if levels is not None:
+        config["levels"] = levels
+    if codebook_size is not None:
+        config["codebook_size"] = codebook_size
+    if no_llm_alignment:
+        config["llm_weight"] = 0.0
+    res = stage_index(method, data, out, embeddings, config, backbone, seed, force=force)
+    typer.echo(_index_summary(out, res.manifest, res.skipped))
+
+
+def _index_summary(path: Path, manifest: dict, skipped: bool = False) -> str:
+    s = manifest["metrics"]
+    lines = [f"{path}: {manifest['config']['method']} index of {s.get('n_items', '?'):,} items"
+             + (" (up to date, skipped)" if skipped else f" built in {manifest['wall_seconds']:.1f}s")]
+    if "collision_rate_before" in s:
+        lines.append(f"  collisions       {100 * s['collision_rate_before']:.2f}% before resolution, "
+                     f"{100 * s['collision_rate_after']:.2f}% after")
+    if s.get("perplexity"):
+        lines.append("  code perplexity  " + " / ".join(f"{p:.0f}" for p in s["perplexity"]) + " (per level)")
+    if "prefix_co_interacted" in s:
+        lines.append(f"  shared prefix    {s['prefix_co_interacted']:.3f} co-interacted vs {s['prefix_random']:.3f} random pairs")
+    if "category_purity" in s:
+        lines.append(f"  category purity  {s['category_purity']:.3f} (codes shuffled: {s['category_purity_shuffled']:.3f})")
+    lines.append(f"  new tokens       {s.get('new_tokens', 0):,}")
+    return "\n".join(lines)
+
+
+@index_app.command("stats")
+def index_stats(
+    path: Annotated[Path, typer.Argument(help="an index folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the statistics as JSON")] = False,
+) -> None:
+    """Collisions, code usage, prefix sharing and category agreement of a built index."""
+    from genrec.artifacts import read_manifest
+    from genrec.errors import DataError
+
+    manifest = read_manifest(path)
+    if manifest is None or not manifest.get("stage", "").startswith("index"):
+        raise DataError(path, None, "expected an index folder built by `genrec index build`")
+    typer.echo(json.dumps(manifest["metrics"]) if as_json else _index_summary(path, manifest, True).replace(" (up to date, skipped)", ""))
+
+
+@index_app.command("assign")
+def index_assign(
+    index: Annotated[Path, typer.Argument(help="an index folder (alignment or rqvae)")],
+    new_items: Annotated[Path, typer.Argument(help="JSON lines: item_id, title, description, and embedding or neighbours")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the assignments as JSON lines here")] = None,
+) -> None:
+    """Codes for new items from the codebooks, without retraining."""
+    import time
+
+    from genrec.index.stage import assign_new_items
+
+    t0 = time.perf_counter()
+    rows = assign_new_items(index, new_items)
+    ms = 1000 * (time.perf_counter() - t0) / len(rows)
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(out)
+    else:
+        for r in rows:
+            typer.echo(json.dumps(r))
+    typer.echo(f"assigned {len(rows)} new items ({ms:.2f} ms each){'; wrote ' + str(out) if out else ''}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a GenrecError becomes one line on stderr and exit code 2."""
     try:

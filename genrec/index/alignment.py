@@ -51,7 +51,7 @@ class AlignmentConfig(BaseModel):
     temperature: float = Field(0.1, gt=0)
     proj_hidden: int = Field(256, ge=1)
     reset_dead_codes: bool = True
-    seed: int = 0
+    seed: int | None = Field(None, description="default: the index stage's seed")
     device: str = "auto"
     progress: bool = True
 
@@ -87,8 +87,11 @@ class CascadedCodebooks(nn.Module):
             cbd = cb.detach()
             dist = torch.cdist(r.detach(), cbd) ** 2
             if p is not None and self.cfg.llm_weight > 0:
-                cand = nn.functional.normalize(z.detach().unsqueeze(1) + cbd.unsqueeze(0), dim=2)
-                dist = dist + self.cfg.llm_weight * (1 - torch.einsum("bkd,bd->bk", cand, p.detach()))
+                # cos(z + c_k, p) from dot products, without a [B, K, d] tensor
+                zd, pd = z.detach(), p.detach()
+                norm2 = (zd * zd).sum(1, keepdim=True) + 2 * zd @ cbd.T + (cbd * cbd).sum(1)
+                cos = ((zd * pd).sum(1, keepdim=True) + pd @ cbd.T) / norm2.clamp(min=1e-12).sqrt()
+                dist = dist + self.cfg.llm_weight * (1 - cos)
             c = dist.argmin(1)
             q = cb[c]
             codes.append(c)
@@ -152,8 +155,9 @@ class AlignmentTokenizer:
         cfg = self.cfg
         if llm is not None and len(llm) != len(behaviour):
             raise ValueError(f"{len(behaviour)} behaviour embeddings but {len(llm)} LLM embeddings")
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        seed = cfg.seed or 0
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
         dev = self._device()
         raw = torch.as_tensor(behaviour, dtype=torch.float32)
         self.mean = raw.mean(0)
@@ -233,6 +237,8 @@ class AlignmentTokenizer:
 
     def build(self, inputs: IndexInputs) -> ItemIndex:
         """The index stage's entry point (same for every indexer)."""
+        if self.cfg.seed is None:
+            self.cfg = self.cfg.model_copy(update={"seed": inputs.seed})
         return self.fit(inputs.require("behaviour", self.method), inputs.llm)
 
     # new items -------------------------------------------------------------------------
