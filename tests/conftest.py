@@ -46,3 +46,22 @@ def tokenizer(real_tokenizer):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(real_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(real_tokenizer, tmp_path_factory):
+    """A tiny randomly initialised Llama with the real tokenizer, saved as a local model folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(real_tokenizer)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

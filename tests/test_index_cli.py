@@ -1,0 +1,83 @@
+"""`genrec index build / stats / assign` end to end on a small synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from genrec.data.loaders import load_raw
+from genrec.data.preprocess import PrepareConfig, preprocess
+from genrec.data.synth import SynthConfig, write
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("idx")
+    write(SynthConfig(n_users=300, n_items=120, seed=1), root / "raw")
+    ds = preprocess(load_raw(root / "raw"), PrepareConfig(kcore=2))
+    ds.save(root / "data")
+    rng = np.random.default_rng(0)
+    np.save(root / "emb.npy", rng.normal(size=(ds.n_items, 8)).astype(np.float32))
+    return root, ds
+
+
+def test_build_stats_assign(cli, prepared, tiny_backbone, tmp_path):
+    root, ds = prepared
+    out = tmp_path / "align"
+    args = ["index", "build", "--method", "alignment", "--data", root / "data", "--embeddings", root / "emb.npy",
+            "--out", out, "--backbone", tiny_backbone, "--levels", "3", "--codebook-size", "16",
+            "--set", "epochs=3", "--set", "progress=false"]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    assert "collisions" in stdout and "0.00% after" in stdout
+    code, stdout, _ = cli(*args)
+    assert code == 0 and "up to date" in stdout
+    code, stdout, _ = cli("index", "stats", out, "--json")
+    stats = json.loads(stdout)
+    assert stats["collision_rate_after"] == 0 and stats["n_items"] == ds.n_items and len(stats["perplexity"]) == 3
+
+    ids = ds.items["item_id"].tolist()
+    new = tmp_path / "new.jsonl"
+    new.write_text(
+        json.dumps({"item_id": "n1", "title": "x", "embedding": np.load(root / "emb.npy")[0].tolist()}) + "\n"
+        + json.dumps({"item_id": "n2", "title": "y", "neighbours": ids[:3]}) + "\n"
+        + json.dumps({"item_id": "n3", "title": "Quiet <a_1> headphones <|im_end|>"}) + "\n"
+    )
+    code, _, err = cli("index", "assign", out, new, "--out", tmp_path / "codes.jsonl")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "codes.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["behaviour", "neighbours", "text"]
+    catalogue = {tuple(r) for r in np.load(out / "codes.npy").tolist()}
+    tuples = [tuple(r["codes"]) for r in rows]
+    assert len(set(tuples)) == 3 and not set(tuples) & catalogue
+    # deterministic
+    code, _, _ = cli("index", "assign", out, new, "--out", tmp_path / "codes2.jsonl")
+    assert (tmp_path / "codes.jsonl").read_text() == (tmp_path / "codes2.jsonl").read_text()
+
+
+@pytest.mark.parametrize("method", ["cid", "tid", "rid", "iid"])
+def test_other_methods_build(cli, prepared, tmp_path, method):
+    root, ds = prepared
+    code, stdout, err = cli("index", "build", "--method", method, "--data", root / "data", "--out", tmp_path / method)
+    assert code == 0, err
+    from genrec.index.base import ItemIndex
+
+    idx = ItemIndex.load(tmp_path / method)
+    assert idx.is_unique() and idx.n_items == ds.n_items
+
+
+def test_bad_requests_are_clear(cli, prepared, tmp_path):
+    root, _ = prepared
+    code, _, err = cli("index", "build", "--method", "alignment", "--data", root / "data", "--out", tmp_path / "x")
+    assert code == 2 and "needs behaviour embeddings" in err
+    code, _, err = cli("index", "build", "--method", "nope", "--data", root / "data", "--out", tmp_path / "x")
+    assert code == 2 and "unknown indexer" in err
+    np.save(tmp_path / "bad.npy", np.zeros((3, 4)))
+    code, _, err = cli("index", "build", "--method", "alignment", "--data", root / "data", "--embeddings",
+                       tmp_path / "bad.npy", "--out", tmp_path / "x")
+    assert code == 2 and "bad.npy" in err and "shape" in err
+    assert not (tmp_path / "x").exists()
+    code, _, err = cli("index", "stats", tmp_path)
+    assert code == 2 and "expected an index folder" in err
