@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,11 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(1024, ge=1)
     grad_clip: float | None = Field(5.0, description="max gradient norm; None: off")
     progress: bool = True
+
+
+def log_stderr(message: str) -> None:
+    """Training logs go to stderr, so a command's stdout stays its result."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -109,13 +115,14 @@ def fit(
     dataset: Dataset,
     cfg: TrainConfig,
     checkpoint_dir: str | Path | None = None,
-    log=print,
+    log=None,
 ) -> dict:
     """Train ``model`` with early stopping on validation ``cfg.metric``; return a training log.
 
     With ``checkpoint_dir``, ``last.pt`` (weights, optimiser, epoch, best so far) is written
     after every evaluation and a rerun resumes from it; ``best.pt`` holds the best weights.
     """
+    log = log or log_stderr
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     model.device, model.precision = device, cfg.precision
@@ -229,7 +236,7 @@ class NeuralBaseline:
         self.model: NeuralRecommender | None = None
         self.log: dict = {}
 
-    def fit(self, dataset: Dataset, seed: int | None = None, checkpoint_dir=None, log=print, **_: object) -> dict:
+    def fit(self, dataset: Dataset, seed: int | None = None, checkpoint_dir=None, log=None, **_: object) -> dict:
         if seed is not None:
             self.train_cfg = self.train_cfg.model_copy(update={"seed": seed})
         seed_everything(self.train_cfg.seed)
