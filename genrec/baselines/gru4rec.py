@@ -8,10 +8,13 @@ times the first weight matrix), the GRU has one layer of 100 units as in the pap
 linear layer maps its state back to the item-embedding space, whose embeddings are shared
 with the input.
 
+Settings: one GRU layer of 100 units, mini-batches of 50 and dropout 0.5 as in the paper's
+best setting; item embeddings of size 64 (the paper feeds one-hot vectors).
+
 Differences from the original: no session-parallel mini-batches (sequences are padded and
 batched), cross-entropy over all items instead of TOP1/BPR over in-batch negatives, Adam
-instead of Adagrad, and padding is skipped (packed sequences), so the GRU starts from the zero state at the
-first item whatever the padding length.
+instead of Adagrad, and padding is skipped (packed sequences), so the GRU starts from the
+zero state at the first item whatever the padding length.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class GRU4RecConfig(SequentialConfig):
     dim: int = 64  # item-embedding size
     hidden: int = Field(100, ge=1)  # the paper's 100 GRU units
     layers: int = Field(1, ge=1)  # the paper's single GRU layer
-    dropout: float = 0.25
+    dropout: float = 0.5  # as in the paper's best RSC15 setting; 0.5 beat 0.25 on validation here
 
 
 class GRU4Rec(SequentialRecommender):
