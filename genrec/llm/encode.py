@@ -1,0 +1,108 @@
+"""Turn alignment-task samples into token ids and loss labels for one backbone and one index.
+
+Template text is tokenized as text; data text (titles, reviews) with ``split_special_tokens``
+so that control and code tokens inside it stay plain text; items are their identifier's ids
+(code tokens looked up directly, or a text identifier plus the end token). A sample whose only
+loss part is its last one is a chat exchange: the user turn holds the prompt, the assistant
+turn the target and the end-of-turn token. A sample with several loss parts (the
+``all_positions`` layout) is one user turn with the loss on every target item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from genrec.index.base import ItemIndex
+from genrec.llm.backbone import text_ids
+from genrec.llm.tasks import SEQ_TEMPLATES, Sample
+
+IGNORE = -100
+SYSTEM_PROMPT = "You are a recommender system. Items are written as codes."
+
+
+def item_token_ids(index: ItemIndex, tokenizer) -> list[list[int]]:
+    """Token ids of every item's identifier: its code tokens, or its text plus the end token."""
+    if index.codes is not None and index.method != "iid":
+        from genrec.index.base import code_token
+
+        vocab = {t: i for t, i in zip(index.new_tokens, tokenizer.convert_tokens_to_ids(index.new_tokens), strict=True)}
+        return [[vocab[code_token(lv, int(c))] for lv, c in enumerate(row)] for row in index.codes]
+    if index.end_token is None:  # one token per item
+        ids = tokenizer.convert_tokens_to_ids(index.item_strings)
+        return [[i] for i in ids]
+    end = tokenizer.convert_tokens_to_ids(index.end_token)
+    return [text_ids(tokenizer, s) + [end] for s in index.item_strings]
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_target(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+class PromptFormat:
+    """Encodes samples for training and builds inference prompts, for one tokenizer and index."""
+
+    def __init__(self, tokenizer, index: ItemIndex, chat: bool = True, system: str = SYSTEM_PROMPT):
+        self.tok = tokenizer
+        self.items = item_token_ids(index, tokenizer)
+        self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else None
+        self.user_prefix, self.user_suffix = [], []
+        if chat and getattr(tokenizer, "chat_template", None):
+            marker = "\x00"
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "system", "content": system}, {"role": "user", "content": marker}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            pre, post = rendered.split(marker)
+            # the template's own text: tokenized as template (its special tokens are meant)
+            self.user_prefix = tokenizer(pre, add_special_tokens=False)["input_ids"]
+            self.user_suffix = tokenizer(post, add_special_tokens=False)["input_ids"]
+        self._text_cache: dict[str, list[int]] = {}
+
+    def _template(self, text: str) -> list[int]:
+        if text not in self._text_cache:
+            self._text_cache[text] = text_ids(self.tok, text)
+        return self._text_cache[text]
+
+    def _part(self, kind: str, value: object) -> list[int]:
+        if kind == "i":
+            return self.items[int(value)]
+        if kind == "t":
+            return self._template(str(value))
+        return text_ids(self.tok, str(value))
+
+    def encode(self, sample: Sample) -> Encoded:
+        ids: list[int] = list(self.user_prefix)
+        labels: list[int] = [IGNORE] * len(ids)
+        loss_at = [n for n, p in enumerate(sample.parts) if p[2]]
+        chat_target = len(loss_at) == 1 and loss_at[0] == len(sample.parts) - 1
+        for n, (kind, value, loss) in enumerate(sample.parts):
+            if chat_target and n == loss_at[0]:
+                ids += self.user_suffix
+                labels += [IGNORE] * len(self.user_suffix)
+            part = self._part(kind, value)
+            ids += part
+            labels += part if loss else [IGNORE] * len(part)
+        if chat_target and self.eos is not None:
+            ids.append(self.eos)
+            labels.append(self.eos)
+        elif not chat_target:
+            ids += self.user_suffix
+            labels += [IGNORE] * len(self.user_suffix)
+        return Encoded(ids, labels)
+
+    def seq_prompt(self, history: list[int], template: int = 0, max_history: int = 20) -> list[int]:
+        """The inference prompt of the sequential task: everything before the target's tokens."""
+        head, tail = SEQ_TEMPLATES[template]
+        ids = list(self.user_prefix) + self._template(head)
+        for n, i in enumerate(history[-max_history:]):
+            if n:
+                ids += self._template(", ")
+            ids += self.items[int(i)]
+        return ids + self._template(". " + tail) + self.user_suffix
