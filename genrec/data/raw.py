@@ -90,7 +90,9 @@ def join_text(value: object, sep: str = " ") -> str:
 
 
 def items_frame(rows: list[dict], path: str | Path) -> pd.DataFrame:
-    """Build an item table from dicts holding ``item_id`` and any text fields; check ids are unique."""
+    """Build an item table from dicts holding ``item_id`` and any text fields: every text field
+    present (empty when unknown), columns ordered item_id, text fields, extras; duplicate ids
+    keep their first row."""
     df = pd.DataFrame(rows)
     if df.empty:
         raise DataError(path, None, "expected at least one item in the item table, found none")
@@ -103,4 +105,5 @@ def items_frame(rows: list[dict], path: str | Path) -> pd.DataFrame:
     if dup.any():
         # Later duplicate metadata rows (seen in raw Amazon dumps) are dropped, first wins.
         df = df[~dup]
-    return df.reset_index(drop=True)
+    rest = [c for c in df.columns if c not in ("item_id", *TEXT_FIELDS)]
+    return df[["item_id", *TEXT_FIELDS, *rest]].reset_index(drop=True)

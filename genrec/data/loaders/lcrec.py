@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genrec.data.raw import TEXT_FIELDS, RawData, items_frame, join_text
+from genrec.data.raw import RawData, items_frame, join_text
 from genrec.errors import DataError
 
 FORMAT = "lcrec"
@@ -93,8 +93,6 @@ def load(path: Path, **options) -> RawData:
         items_df["title"] = ""
         items_path = str(item2id)
         files.append(str(item2id))
-    if items_df is not None:
-        items_df = items_df[["item_id", *TEXT_FIELDS, *[c for c in items_df.columns if c not in ("item_id", *TEXT_FIELDS)]]]
     return RawData(
         interactions=inter,
         items=items_df,

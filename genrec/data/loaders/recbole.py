@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from genrec.data.raw import TEXT_FIELDS, RawData, items_frame, numeric_column
+from genrec.data.raw import RawData, items_frame, numeric_column
 from genrec.errors import DataError
 
 FORMAT = "recbole"
@@ -105,7 +105,6 @@ def load(path: Path, **options) -> RawData:
                 row["description"] = "; ".join(extra)
             rows.append(row)
         items_df = items_frame(rows, item_path)
-        items_df = items_df[["item_id", *TEXT_FIELDS, *[c for c in items_df.columns if c not in ("item_id", *TEXT_FIELDS)]]]
         items_path = str(item_path)
         files.append(str(item_path))
     return RawData(

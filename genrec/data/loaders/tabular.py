@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genrec.data.raw import TEXT_FIELDS, RawData, items_frame, numeric_column
+from genrec.data.raw import RawData, items_frame, numeric_column
 from genrec.errors import DataError
 
 FORMAT = "tabular"
@@ -106,7 +106,6 @@ def load(
         _require(idf, item_path, (item_col,))
         idf = idf.rename(columns={item_col: "item_id"})
         items_df = items_frame(idf.to_dict("records"), item_path)
-        items_df = items_df[["item_id", *TEXT_FIELDS, *[c for c in items_df.columns if c not in ("item_id", *TEXT_FIELDS)]]]
         items_path = str(item_path)
         files.append(str(item_path))
     return RawData(
