@@ -137,6 +137,7 @@ class AlignmentTokenizer:
         self.llm_mean: torch.Tensor | None = None
         self.llm_std: torch.Tensor | None = None
         self.codes: np.ndarray | None = None
+        self._catalogue: set[tuple[int, ...]] | None = None  # the catalogue's tuples, built on first encode
         self.log: list[dict] = []
 
     # fitting ---------------------------------------------------------------------------
@@ -279,20 +280,24 @@ class AlignmentTokenizer:
         codes, residuals, _ = self.module.quantize(z.to(dev), p)
         codes = codes.cpu().numpy()
         last = torch.cdist(residuals[-1], self.module.codebooks[-1]).cpu().numpy()
-        taken = set(map(tuple, self.codes.tolist())) if taken is None else set(taken)
+        if taken is None:
+            if self._catalogue is None:
+                self._catalogue = set(map(tuple, self.codes.tolist()))
+            taken = self._catalogue
+        fresh: set[tuple[int, ...]] = set()  # this call's codes; ``taken`` itself is never changed
         out = codes.copy()
         for i in range(len(codes)):
             t = tuple(int(c) for c in codes[i])
-            if t in taken:
+            if t in taken or t in fresh:
                 for c in np.argsort(last[i], kind="stable"):
                     cand = t[:-1] + (int(c),)
-                    if cand not in taken:
+                    if cand not in taken and cand not in fresh:
                         t = cand
                         break
                 else:
                     raise ValueError("no free code under this prefix; rebuild the index with more levels")
             out[i] = t
-            taken.add(t)
+            fresh.add(t)
         return out
 
     # persistence -----------------------------------------------------------------------
