@@ -141,3 +141,13 @@ def test_llm_alignment_pulls_semantic_neighbours_together():
         return share[same & off].mean() - share[~same & off].mean()
 
     assert same_label_first_code(3.0) > same_label_first_code(0.0) + 0.1
+
+
+def test_index_trie_holds_exactly_the_items():
+    beh, llm, _ = clustered(n=200)
+    idx = AlignmentTokenizer(AlignmentConfig(**CFG)).fit(beh, llm)
+    trie = idx.trie()
+    assert trie.n_items == 200
+    assert all(trie.lookup(row) == i for i, row in enumerate(idx.codes.tolist()))
+    first = sorted(set(idx.codes[:, 0].tolist()))
+    assert trie.allowed([]) == first

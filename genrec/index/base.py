@@ -161,6 +161,17 @@ class ItemIndex:
             **kw,
         )
 
+    def trie(self, token_ids: list[list[int]] | None = None):
+        """The trie of valid identifiers: over the code tuples, or over the given per-item token ids
+        (what a constrained decoder walks; see :func:`genrec.llm.encode.item_token_ids`)."""
+        from genrec.index.trie import Trie
+
+        if token_ids is None:
+            if self.codes is None:
+                raise ValueError(f"the {self.method} index has no codes: pass the items' token ids")
+            return Trie(self.codes.tolist())
+        return Trie(token_ids)
+
     def is_unique(self) -> bool:
         return len(set(self.item_strings)) == self.n_items
 
