@@ -47,7 +47,7 @@ def rows_from(run_dir: Path, datasets: list[str], models: list[str]) -> list[dic
     return rows
 
 
-def write_results(rows: list[dict], out: Path, command: str) -> None:
+def write_results(rows: list[dict], out: Path, command: str, note: str = "") -> None:
     info = machine()
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -63,6 +63,8 @@ def write_results(rows: list[dict], out: Path, command: str) -> None:
         f"Command: `{command}`",
         "",
     ]
+    if note:
+        lines += [note, ""]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         lines += [f"## {ds}", "", "| method | " + " | ".join(COLS) + " | s/epoch | best epoch | epochs run | wall s |"]
         lines.append("|---" * (len(COLS) + 5) + "|")
@@ -81,8 +83,13 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true", help="rewrite the results from finished rows, train nothing")
+    ap.add_argument("--note", default="", help="a line for the report, e.g. how the machine was shared")
     args = ap.parse_args()
-    command = "python benchmarks/baselines.py " + " ".join(sys.argv[1:])
+    command = f"OMP_NUM_THREADS=1 python benchmarks/baselines.py --datasets {' '.join(args.datasets)} --models {' '.join(args.models)}"
+    if args.report_only:
+        write_results(rows_from(args.run_dir, args.datasets, MODELS), args.out, command, args.note)
+        return
     ev = EvaluateSection()
     for ds in args.datasets:
         src = SHARED / ds
@@ -96,7 +103,7 @@ def main() -> None:
             test = res.manifest["metrics"]["test"]["metrics"]
             state = "cached" if res.skipped else f"{time.time() - t:.0f}s"
             print(f"{ds:<12} {name:<10} NDCG@10 {test['NDCG@10']:.4f} HR@10 {test['HR@10']:.4f} ({state})", flush=True)
-            write_results(rows_from(args.run_dir, args.datasets, MODELS), args.out, command)
+            write_results(rows_from(args.run_dir, args.datasets, MODELS), args.out, command, args.note)
 
 
 if __name__ == "__main__":
