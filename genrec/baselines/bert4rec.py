@@ -34,7 +34,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from genrec.baselines.sequential import SequentialConfig, SequentialRecommender, left_pad
+from genrec.baselines.sequential import SequentialConfig, SequentialRecommender, left_pad, shuffled_rows
 from genrec.baselines.trainer import NeuralBaseline
 from genrec.data.dataset import Dataset
 
@@ -119,10 +119,7 @@ class BERT4Rec(SequentialRecommender):
         """Every user's window with freshly drawn masks; targets are the masked items (0: no loss)."""
         if self._windows is None:
             self.prepare(dataset)
-        windows = self._windows
-        order = rng.permutation(len(windows))
-        for start in range(0, len(order), batch_size):
-            w = windows[order[start : start + batch_size]]
+        for w in shuffled_rows(self._windows, batch_size, rng):
             real = w > 0
             masked = real & (rng.random(w.shape) < self.cfg.mask_prob)
             last_only = rng.random(len(w)) < self.cfg.last_share

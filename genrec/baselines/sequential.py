@@ -35,6 +35,13 @@ def left_pad(seqs: list[np.ndarray], length: int, shift: int = 1) -> np.ndarray:
     return out
 
 
+def shuffled_rows(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The rows of ``rows`` in a fresh random order, ``batch_size`` at a time."""
+    order = rng.permutation(len(rows))
+    for start in range(0, len(order), batch_size):
+        yield rows[order[start : start + batch_size]]
+
+
 def training_windows(dataset: Dataset, max_len: int) -> np.ndarray:
     """[U, max_len + 1] windows of each user's training sequence (users with >= 2 items)."""
     train = [s for s in dataset.train_sequences() if len(s) >= 2]
@@ -61,10 +68,7 @@ class SequentialRecommender(NeuralRecommender):
         """Every user's window; inputs are items 0..L-1 and targets items 1..L (0: no loss)."""
         if self._windows is None:
             self.prepare(dataset)
-        windows = self._windows
-        order = rng.permutation(len(windows))
-        for start in range(0, len(order), batch_size):
-            w = windows[order[start : start + batch_size]]
+        for w in shuffled_rows(self._windows, batch_size, rng):
             inp, tgt = w[:, :-1].copy(), w[:, 1:].copy()
             tgt[inp == 0] = 0  # the first real item has no history to predict it from
             yield {"input": torch.from_numpy(inp), "target": torch.from_numpy(tgt)}
