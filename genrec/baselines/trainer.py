@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from genrec.data.dataset import Dataset
+from genrec.device import pick_device
 from genrec.evaluate import Evaluator
 
 
@@ -58,12 +59,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def autocast(device: torch.device, precision: str):

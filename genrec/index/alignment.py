@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm import tqdm
 
+from genrec.device import pick_device
 from genrec.index.base import ItemIndex, collision_rate, perplexity, unique_codes
 from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
@@ -141,11 +142,6 @@ class AlignmentTokenizer:
         self.log: list[dict] = []
 
     # fitting ---------------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        if self.cfg.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.cfg.device)
-
     def standardise_llm(self, llm: np.ndarray) -> torch.Tensor:
         return (torch.as_tensor(llm, dtype=torch.float32) - self.llm_mean) / self.llm_std
 
@@ -159,7 +155,7 @@ class AlignmentTokenizer:
         seed = cfg.seed or 0
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        dev = self._device()
+        dev = pick_device(self.cfg.device)
         raw = torch.as_tensor(behaviour, dtype=torch.float32)
         self.mean = raw.mean(0)
         self.scale = float((raw - self.mean).norm(dim=1).mean().clamp(min=1e-8))

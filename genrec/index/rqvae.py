@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm import tqdm
 
+from genrec.device import pick_device
 from genrec.index.base import ItemIndex, unique_codes
 from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
@@ -45,7 +46,6 @@ from genrec.index.semid import (
     check_embeddings,
     code_stats,
     fit_standardiser,
-    pick_device,
     resolve_seed,
     standardise,
 )

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from genrec.device import pick_device
 from genrec.index.base import ItemIndex, collision_rate, perplexity, unique_codes
 from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
@@ -41,13 +42,6 @@ INDEXER_FILE = "indexer.json"
 
 
 # shared helpers --------------------------------------------------------------------------
-def pick_device(device: str) -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_seed(cfg_seed: int | None, inputs_seed: int) -> int:
     """The config's seed when set, else the pipeline's (``IndexInputs.seed``)."""
     return int(inputs_seed if cfg_seed is None else cfg_seed)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genrec.device import pick_device
 from genrec.errors import GenrecError
 
 DEFAULT_BACKBONE = "default"
@@ -60,12 +61,6 @@ def resolve(backbone: str | None) -> BackboneSpec:
             raise GenrecError(f"{p}: no such GGUF file")
         return BackboneSpec(str(p.parent), p.name)
     return BackboneSpec(str(p) if p.exists() else backbone)
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
