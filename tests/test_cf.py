@@ -19,13 +19,7 @@ from genrec.data.dataset import Dataset
 QUIET = {"progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_dataset(seqs: list[list[int]], n_items: int) -> Dataset:

@@ -52,13 +52,7 @@ SMALL: dict[str, dict] = {
 ENCODERS = {"rqvae", "semid"}  # code-based indexers that encode new items from embeddings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,13 +37,7 @@ def dataset() -> Dataset:
     return cycle_dataset()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight parallel test runs for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = {"max_len": MAX_LEN, "dim": 32, "dropout": 0.1}
