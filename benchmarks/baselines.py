@@ -47,9 +47,24 @@ def rows_from(run_dir: Path, datasets: list[str], models: list[str]) -> list[dic
     return rows
 
 
+def merge_committed(rows: list[dict], out: Path) -> list[dict]:
+    """Rows finished in this run directory, plus committed rows of (dataset, method) pairs it lacks.
+
+    Run directories are not kept across machines or sessions; a rerun of some models must not drop
+    the committed results of the others. Order: dataset, then MODELS order.
+    """
+    have = {(r["dataset"], r["method"]) for r in rows}
+    old = out / "baselines.json"
+    kept = [r for r in json.loads(old.read_text()) if (r["dataset"], r["method"]) not in have] if old.exists() else []
+    order = {m: i for i, m in enumerate(MODELS)}
+    datasets = list(dict.fromkeys([r["dataset"] for r in kept + rows]))
+    return sorted(kept + rows, key=lambda r: (datasets.index(r["dataset"]), order.get(r["method"], len(order))))
+
+
 def write_results(rows: list[dict], out: Path, command: str, note: str = "") -> None:
     info = machine()
     out.mkdir(parents=True, exist_ok=True)
+    rows = merge_committed(rows, out)
     (out / "baselines.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "# Classic baselines",
@@ -86,7 +101,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the results from finished rows, train nothing")
     ap.add_argument("--note", default="", help="a line for the report, e.g. how the machine was shared")
     args = ap.parse_args()
-    command = f"OMP_NUM_THREADS=1 python benchmarks/baselines.py --datasets {' '.join(args.datasets)} --models {' '.join(args.models)}"
+    command = "OMP_NUM_THREADS=1 python benchmarks/baselines.py  # all datasets and models; a subset with --datasets/--models"
     if args.report_only:
         write_results(rows_from(args.run_dir, args.datasets, MODELS), args.out, command, args.note)
         return

@@ -1,0 +1,119 @@
+"""The LLM recommender as a module: a causal LM whose vocabulary is extended by the item code
+tokens, with the loss (and the output layer) computed only where a target token is.
+
+- The old vocabulary rows stay frozen in LoRA mode; the new code tokens get their own trainable
+  input rows and, for untied models, trainable output rows: nothing else of the 49k-row
+  embedding matrix is touched, so no optimizer state or weight decay ever reaches it.
+- The output layer over the whole vocabulary is applied only to the hidden states that predict a
+  target token (a few per sample), not to every position of the prompt.
+- ``mode="full"`` trains every backbone weight as well (on CPU, full fine-tuning is not slower
+  than LoRA; see DESIGN.md).
+
+Frozen weights may be bf16; trainable ones are fp32 and the forward runs under autocast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.errors import GenrecError
+
+
+class CodeEmbedding(nn.Module):
+    """Input embedding = frozen rows of the backbone's vocabulary + trainable rows of the new tokens."""
+
+    def __init__(self, old: torch.Tensor, new: torch.Tensor, train_old: bool = False):
+        super().__init__()
+        self.n_old = old.shape[0]
+        self.old = nn.Parameter(old, requires_grad=train_old)
+        self.new = nn.Parameter(new.float(), requires_grad=True)
+
+    @property
+    def weight(self) -> torch.Tensor:  # what generic code (e.g. resizing checks) reads
+        return torch.cat([self.old, self.new.to(self.old.dtype)])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = F.embedding(ids.clamp(max=self.n_old - 1), self.old)
+        # no data-dependent branch: every trainable row takes part in every forward (DDP needs it)
+        extra = F.embedding((ids - self.n_old).clamp(min=0), self.new).to(out.dtype)
+        return torch.where((ids >= self.n_old).unsqueeze(-1), extra, out)
+
+
+class CodeLM(nn.Module):
+    """Wraps a Hugging Face causal LM (optionally with LoRA adapters) for code-token training."""
+
+    def __init__(self, model, n_new: int, mode: str = "lora", lora: dict | None = None):
+        super().__init__()
+        if mode not in ("lora", "full"):
+            raise GenrecError(f"train mode {mode!r}: expected 'lora' or 'full'")
+        emb = model.get_input_embeddings().weight
+        head = model.get_output_embeddings()
+        self.tied = head is None or head.weight is emb
+        n_total = emb.shape[0]
+        n_old = n_total - n_new
+        train_old = mode == "full"
+        for p in model.parameters():
+            p.requires_grad_(train_old)
+        if mode == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", bias="none", **(lora or {})))
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.body = base.get_decoder()
+        self.embed = CodeEmbedding(emb.data[:n_old].clone(), emb.data[n_old:].clone(), train_old)
+        self.body.embed_tokens = self.embed
+        if self.tied:
+            self.out_new = None
+            self.out_old = None
+        else:
+            w = base.get_output_embeddings().weight.data
+            self.out_old = nn.Parameter(w[:n_old].clone(), requires_grad=train_old)
+            self.out_new = nn.Parameter(w[n_old:].clone().float(), requires_grad=True)
+        base.lm_head = None  # never computed over every position; see head_weight
+        self.n_old, self.n_new = n_old, n_new
+
+    def head_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.tied:
+            return torch.cat([self.embed.old.to(dtype), self.embed.new.to(dtype)])
+        return torch.cat([self.out_old.to(dtype), self.out_new.to(dtype)])
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
+        return self.body(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sum of target-token NLL, number of target tokens, number correct at argmax).
+
+        ``target_mask[b, t]`` marks token t of row b as a target; it is predicted from position t-1.
+        """
+        h = self.hidden(input_ids, attention_mask).last_hidden_state
+        pred_at = target_mask[:, 1:].bool()
+        states = h[:, :-1][pred_at]
+        targets = input_ids[:, 1:][pred_at]
+        logits = (states @ self.head_weight(states.dtype).T).float()
+        nll = F.cross_entropy(logits, targets, reduction="sum")
+        correct = (logits.argmax(-1) == targets).sum()
+        return nll, torch.tensor(targets.numel(), device=nll.device), correct
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary logits of some hidden states (decoding)."""
+        return (hidden @ self.head_weight(hidden.dtype).T).float()
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable(self, state: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> None:
+        own = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or extra:
+            raise GenrecError(f"{source}: trained weights do not fit this model (missing {missing[:3]}, unexpected {extra[:3]})")
+        with torch.no_grad():
+            for n, p in own.items():
+                if state[n].shape != p.shape:
+                    raise GenrecError(f"{source}: {n} has shape {tuple(state[n].shape)}, the model expects {tuple(p.shape)}")
+                p.copy_(state[n])

@@ -1,0 +1,95 @@
+"""The tasks and train stages: (dataset, index) -> token corpus -> fine-tuned model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from genrec.artifacts import StageResult, config_hash, fingerprint, read_manifest, run_stage
+from genrec.errors import GenrecError
+from genrec.llm.corpus import build_corpus, load_corpus, save_corpus
+from genrec.llm.tasks import TaskConfig
+from genrec.llm.train import LLMTrainConfig
+
+
+def stage_tasks(
+    data: Path, index: Path, out: Path, cfg: TaskConfig, backbone: str = "default", valid_users: int = 1000,
+    force: bool = False,
+) -> StageResult:
+    """Build the alignment-task corpus of ``data`` with ``index``'s codes, tokenized for ``backbone``."""
+    from genrec.data.dataset import Dataset
+    from genrec.index.base import ItemIndex
+    from genrec.llm.backbone import add_tokens, load_tokenizer
+
+    config = {"tasks": cfg.model_dump(), "backbone": backbone, "valid_users": valid_users}
+
+    def build(tmp: Path) -> dict:
+        ds = Dataset.load(data)
+        idx = ItemIndex.load(index)
+        tok = load_tokenizer(backbone)
+        add_tokens(tok, None, idx.new_tokens)
+        train, valid, info = build_corpus(ds, idx, tok, cfg, valid_users)
+        info.update(backbone=backbone, index_method=idx.method, new_token_list=list(idx.new_tokens))
+        save_corpus(tmp, train, valid, info)
+        return {"train": train.summary(), "valid": valid.summary(), "dropped_too_long": info["dropped_too_long"],
+                "per_user": _per_user(train)}
+
+    return run_stage(out, "tasks", config, {"data": data, "index": index}, build, force)
+
+
+def _per_user(corpus) -> dict:
+    import numpy as np
+
+    users = corpus.user[corpus.user >= 0]
+    if not len(users):
+        return {}
+    n = np.bincount(users)
+    n = n[n > 0]
+    return {"users": int(len(n)), "mean": round(float(n.mean()), 2), "max": int(n.max())}
+
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def stage_train(
+    corpus: Path, out: Path, cfg: LLMTrainConfig, force: bool = False, stop_after: int | None = None,
+    progress: bool = True,
+) -> StageResult | None:
+    """Fine-tune on a corpus. Checkpoints live next to ``out`` (keyed by corpus and config), so
+    rerunning a killed or budgeted run resumes it. Under ``accelerate launch`` every rank trains
+    and rank 0 writes the artifact. Returns None when stopped by ``stop_after`` steps."""
+    config = {"train": cfg.model_dump()}
+    inputs = {"corpus": corpus}
+    fp = config_hash(config, {k: fingerprint(v) for k, v in inputs.items()})
+    old = read_manifest(out)
+    if not force and old is not None and old.get("fingerprint") == fp:
+        return StageResult(out, old, skipped=True)
+    ckpt = out.parent / f".ckpt-{out.name}-{fp[:12]}"
+    train_c, valid_c, meta = load_corpus(corpus)
+    tokens = meta.get("new_token_list")
+    if tokens is None:
+        raise GenrecError(f"{corpus}: corpus without its token list; rebuild it with `genrec tasks build`")
+    if meta.get("backbone") not in (None, cfg.backbone):
+        raise GenrecError(f"{corpus} was tokenized for backbone {meta['backbone']!r}, train.backbone is {cfg.backbone!r}")
+
+    from genrec.llm.train import train
+
+    result = ckpt / "result"
+    metrics = train(cfg, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after)
+    if metrics.get("stopped"):
+        return None
+    rank, _ = _world()
+    if rank != 0:
+        return StageResult(out, {"metrics": metrics}, skipped=False)
+
+    def build(tmp: Path) -> dict:
+        for f in result.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        shutil.copy2(corpus / "meta.json", tmp / "corpus_meta.json")
+        return metrics
+
+    res = run_stage(out, "train", config, inputs, build, force=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return res

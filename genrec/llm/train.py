@@ -1,0 +1,364 @@
+"""Fine-tune the backbone on the alignment-task corpus: one loop, read top to bottom.
+
+Per optimizer step the loop takes ``world_size * grad_accum`` micro-batches from a batch list
+that depends only on (seed, epoch); rank r runs micro-batches r, r + world, ... of the step. The
+loss of every micro-batch is its summed target-token NLL divided by the target count of the
+whole step (known in advance on every rank, no communication), times the world size (DDP
+averages gradients). So 2 processes x accumulation A compute the same update as 1 process x
+accumulation 2A, and the loss is a true per-target-token mean however the batches are cut.
+
+Batches are length-grouped (``grouping="length"``): samples of similar length, as many as fit a
+budget of padded tokens, so short samples are not padded to the longest of a random batch.
+
+A checkpoint (every ``save_every`` steps and at each epoch end) holds the trainable weights,
+the optimizer, the step and every rank's RNG state: a killed run resumed from it takes the
+same next step as an uninterrupted run. Runs unchanged under ``accelerate launch`` (DDP; FSDP
+and DeepSpeed through an accelerate config on GPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from genrec.artifacts import write_json_atomic
+from genrec.errors import GenrecError
+from genrec.llm.corpus import Corpus
+
+
+class LLMTrainConfig(BaseModel):
+    """Fine-tuning settings (the ``train`` section of a run config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field("default", description="'default' (SmolLM2-135M GGUF), a folder, a .gguf file or a hub id")
+    mode: Literal["lora", "full"] = "lora"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="frozen weights and compute; trainable weights stay fp32")
+    device: str = Field("auto", description="auto, cpu or cuda (under accelerate launch: the rank's device)")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (a budget)")
+    batch_tokens: int = Field(4096, ge=16, description="padded tokens per micro-batch (length grouping)")
+    batch_size: int = Field(32, ge=1, description="samples per micro-batch at most")
+    grouping: Literal["length", "random"] = "length"
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    save_every: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
+    eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and at each epoch end)")
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------- batches
+
+
+def make_batches(lengths: np.ndarray, cfg: LLMTrainConfig, epoch: int) -> list[np.ndarray]:
+    """Micro-batches (arrays of sample rows) of one epoch; a function of (seed, epoch) only."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(len(lengths))
+    if cfg.grouping == "random":
+        return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches: list[np.ndarray] = []
+    chunk = cfg.batch_size * 64
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        rows = rows[np.argsort(-lengths[rows], kind="stable")]
+        cur: list[int] = []
+        longest = 0
+        for r in rows:
+            n = int(lengths[r])
+            if cur and (len(cur) + 1 > cfg.batch_size or max(longest, n) * (len(cur) + 1) > cfg.batch_tokens):
+                batches.append(np.array(cur))
+                cur, longest = [], 0
+            cur.append(int(r))
+            longest = max(longest, n)
+        if cur:
+            batches.append(np.array(cur))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(corpus: Corpus, rows: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded input ids, attention mask and target mask of some samples."""
+    n = max(int(corpus.offsets[r + 1] - corpus.offsets[r]) for r in rows)
+    ids = np.full((len(rows), n), pad_id, dtype=np.int64)
+    att = np.zeros((len(rows), n), dtype=np.int64)
+    tgt = np.zeros((len(rows), n), dtype=np.bool_)
+    for b, r in enumerate(rows):
+        x, m = corpus.sample(int(r))
+        ids[b, : len(x)], att[b, : len(x)], tgt[b, : len(x)] = x, 1, m
+    return {
+        "input_ids": torch.from_numpy(ids).to(device),
+        "attention_mask": torch.from_numpy(att).to(device),
+        "target_mask": torch.from_numpy(tgt).to(device),
+    }
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio`` at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+def build_model(cfg: LLMTrainConfig, new_tokens: list[str], device: torch.device, vocab_size: int | None = None):
+    """(CodeLM, tokenizer): the backbone with the code tokens added, on ``device``."""
+    from genrec.llm.backbone import add_tokens, load_backbone, pick_dtype
+    from genrec.llm.model import CodeLM
+
+    dtype = pick_dtype(device, cfg.dtype)
+    # full fine-tuning keeps fp32 master weights and computes under autocast
+    model, tok = load_backbone(cfg.backbone, device=str(device), dtype="fp32" if cfg.mode == "full" else cfg.dtype)
+    add_tokens(tok, model, new_tokens)
+    if vocab_size is not None and len(tok) != vocab_size:
+        raise GenrecError(f"the corpus was built for a vocabulary of {vocab_size} tokens; backbone {cfg.backbone} "
+                          f"with the index's code tokens has {len(tok)}: rebuild the corpus with this backbone")
+    lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
+            "target_modules": list(cfg.lora_targets)}
+    lm = CodeLM(model, len(new_tokens), cfg.mode, lora).to(device)
+    lm.compute_dtype = dtype
+    return lm, tok
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log_lines: list[dict]) -> None:
+    """Atomically replace ``folder`` with the state after ``step`` optimizer steps."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    rank = acc.process_index
+    tmp = folder.parent / f".{folder.name}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    torch.save(rng, tmp / f"rng-{rank}.pt")
+    if acc.is_main_process:
+        torch.save({"trainable": acc.unwrap_model(lm).trainable_state(), "optimizer": optimizer.state_dict(),
+                    "step": step, "epoch": epoch}, tmp / "state.pt")
+        with open(tmp / "log.jsonl", "w") as f:
+            f.writelines(json.dumps(x) + "\n" for x in log_lines)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        old = folder.parent / f".{folder.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def load_checkpoint(folder: Path, lm, optimizer, acc) -> tuple[int, list[dict]]:
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+    acc.unwrap_model(lm).load_trainable(state["trainable"], folder)
+    optimizer.load_state_dict(state["optimizer"])
+    rng_file = folder / f"rng-{acc.process_index}.pt"
+    if rng_file.is_file():
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    log = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines() if x.strip()]
+    return int(state["step"]), log
+
+
+# ---------------------------------------------------------------------------------------- loop
+
+
+@torch.no_grad()
+def validation_loss(lm, corpus: Corpus, cfg: LLMTrainConfig, pad_id: int, device, dtype, acc) -> dict:
+    """Mean target-token NLL and next-token accuracy on the validation corpus (sharded over ranks)."""
+    lm.eval()
+    rows = np.argsort(corpus.lengths, kind="stable")[acc.process_index :: acc.num_processes]
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    model = acc.unwrap_model(lm)
+    for i in range(0, len(rows), cfg.batch_size):
+        batch = collate(corpus, rows[i : i + cfg.batch_size], pad_id, device)
+        with autocast(device, dtype):
+            nll, n, correct = model(**batch)
+        totals += torch.stack([nll.double(), n.double(), correct.double()])
+    totals = acc.reduce(totals, "sum")
+    lm.train()
+    n = max(1.0, float(totals[1]))
+    return {"val_loss": round(float(totals[0]) / n, 5), "val_acc": round(float(totals[2]) / n, 5)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def train(
+    cfg: LLMTrainConfig,
+    corpus: Corpus,
+    valid: Corpus | None,
+    new_tokens: list[str],
+    out: Path,
+    checkpoint_dir: Path,
+    vocab_size: int | None = None,
+    progress: bool = True,
+    log=None,
+    stop_after: int | None = None,
+) -> dict:
+    """Fine-tune; write ``trainable.pt``, ``log.jsonl`` and ``train_config.json`` to ``out``.
+
+    Resumes from ``checkpoint_dir`` when it holds a checkpoint of this run. ``stop_after`` ends
+    this call after that many optimizer steps with a checkpoint (a session budget; the schedule
+    is unchanged, and the next call resumes): it then returns ``{"stopped": True, "step": ...}``.
+    Returns metrics.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from genrec.device import pick_device
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    want = pick_device(cfg.device)
+    acc = Accelerator(cpu=want.type == "cpu")
+    device = acc.device
+    torch.manual_seed(cfg.seed)
+    lm, tok = build_model(cfg, new_tokens, device, vocab_size)
+    dtype = lm.compute_dtype
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    params = [p for p in lm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lm, optimizer = acc.prepare(lm, optimizer)
+
+    world, accum = acc.num_processes, cfg.grad_accum
+    group = world * accum
+    lengths, targets = corpus.lengths, corpus.n_targets
+    steps_per_epoch = len(make_batches(lengths, cfg, 0)) // group
+    if steps_per_epoch == 0:
+        raise GenrecError(f"the corpus ({len(corpus)} samples) makes fewer than {group} micro-batches: one optimizer step needs {group}")
+    total = math.ceil(cfg.epochs * steps_per_epoch)
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = int(cfg.warmup_ratio * total)
+
+    step, log_lines = 0, []
+    if (checkpoint_dir / "state.pt").is_file():
+        step, log_lines = load_checkpoint(checkpoint_dir, lm, optimizer, acc)
+        log(f"resumed from {checkpoint_dir} at step {step}")
+    n_trainable = sum(p.numel() for p in params)
+    if acc.is_main_process:
+        log(f"training {n_trainable:,} parameters ({cfg.mode}, {dtype}) on {world} x {device}: {len(corpus):,} samples, "
+            f"{steps_per_epoch:,} steps per epoch, {total:,} steps")
+
+    first_step = step
+    bar = tqdm(total=total, initial=step, disable=not (progress and acc.is_main_process), unit="step", dynamic_ncols=True)
+    start, tokens_seen, targets_seen, samples_seen = time.time(), 0, 0, 0
+    epoch_batches: tuple[int, list[np.ndarray]] | None = None
+    lm.train()
+    while step < total:
+        epoch, pos = divmod(step, steps_per_epoch)
+        if epoch_batches is None or epoch_batches[0] != epoch:
+            epoch_batches = (epoch, make_batches(lengths, cfg, epoch))
+        mine = epoch_batches[1][pos * group : (pos + 1) * group]
+        step_targets = float(sum(targets[b].sum() for b in mine))
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_ratio)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for j, rows in enumerate(mine[acc.process_index :: world]):
+            batch = collate(corpus, rows, pad_id, device)
+            sync = j == accum - 1
+            with acc.no_sync(lm) if not sync else contextlib.nullcontext():
+                with autocast(device, dtype):
+                    nll, _, _ = lm(**batch)
+                acc.backward(nll * (world / step_targets))
+            loss_sum += nll.detach().double()
+            tokens_seen += int(batch["attention_mask"].sum())
+            targets_seen += int(targets[rows].sum())
+            samples_seen += len(rows)
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = float(acc.reduce(loss_sum, "sum")) / step_targets
+        step += 1
+        bar.update(1)
+        elapsed = time.time() - start
+        rate = tokens_seen * world / max(elapsed, 1e-9)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}", epoch=f"{step / steps_per_epoch:.2f}")
+        entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(loss, 5),
+                 "lr": optimizer.param_groups[0]["lr"], "seconds": round(elapsed, 2)}
+        if step % cfg.log_every == 0 or step == total:
+            entry.update(tokens_per_s=round(rate, 1), target_tokens_per_s=round(targets_seen * world / max(elapsed, 1e-9), 1))
+        log_lines.append(entry)
+        epoch_end = step % steps_per_epoch == 0 or step == total
+        if valid is not None and len(valid) and (epoch_end or (cfg.eval_every and step % cfg.eval_every == 0)):
+            v = validation_loss(lm, valid, cfg, pad_id, device, dtype, acc)
+            log_lines.append({"step": step, "epoch": round(step / steps_per_epoch, 4), **v})
+            if acc.is_main_process:
+                bar.write(f"step {step}: train loss {loss:.4f}, validation loss {v['val_loss']:.4f}, accuracy {v['val_acc']:.3f}")
+        budget_spent = stop_after is not None and step - first_step >= stop_after and step < total
+        if step % cfg.save_every == 0 or epoch_end or budget_spent:
+            save_checkpoint(checkpoint_dir, lm, optimizer, step, epoch, acc, log_lines)
+        if budget_spent:
+            bar.close()
+            log(f"stopped after {step - first_step} steps at step {step} of {total}; checkpoint in {checkpoint_dir}")
+            return {"stopped": True, "step": step, "total": total}
+    bar.close()
+    elapsed = time.time() - start
+    metrics = _summary(log_lines, steps_per_epoch, total, total - first_step, elapsed, tokens_seen * world,
+                       targets_seen * world, samples_seen * world, peak_memory_mb(device), n_trainable, world)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(acc.unwrap_model(lm).trainable_state(), out / "trainable.pt")
+        with open(out / "log.jsonl", "w") as f:
+            f.writelines(json.dumps(x) + "\n" for x in log_lines)
+        write_json_atomic(out / "train_config.json", {**cfg.model_dump(), "new_tokens": len(new_tokens)})
+    acc.wait_for_everyone()
+    return metrics
+
+
+def _summary(log_lines, steps_per_epoch, total, steps_here, elapsed, tokens, targets, samples, peak_mb, n_trainable,
+             world) -> dict:
+    """What the run measured; throughput and time per epoch from the steps run in this process."""
+    train = [x for x in log_lines if "loss" in x]
+    val = [x for x in log_lines if "val_loss" in x]
+    return {
+        "steps": total,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": round(total / steps_per_epoch, 4),
+        "final_train_loss": train[-1]["loss"] if train else None,
+        "val_loss": val[-1]["val_loss"] if val else None,
+        "val_acc": val[-1]["val_acc"] if val else None,
+        "seconds_this_session": round(elapsed, 1),
+        "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+        "target_tokens_per_s": round(targets / max(elapsed, 1e-9), 1),
+        "samples_per_s": round(samples / max(elapsed, 1e-9), 2),
+        "seconds_per_epoch": round(elapsed / steps_here * steps_per_epoch, 1) if steps_here else None,
+        "peak_mem_mb": round(peak_mb, 1),
+        "trainable_parameters": n_trainable,
+        "world_size": world,
+    }

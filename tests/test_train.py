@@ -1,0 +1,183 @@
+"""LLM fine-tuning on a tiny random Llama with the real tokenizer: the loss is the plain causal-LM
+loss on target tokens (checked against Hugging Face's own), only new-token rows and adapters
+move, batches cover the corpus, and a resumed run takes the same steps as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.data.loaders import load_raw
+from genrec.data.preprocess import PrepareConfig, preprocess
+from genrec.data.synth import SynthConfig, write
+from genrec.index.base import ItemIndex
+from genrec.llm.backbone import add_tokens
+from genrec.llm.corpus import Corpus, build_corpus, load_corpus, save_corpus
+from genrec.llm.tasks import TaskConfig
+from genrec.llm.train import LLMTrainConfig, collate, lr_factor, make_batches, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, real_tokenizer):
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("train")
+    write(SynthConfig(n_users=40, n_items=30, seed=2, mean_length=6), root / "raw")
+    ds = preprocess(load_raw(root / "raw"), PrepareConfig(kcore=2))
+    ds.save(root / "data")
+    rng = np.random.default_rng(0)
+    codes = np.array(sorted({(int(a), int(b)) for a, b in rng.integers(0, 8, size=(400, 2))})[: ds.n_items])
+    index = ItemIndex.from_codes("alignment", codes[rng.permutation(len(codes))], [8, 8])
+    index.save(root / "index")
+    tok = AutoTokenizer.from_pretrained(real_tokenizer)
+    add_tokens(tok, None, index.new_tokens)
+    tr, va, info = build_corpus(ds, index, tok, TaskConfig(negatives_per_positive=1), valid_users=10)
+    info["new_token_list"] = index.new_tokens
+    save_corpus(root / "corpus", tr, va, info)
+    return root, ds, index
+
+
+def cfg(tiny_backbone, **kw) -> LLMTrainConfig:
+    base = dict(backbone=str(tiny_backbone), lr=5e-3, epochs=1, batch_size=8, batch_tokens=2048, lora_dropout=0.0,
+                warmup_ratio=0.1, save_every=1000, log_every=1)
+    return LLMTrainConfig(**{**base, **kw})
+
+
+def losses(out) -> list[float]:
+    return [x["loss"] for x in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in x]
+
+
+def test_batches_cover_the_corpus_once_and_respect_the_budget():
+    lengths = np.random.default_rng(1).integers(5, 120, size=500)
+    c = LLMTrainConfig(batch_size=16, batch_tokens=600, seed=3)
+    batches = make_batches(lengths, c, epoch=0)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) <= 16 and (len(b) == 1 or len(b) * lengths[b].max() <= 600)
+    assert all((x == y).all() for x, y in zip(batches, make_batches(lengths, c, epoch=0), strict=True))
+    assert any(len(x) != len(y) or (x != y).any() for x, y in zip(batches, make_batches(lengths, c, epoch=1), strict=False))
+    # length grouping pads far less than random batches of the same size
+    rand = make_batches(lengths, LLMTrainConfig(batch_size=16, grouping="random", seed=3), 0)
+
+    def padded(bs):
+        return sum(len(b) * lengths[b].max() for b in bs)
+
+    assert padded(batches) < 0.8 * padded(rand)
+
+
+def test_lr_schedule_by_hand():
+    assert lr_factor(0, 100, 10, 0.0) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.0) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0.0) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.0) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_loss_equals_huggingface_causal_lm_loss(setup, tiny_backbone):
+    from transformers import AutoModelForCausalLM
+
+    from genrec.llm.model import CodeLM
+
+    root, _, index = setup
+    corpus, _, meta = load_corpus(root / "corpus")
+    ref = AutoModelForCausalLM.from_pretrained(tiny_backbone, dtype=torch.float32)
+    ref.resize_token_embeddings(meta["vocab_size"], mean_resizing=False)
+    torch.manual_seed(0)
+    with torch.no_grad():  # give the new rows values, so the check covers them
+        ref.get_input_embeddings().weight[-len(index.new_tokens) :] = torch.randn(len(index.new_tokens), 32) * 0.1
+    batch = collate(corpus, np.arange(6), pad_id=0, device=torch.device("cpu"))
+    labels = torch.where(batch["target_mask"], batch["input_ids"], torch.full_like(batch["input_ids"], -100))
+    with torch.no_grad():
+        hf = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+        n = int(batch["target_mask"][:, 1:].sum())
+        lm = CodeLM(ref, len(index.new_tokens), "lora", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+        nll, count, _ = lm(**batch)
+    assert int(count) == n
+    assert float(nll) / n == pytest.approx(float(hf.loss), rel=1e-5)
+
+
+def test_training_lowers_loss_and_moves_only_new_rows_and_adapters(setup, tiny_backbone, tmp_path):
+    from genrec.llm.train import build_model
+
+    root, _, index = setup
+    tr, va, meta = load_corpus(root / "corpus")
+    c = cfg(tiny_backbone, epochs=4)
+    metrics = train(c, tr, va, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
+    curve = losses(tmp_path / "out")
+    assert np.mean(curve[-3:]) < np.mean(curve[:3]) - 0.3
+    vals = [x["val_loss"] for x in map(json.loads, (tmp_path / "out" / "log.jsonl").read_text().splitlines()) if "val_loss" in x]
+    assert len(vals) == 4 and vals[-1] < vals[0]
+    assert metrics["steps"] == len(curve)
+    lm, _ = build_model(c, index.new_tokens, torch.device("cpu"), meta["vocab_size"])
+    fresh = lm.trainable_state()
+    trained = torch.load(tmp_path / "out" / "trainable.pt")
+    assert set(trained) == set(fresh)
+    assert any("lora" in k for k in trained) and any(k.endswith("embed_tokens.new") for k in trained)
+    assert not any(k.endswith(".old") for k in trained)  # the backbone's vocabulary rows are frozen
+    assert all(not torch.equal(trained[k], fresh[k]) for k in trained if "lora_B" in k or k.endswith(".new"))
+
+
+def test_trained_weights_survive_save_and_load(setup, tiny_backbone, tmp_path):
+    from genrec.llm.train import build_model
+
+    root, _, index = setup
+    tr, va, meta = load_corpus(root / "corpus")
+    c = cfg(tiny_backbone, max_steps=3)
+    train(c, tr, None, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
+    a, _ = build_model(c, index.new_tokens, torch.device("cpu"), meta["vocab_size"])
+    a.load_trainable(torch.load(tmp_path / "out" / "trainable.pt"))
+    b, _ = build_model(c, index.new_tokens, torch.device("cpu"), meta["vocab_size"])
+    batch = collate(tr, np.arange(4), 0, torch.device("cpu"))
+    with torch.no_grad():
+        trained, untrained = a(**batch)[0], b(**batch)[0]
+        b.load_trainable(torch.load(tmp_path / "out" / "trainable.pt"))
+        assert float(b(**batch)[0]) == pytest.approx(float(trained), rel=1e-6)
+    assert float(untrained) != pytest.approx(float(trained), rel=1e-3)
+
+
+def test_interrupted_then_resumed_matches_uninterrupted(setup, tiny_backbone, tmp_path):
+    root, _, index = setup
+    tr, va, meta = load_corpus(root / "corpus")
+    c = cfg(tiny_backbone, epochs=2, lora_dropout=0.1)  # dropout: the RNG state must be restored too
+    train(c, tr, None, index.new_tokens, tmp_path / "a", tmp_path / "ckpt-a", meta["vocab_size"], progress=False)
+    stopped = train(c, tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
+                    progress=False, stop_after=3)
+    assert stopped["stopped"] and stopped["step"] == 3
+    train(c, tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"], progress=False)
+    full, resumed = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert len(full) == len(resumed) > 4
+    np.testing.assert_allclose(resumed, full, rtol=1e-5)
+    a, b = torch.load(tmp_path / "a" / "trainable.pt"), torch.load(tmp_path / "b" / "trainable.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_corpus_rejects_another_vocabulary(setup, tiny_backbone, tmp_path):
+    from genrec.errors import GenrecError
+
+    root, _, index = setup
+    tr, va, meta = load_corpus(root / "corpus")
+    with pytest.raises(GenrecError, match="vocabulary"):
+        train(cfg(tiny_backbone), tr, None, index.new_tokens, tmp_path / "o", tmp_path / "c", meta["vocab_size"] + 1,
+              progress=False)
+
+
+def test_corpus_round_trip_and_counts(setup):
+    root, ds, _ = setup
+    tr, va, meta = load_corpus(root / "corpus")
+    assert isinstance(tr, Corpus) and len(tr) == len(tr.task) == len(tr.offsets) - 1
+    # seq (per prefix): one sample per training position after the first, per user
+    expected_seq = sum(max(0, len(s) - 1) for s in ds.train_sequences())
+    assert tr.counts()["seq"] == expected_seq and tr.counts()["neg"] == expected_seq
+    # every seq target is an item code pair + eos: 3 target tokens
+    seq = tr.task == tr.task_names.index("seq")
+    assert (tr.n_targets[seq] == 3).all()
+    # validation targets are the users' validation items, never the training targets of that user
+    for u, item in zip(va.user, va.item, strict=True):
+        assert item == ds.sequences[u][-2]
