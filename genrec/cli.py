@@ -352,6 +352,148 @@ def index_assign(
     typer.echo(f"assigned {len(rows)} new items ({ms:.2f} ms each){'; wrote ' + str(out) if out else ''}", err=True)
 
 
+# -- tasks and train -------------------------------------------------------------------
+tasks_app = typer.Typer(help="Alignment tasks: the fine-tuning corpus.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+def _validated(model_cls, raw: dict, what: str):
+    from pydantic import ValidationError
+
+    try:
+        return model_cls.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise GenrecError(f"{what} setting {'.'.join(str(x) for x in err['loc'])}: {err['msg']} (input {err.get('input')!r})") from None
+
+
+@tasks_app.command("build")
+def tasks_build(
+    data: Annotated[Path, typer.Option("--data", "-d", help="prepared dataset folder")],
+    index: Annotated[Path, typer.Option("--index", "-i", help="item index folder (`genrec index build`)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder for the corpus")],
+    backbone: Annotated[str, typer.Option(help="tokenizer: default, a folder, a .gguf or a hub id")] = "default",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="task setting NAME=VALUE, e.g. layout=all_positions, negatives_per_positive=0")] = None,
+    valid_users: Annotated[int, typer.Option(help="users in the held-out validation corpus")] = 1000,
+    force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
+) -> None:
+    """Build the alignment-task corpus (training part of the split only) as token ids."""
+    from genrec.config import apply_overrides
+    from genrec.llm.stages import stage_tasks
+    from genrec.llm.tasks import TaskConfig
+
+    cfg = _validated(TaskConfig, apply_overrides({}, set_ or []), "task")
+    res = stage_tasks(data, index, out, cfg, backbone, valid_users, force)
+    m = res.manifest["metrics"]
+    state = "up to date, skipped" if res.skipped else f"built in {res.manifest['wall_seconds']:.1f}s"
+    t = m["train"]
+    typer.echo(f"corpus {res.path}: {state}")
+    typer.echo(f"  {t['samples']:,} training samples, {t['tokens']:,} tokens ({t['target_tokens']:,} targets), "
+               f"mean length {t['mean_length']}, longest {t['max_length']}")
+    for task, n in t["tasks"].items():
+        typer.echo(f"  {task:<14} {n:>9,}")
+    typer.echo(f"  validation: {m['valid']['samples']:,} samples (training history -> validation item)")
+    if m.get("dropped_too_long"):
+        typer.echo(f"  dropped {m['dropped_too_long']:,} samples longer than the length limit")
+
+
+@tasks_app.command("show")
+def tasks_show(
+    corpus: Annotated[Path, typer.Argument(help="corpus folder")],
+    n: Annotated[int, typer.Option(help="samples per task")] = 1,
+) -> None:
+    """Print samples of each task as text, with the target tokens in [[...]]."""
+    import numpy as np
+
+    from genrec.llm.backbone import add_tokens, load_tokenizer
+    from genrec.llm.corpus import load_corpus
+
+    train, _, meta = load_corpus(corpus)
+    tok = load_tokenizer(meta.get("backbone"))
+    add_tokens(tok, None, meta["new_token_list"])
+    for t, name in enumerate(train.task_names):
+        for row in np.flatnonzero(train.task == t)[:n]:
+            ids, mask = train.sample(int(row))
+            pieces, cur, cur_mask = [], [], None
+            for i, m in zip(ids.tolist(), mask.tolist(), strict=True):
+                if cur and m != cur_mask:
+                    text = tok.decode(cur)
+                    pieces.append(f"[[{text}]]" if cur_mask else text)
+                    cur = []
+                cur.append(i)
+                cur_mask = m
+            if cur:
+                text = tok.decode(cur)
+                pieces.append(f"[[{text}]]" if cur_mask else text)
+            typer.echo(f"--- {name} (sample {row})\n{''.join(pieces)}")
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="run config: data, index, tasks and train sections")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="or: a corpus folder from `genrec tasks build`")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder (with --corpus)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override: a.b=value (with --corpus: train settings, e.g. lr=1e-3)")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="stop after this many optimizer steps, with a checkpoint; rerun to resume")] = None,
+    force: Annotated[bool, typer.Option(help="retrain even when up to date")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+) -> None:
+    """Fine-tune the backbone on the alignment tasks. Works unchanged under `accelerate launch`."""
+    import os
+
+    from genrec.config import apply_overrides
+
+    main_rank = int(os.environ.get("RANK", 0)) == 0
+    say = (lambda s: typer.echo(s, err=True)) if main_rank else (lambda s: None)
+    if (config is None) == (corpus is None):
+        raise GenrecError("give either --config (a run config) or --corpus with --out")
+    if corpus is not None:
+        from genrec.llm.config import LLMTrainConfig
+        from genrec.llm.stages import stage_train
+
+        if out is None:
+            raise GenrecError("--corpus needs --out")
+        cfg = _validated(LLMTrainConfig, apply_overrides({}, set_ or []), "train")
+        res = stage_train(corpus, out, cfg, force, stop_after, progress)
+    else:
+        from genrec import pipeline
+        from genrec.config import load_config
+
+        cfg = load_config(config, set_)
+        if cfg.train is None:
+            raise GenrecError(f"{config}: no train section")
+        with _main_process_first():
+            pipeline.run(cfg, force=force, echo=say, until="tasks")
+        done = pipeline.run(cfg, force=False, echo=say, until="train", stop_after=stop_after)
+        res = None
+        if "train" in done:
+            from genrec.artifacts import StageResult
+
+            res = StageResult(cfg.resolved_run_dir() / "model", done["train"], False)
+    if res is None:
+        say("stopped by --stop-after; rerun the same command to resume from the checkpoint")
+        return
+    m = res.manifest["metrics"]
+    if res.skipped:
+        say(f"model {res.path}: up to date, skipped")
+    say(f"model {res.path}: {m['steps']:,} steps ({m['epochs']} epochs), final train loss {m['final_train_loss']}, "
+        f"validation loss {m['val_loss']}, {m['tokens_per_s']:,} tokens/s, peak memory {m['peak_mem_mb']:,.0f} MB")
+
+
+def _main_process_first():
+    """Under a multi-process launch: rank 0 builds shared stages first, the others then find them up to date."""
+    import contextlib
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    from genrec.device import pick_device
+
+    return PartialState(cpu=pick_device("auto").type == "cpu").main_process_first()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a GenrecError becomes one line on stderr and exit code 2."""
     try:

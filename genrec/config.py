@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from genrec.data.preprocess import PrepareConfig
 from genrec.data.synth import SynthConfig
 from genrec.errors import DataError, GenrecError
+from genrec.llm.config import LLMTrainConfig
+from genrec.llm.tasks import TaskConfig
 
 
 class DataSection(BaseModel):
@@ -31,6 +33,24 @@ class EvaluateSection(BaseModel):
     batch_size: int = Field(256, ge=1)
 
 
+class CFSection(BaseModel):
+    """The behaviour model whose item embeddings the index is built from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("dccf", description="dccf, lightgcn or sasrec")
+    dim: int = Field(32, ge=1)
+    train: dict[str, Any] = Field(default_factory=dict, description="trainer settings, e.g. {epochs: 50}")
+    config: dict[str, Any] = Field(default_factory=dict, description="model settings")
+
+
+class IndexSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("alignment", description="alignment, rqvae, semid, cid, rid, tid or iid")
+    config: dict[str, Any] = Field(default_factory=dict, description="indexer settings, e.g. {levels: 4}")
+
+
 class RunConfig(BaseModel):
     """A whole pipeline run."""
 
@@ -46,6 +66,12 @@ class RunConfig(BaseModel):
         default_factory=dict,
         description="per baseline: {'config': model settings, 'train': trainer settings}",
     )
+
+    backbone: str = Field("default", description="LLM for item text, tasks and fine-tuning: default, a folder, a .gguf or a hub id")
+    cf: CFSection | None = Field(None, description="behaviour embeddings for the index (when the indexer needs them)")
+    index: IndexSection | None = None
+    tasks: TaskConfig | None = None
+    train: LLMTrainConfig | None = None
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")

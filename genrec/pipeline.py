@@ -114,8 +114,12 @@ def stage_baseline(
     return res
 
 
-def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print) -> dict:
-    """Run every configured stage in order; return {stage: manifest}."""
+def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print, until: str | None = None,
+        stop_after: int | None = None) -> dict:
+    """Run every configured stage in order (up to the stage ``until``); return {stage: manifest}.
+
+    ``stop_after`` bounds the fine-tuning steps of this call (a resumable session budget).
+    """
     run_dir = cfg.resolved_run_dir()
     done: dict[str, dict] = {}
 
@@ -132,9 +136,50 @@ def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print
         source, fmt = res.path, "tabular"
     res = stage_data(source, run_dir / "data", cfg.data.prepare, fmt, cfg.data.options, force)
     note("data", res)
+    if until in ("index", "tasks", "train"):
+        llm_stages(cfg, run_dir, force, note, until, stop_after)
+        return done
     for name in cfg.baselines:
         res = stage_baseline(
             name, run_dir / "data", run_dir / "baselines" / name, cfg.evaluate, cfg.seed, cfg.baseline_params.get(name), force
         )
         note(f"baseline:{name}", res)
+    llm_stages(cfg, run_dir, force, note, until, stop_after)
     return done
+
+
+def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, StageResult], None],
+               until: str | None = None, stop_after: int | None = None) -> None:
+    """cf -> index -> tasks -> train, as far as the config has sections (and ``until`` allows)."""
+    if cfg.index is None:
+        if until is not None:
+            raise GenrecError(f"the config has no index section: nothing to build up to {until!r}")
+        return
+    from genrec.cf.embeddings import train_embeddings
+    from genrec.config import CFSection
+    from genrec.index.stage import NEEDS_BEHAVIOUR, stage_index
+
+    data = run_dir / "data"
+    emb = None
+    if cfg.index.method in NEEDS_BEHAVIOUR:
+        cf = cfg.cf or CFSection()
+        res = train_embeddings(cf.model, data, run_dir / "cf" / cf.model, cf.dim, cfg.seed, cf.train, cf.config, force)
+        note(f"cf:{cf.model}", res)
+        emb = res.path
+    res = stage_index(cfg.index.method, data, run_dir / "index", emb, cfg.index.config, cfg.backbone, cfg.seed, force=force)
+    note(f"index:{cfg.index.method}", res)
+    if until == "index" or cfg.tasks is None:
+        if until in ("tasks", "train"):
+            raise GenrecError("the config has no tasks section")
+        return
+    from genrec.llm.stages import stage_tasks, stage_train
+
+    res = stage_tasks(data, run_dir / "index", run_dir / "tasks", cfg.tasks, cfg.backbone, force=force)
+    note("tasks", res)
+    if until == "tasks" or cfg.train is None:
+        if until == "train":
+            raise GenrecError("the config has no train section")
+        return
+    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after)
+    if res is not None:
+        note("train", res)

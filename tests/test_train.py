@@ -17,13 +17,14 @@ from genrec.index.base import ItemIndex
 from genrec.llm.backbone import add_tokens
 from genrec.llm.corpus import Corpus, build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
-from genrec.llm.train import LLMTrainConfig, collate, lr_factor, make_batches, train
+from genrec.llm.config import LLMTrainConfig
+from genrec.llm.train import collate, lr_factor, make_batches, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, real_tokenizer):
+def setup(tmp_path_factory, real_tokenizer, tiny_backbone):
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("train")
@@ -37,13 +38,13 @@ def setup(tmp_path_factory, real_tokenizer):
     tok = AutoTokenizer.from_pretrained(real_tokenizer)
     add_tokens(tok, None, index.new_tokens)
     tr, va, info = build_corpus(ds, index, tok, TaskConfig(negatives_per_positive=1), valid_users=10)
-    info["new_token_list"] = index.new_tokens
+    info.update(new_token_list=index.new_tokens, backbone=str(tiny_backbone))
     save_corpus(root / "corpus", tr, va, info)
     return root, ds, index
 
 
 def cfg(tiny_backbone, **kw) -> LLMTrainConfig:
-    base = dict(backbone=str(tiny_backbone), lr=5e-3, epochs=1, batch_size=8, batch_tokens=2048, lora_dropout=0.0,
+    base = dict(lr=5e-3, epochs=1, batch_size=8, batch_tokens=2048, lora_dropout=0.0,
                 warmup_ratio=0.1, save_every=1000, log_every=1)
     return LLMTrainConfig(**{**base, **kw})
 
@@ -108,13 +109,13 @@ def test_training_lowers_loss_and_moves_only_new_rows_and_adapters(setup, tiny_b
     root, _, index = setup
     tr, va, meta = load_corpus(root / "corpus")
     c = cfg(tiny_backbone, epochs=4)
-    metrics = train(c, tr, va, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
+    metrics = train(c, str(tiny_backbone), tr, va, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
     curve = losses(tmp_path / "out")
     assert np.mean(curve[-3:]) < np.mean(curve[:3]) - 0.3
     vals = [x["val_loss"] for x in map(json.loads, (tmp_path / "out" / "log.jsonl").read_text().splitlines()) if "val_loss" in x]
     assert len(vals) == 4 and vals[-1] < vals[0]
     assert metrics["steps"] == len(curve)
-    lm, _ = build_model(c, index.new_tokens, torch.device("cpu"), meta["vocab_size"])
+    lm, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
     fresh = lm.trainable_state()
     trained = torch.load(tmp_path / "out" / "trainable.pt")
     assert set(trained) == set(fresh)
@@ -129,10 +130,10 @@ def test_trained_weights_survive_save_and_load(setup, tiny_backbone, tmp_path):
     root, _, index = setup
     tr, va, meta = load_corpus(root / "corpus")
     c = cfg(tiny_backbone, max_steps=3)
-    train(c, tr, None, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
-    a, _ = build_model(c, index.new_tokens, torch.device("cpu"), meta["vocab_size"])
+    train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
+    a, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
     a.load_trainable(torch.load(tmp_path / "out" / "trainable.pt"))
-    b, _ = build_model(c, index.new_tokens, torch.device("cpu"), meta["vocab_size"])
+    b, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
     batch = collate(tr, np.arange(4), 0, torch.device("cpu"))
     with torch.no_grad():
         trained, untrained = a(**batch)[0], b(**batch)[0]
@@ -145,11 +146,11 @@ def test_interrupted_then_resumed_matches_uninterrupted(setup, tiny_backbone, tm
     root, _, index = setup
     tr, va, meta = load_corpus(root / "corpus")
     c = cfg(tiny_backbone, epochs=2, lora_dropout=0.1)  # dropout: the RNG state must be restored too
-    train(c, tr, None, index.new_tokens, tmp_path / "a", tmp_path / "ckpt-a", meta["vocab_size"], progress=False)
-    stopped = train(c, tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
+    train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "a", tmp_path / "ckpt-a", meta["vocab_size"], progress=False)
+    stopped = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
                     progress=False, stop_after=3)
     assert stopped["stopped"] and stopped["step"] == 3
-    train(c, tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"], progress=False)
+    train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"], progress=False)
     full, resumed = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(full) == len(resumed) > 4
     np.testing.assert_allclose(resumed, full, rtol=1e-5)
@@ -164,7 +165,7 @@ def test_corpus_rejects_another_vocabulary(setup, tiny_backbone, tmp_path):
     root, _, index = setup
     tr, va, meta = load_corpus(root / "corpus")
     with pytest.raises(GenrecError, match="vocabulary"):
-        train(cfg(tiny_backbone), tr, None, index.new_tokens, tmp_path / "o", tmp_path / "c", meta["vocab_size"] + 1,
+        train(cfg(tiny_backbone), str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "o", tmp_path / "c", meta["vocab_size"] + 1,
               progress=False)
 
 
@@ -181,3 +182,33 @@ def test_corpus_round_trip_and_counts(setup):
     # validation targets are the users' validation items, never the training targets of that user
     for u, item in zip(va.user, va.item, strict=True):
         assert item == ds.sequences[u][-2]
+
+
+def test_two_processes_match_one_with_doubled_accumulation(setup, tiny_backbone, tmp_path, cli):
+    """`accelerate launch` with 2 CPU processes (gloo DDP), accumulation 1, against one process with
+    accumulation 2: the same samples per optimizer step, so the same losses and weights."""
+    import os
+    import subprocess
+    import sys
+
+    root, _, _ = setup
+    settings = ["--set", "epochs=2", "--set", "batch_size=8", "--set", "lora_dropout=0.0", "--set", "lr=5e-3"]
+    code, _, err = cli("train", "--corpus", root / "corpus", "--out", tmp_path / "one", *settings,
+                       "--set", "grad_accum=2", "--no-progress")
+    assert code == 0, err
+    # --multi_gpu selects accelerate's torchrun launcher; with no GPU each rank runs on the CPU with gloo
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrec", "train", "--corpus", str(root / "corpus"),
+           "--out", str(tmp_path / "two"), *settings, "--set", "grad_accum=1", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(one) == len(two) >= 4
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    a, b = torch.load(tmp_path / "one" / "trainable.pt"), torch.load(tmp_path / "two" / "trainable.pt")
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    world = json.loads((tmp_path / "two" / "manifest.json").read_text())["metrics"]["world_size"]
+    assert world == 2

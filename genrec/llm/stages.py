@@ -10,7 +10,7 @@ from genrec.artifacts import StageResult, config_hash, fingerprint, read_manifes
 from genrec.errors import GenrecError
 from genrec.llm.corpus import build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
-from genrec.llm.train import LLMTrainConfig
+from genrec.llm.config import LLMTrainConfig
 
 
 def stage_tasks(
@@ -57,7 +57,7 @@ def stage_train(
     corpus: Path, out: Path, cfg: LLMTrainConfig, force: bool = False, stop_after: int | None = None,
     progress: bool = True,
 ) -> StageResult | None:
-    """Fine-tune on a corpus. Checkpoints live next to ``out`` (keyed by corpus and config), so
+    """Fine-tune the corpus's backbone on it. Checkpoints live next to ``out`` (keyed by corpus and config), so
     rerunning a killed or budgeted run resumes it. Under ``accelerate launch`` every rank trains
     and rank 0 writes the artifact. Returns None when stopped by ``stop_after`` steps."""
     config = {"train": cfg.model_dump()}
@@ -71,13 +71,12 @@ def stage_train(
     tokens = meta.get("new_token_list")
     if tokens is None:
         raise GenrecError(f"{corpus}: corpus without its token list; rebuild it with `genrec tasks build`")
-    if meta.get("backbone") not in (None, cfg.backbone):
-        raise GenrecError(f"{corpus} was tokenized for backbone {meta['backbone']!r}, train.backbone is {cfg.backbone!r}")
+    backbone = meta.get("backbone") or "default"
 
     from genrec.llm.train import train
 
     result = ckpt / "result"
-    metrics = train(cfg, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after)
+    metrics = train(cfg, backbone, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after)
     if metrics.get("stopped"):
         return None
     rank, _ = _world()

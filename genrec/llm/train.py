@@ -27,47 +27,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from genrec.artifacts import write_json_atomic
 from genrec.errors import GenrecError
+from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus
-
-
-class LLMTrainConfig(BaseModel):
-    """Fine-tuning settings (the ``train`` section of a run config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backbone: str = Field("default", description="'default' (SmolLM2-135M GGUF), a folder, a .gguf file or a hub id")
-    mode: Literal["lora", "full"] = "lora"
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    lora_targets: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="frozen weights and compute; trainable weights stay fp32")
-    device: str = Field("auto", description="auto, cpu or cuda (under accelerate launch: the rank's device)")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (a budget)")
-    batch_tokens: int = Field(4096, ge=16, description="padded tokens per micro-batch (length grouping)")
-    batch_size: int = Field(32, ge=1, description="samples per micro-batch at most")
-    grouping: Literal["length", "random"] = "length"
-    grad_accum: int = Field(1, ge=1)
-    warmup_ratio: float = Field(0.03, ge=0, le=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    save_every: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
-    eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and at each epoch end)")
-    log_every: int = Field(10, ge=1)
-    seed: int = 0
 
 
 # ---------------------------------------------------------------------------------------- batches
@@ -125,17 +92,18 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 # ---------------------------------------------------------------------------------------- model
 
 
-def build_model(cfg: LLMTrainConfig, new_tokens: list[str], device: torch.device, vocab_size: int | None = None):
+def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], device: torch.device,
+                vocab_size: int | None = None):
     """(CodeLM, tokenizer): the backbone with the code tokens added, on ``device``."""
     from genrec.llm.backbone import add_tokens, load_backbone, pick_dtype
     from genrec.llm.model import CodeLM
 
     dtype = pick_dtype(device, cfg.dtype)
     # full fine-tuning keeps fp32 master weights and computes under autocast
-    model, tok = load_backbone(cfg.backbone, device=str(device), dtype="fp32" if cfg.mode == "full" else cfg.dtype)
+    model, tok = load_backbone(backbone, device=str(device), dtype="fp32" if cfg.mode == "full" else cfg.dtype)
     add_tokens(tok, model, new_tokens)
     if vocab_size is not None and len(tok) != vocab_size:
-        raise GenrecError(f"the corpus was built for a vocabulary of {vocab_size} tokens; backbone {cfg.backbone} "
+        raise GenrecError(f"the corpus was built for a vocabulary of {vocab_size} tokens; backbone {backbone} "
                           f"with the index's code tokens has {len(tok)}: rebuild the corpus with this backbone")
     lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
             "target_modules": list(cfg.lora_targets)}
@@ -220,6 +188,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def train(
     cfg: LLMTrainConfig,
+    backbone: str,
     corpus: Corpus,
     valid: Corpus | None,
     new_tokens: list[str],
@@ -247,7 +216,7 @@ def train(
     acc = Accelerator(cpu=want.type == "cpu")
     device = acc.device
     torch.manual_seed(cfg.seed)
-    lm, tok = build_model(cfg, new_tokens, device, vocab_size)
+    lm, tok = build_model(cfg, backbone, new_tokens, device, vocab_size)
     dtype = lm.compute_dtype
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     params = [p for p in lm.parameters() if p.requires_grad]
@@ -336,7 +305,7 @@ def train(
         torch.save(acc.unwrap_model(lm).trainable_state(), out / "trainable.pt")
         with open(out / "log.jsonl", "w") as f:
             f.writelines(json.dumps(x) + "\n" for x in log_lines)
-        write_json_atomic(out / "train_config.json", {**cfg.model_dump(), "new_tokens": len(new_tokens)})
+        write_json_atomic(out / "train_config.json", {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens)})
     acc.wait_for_everyone()
     return metrics
 

@@ -1,0 +1,38 @@
+"""Fine-tuning settings: the ``train`` section of a run config (no torch import here)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LLMTrainConfig(BaseModel):
+    """Fine-tuning settings (the ``train`` section of a run config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["lora", "full"] = "lora"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="frozen weights and compute; trainable weights stay fp32")
+    device: str = Field("auto", description="auto, cpu or cuda (under accelerate launch: the rank's device)")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (a budget)")
+    batch_tokens: int = Field(4096, ge=16, description="padded tokens per micro-batch (length grouping)")
+    batch_size: int = Field(32, ge=1, description="samples per micro-batch at most")
+    grouping: Literal["length", "random"] = "length"
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    save_every: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
+    eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and at each epoch end)")
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
