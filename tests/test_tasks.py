@@ -68,6 +68,10 @@ def test_attribute_queries_without_reviews_and_all_positions_layout():
     assert seq.targets() == [1, 2]  # loss on every item after the first
     q = next(s for s in samples if s.task == "query-attr")
     assert "drills" in q.parts[1][1] and "Acme" in q.parts[1][1]
+    # negatives: per user after the whole training history [0, 1, 2] (user 1 has one training item: none)
+    negs = [s for s in build_tasks(ds, TaskConfig(tasks=["neg"], layout="all_positions", negatives_per_positive=3)) if s.task == "neg"]
+    assert len(negs) == 3
+    assert all([p[1] for p in n.parts if p[0] == "i"][:-1] == [0, 1, 2] and n.targets()[0] not in (0, 1, 2, 3, 4) for n in negs)
 
 
 def test_deterministic_for_a_seed():

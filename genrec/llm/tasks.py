@@ -18,7 +18,10 @@ Tasks, each with several paraphrased templates:
 Only the training part of the split is used: no validation or test item is ever a target, and
 a review is used only for an interaction in the training part. Two layouts for ``seq``:
 ``per_prefix`` (the paper's: one sample per prefix) and ``all_positions`` (one sample per user,
-the loss on every item after the first: far fewer tokens for the same supervision).
+the loss on every item after the first: far fewer tokens for the same supervision). With
+``all_positions`` the negative-behaviour samples are per user too (``negatives_per_positive``
+of them after the user's whole training history), keeping the paper's ratio of negative to
+sequential samples.
 """
 
 from __future__ import annotations
@@ -145,7 +148,10 @@ def build_tasks(dataset: Dataset, cfg: TaskConfig | None = None) -> list[Sample]
                     head, tail = SEQ_TEMPLATES[t]
                     parts = [("t", head, False), *_history_parts(hist), ("t", ". " + tail, False), ("i", int(s[pos]), True)]
                     out.append(Sample("seq", t, parts, u, int(s[pos])))
-                if "neg" in cfg.tasks:
+                # per_prefix: negatives per prefix; all_positions: per user, after the whole history
+                if "neg" in cfg.tasks and (cfg.layout == "per_prefix" or pos == len(s) - 1):
+                    if cfg.layout == "all_positions":
+                        hist = s[max(0, len(s) - cfg.max_history) :]
                     for _ in range(cfg.negatives_per_positive):
                         neg = int(rng.integers(n_items))
                         while neg in seen and len(seen) < n_items:
