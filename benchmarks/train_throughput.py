@@ -75,7 +75,16 @@ def run_hf(corpus_dir: Path, n: int, seed: int, dtype: str, lr: float, batch: in
     from genrec.llm.backbone import add_tokens, load_backbone
 
     corpus, meta = subset(corpus_dir, n, seed)
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
     model, tok = load_backbone(meta.get("backbone") or "default", device="cpu", dtype="fp32")
+    # Trainer refuses a model loaded from GGUF (flagged as quantized): round-trip the dequantized
+    # weights through a plain folder, as a user of the HF recipe would
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     new_ids = add_tokens(tok, model, meta["new_token_list"])
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", trainable_token_indices=new_ids, **LORA))
     rows = []

@@ -1,0 +1,180 @@
+"""Beam search constrained by the trie of valid item token sequences, batched over users.
+
+Each prompt is encoded once (one forward over the left-padded batch); its KV cache is then
+indexed for its beams, never recomputed. Every step runs the model on one token per beam and
+expands all beams of all users at once with tensor operations on the trie's CSR arrays: the
+candidates of a beam are exactly the children of its trie node, so no invalid token is ever
+scored and no invalid tuple can come out. A candidate that reaches a leaf is a finished item;
+tuples of different lengths (TID/RID items ending in an end token) are handled the same way.
+
+With ``beams >= number of items`` nothing is ever pruned, so the result is the exact ranking
+of every item by the model's log-probability of its token sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from genrec.index.trie import Trie
+
+
+@dataclass
+class Decoder:
+    """The model pieces beam search needs.
+
+    ``body(input_ids, attention_mask, position_ids, past_key_values)`` returns an object with
+    ``last_hidden_state`` and ``past_key_values``; ``head(hidden)`` returns vocabulary logits.
+    """
+
+    body: Callable
+    head: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device
+    pad_id: int = 0
+
+    @classmethod
+    def from_hf(cls, model, pad_id: int = 0) -> Decoder:
+        """A Hugging Face causal LM (decoder + lm_head)."""
+        body = model.get_decoder()
+        head = model.get_output_embeddings()
+        return cls(_hf_body(body), lambda h: head(h).float(), next(model.parameters()).device, pad_id)
+
+    @classmethod
+    def from_codelm(cls, lm, pad_id: int = 0) -> Decoder:
+        """A fine-tuned :class:`genrec.llm.model.CodeLM`."""
+        return cls(_hf_body(lm.body), lm.logits, next(lm.parameters()).device, pad_id)
+
+
+def _hf_body(body):
+    import inspect
+
+    # transformers 5 renamed past_key_values to cache (the output keeps past_key_values)
+    name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+    def run(input_ids, attention_mask, position_ids, past_key_values=None):
+        return body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=True, **{name: past_key_values})
+
+    return run
+
+
+@dataclass
+class TrieTensors:
+    """The trie's CSR arrays on the decoding device."""
+
+    ptr: torch.Tensor
+    token: torch.Tensor
+    node: torch.Tensor
+    item: torch.Tensor
+    max_depth: int
+
+    @classmethod
+    def of(cls, trie: Trie, device: torch.device) -> TrieTensors:
+        t = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)  # noqa: E731
+        return cls(t(trie.child_ptr), t(trie.child_token), t(trie.child_node), t(trie.item), trie.max_depth)
+
+
+@dataclass
+class BeamResult:
+    items: np.ndarray  # [users, k] item indices, -1 where fewer than k items were found
+    scores: np.ndarray  # [users, k] log-probabilities of the items' token sequences
+
+
+def _expand(trie: TrieTensors, nodes: torch.Tensor, alive: torch.Tensor):
+    """Every (beam, child edge) pair of the live beams: (beam index, edge index)."""
+    counts = (trie.ptr[nodes + 1] - trie.ptr[nodes]) * alive
+    beam = torch.repeat_interleave(torch.arange(len(nodes), device=nodes.device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    edge = trie.ptr[nodes][beam] + torch.arange(len(beam), device=nodes.device) - first[beam]
+    return beam, edge
+
+
+@torch.no_grad()
+def beam_search(
+    decoder: Decoder,
+    prompts: Sequence[Sequence[int]],
+    trie: Trie | TrieTensors,
+    beams: int = 20,
+    k: int = 10,
+) -> BeamResult:
+    """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams."""
+    dev = decoder.device
+    tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, dev)
+    n_users, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((n_users, width), decoder.pad_id, dtype=torch.long, device=dev)
+    att = torch.zeros((n_users, width), dtype=torch.long, device=dev)
+    for u, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+        ids[u, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        att[u, width - len(p) :] = 1
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    out = decoder.body(ids, att, pos)
+    logp = torch.log_softmax(decoder.head(out.last_hidden_state[:, -1]), -1)  # [U, V]
+    cache = out.past_key_values
+    lengths = att.sum(-1)
+
+    # state per beam slot (U * B of them): trie node, score, alive
+    B = beams
+    slot_user = torch.arange(n_users, device=dev).repeat_interleave(B)
+    nodes = torch.zeros(n_users * B, dtype=torch.long, device=dev)
+    scores = torch.zeros(n_users * B, device=dev)
+    alive = torch.zeros(n_users * B, dtype=torch.long, device=dev)
+    alive[::B] = 1  # one live beam per user at the root
+    step_logp = logp.repeat_interleave(B, 0)
+    cache_rows = torch.arange(n_users, device=dev).repeat_interleave(B)  # prompt row of each slot
+    cache.reorder_cache(cache_rows)
+    att = att.repeat_interleave(B, 0)
+    done_items: list[list[tuple[float, int]]] = [[] for _ in range(n_users)]
+
+    for depth in range(tt.max_depth):
+        beam, edge = _expand(tt, nodes, alive)
+        if len(beam) == 0:
+            break
+        cand_score = scores[beam] + step_logp[beam, tt.token[edge]]
+        cand_user = slot_user[beam]
+        # the best B candidates of each user: sort by (user, -score), rank within the user
+        order = torch.argsort(cand_score, descending=True, stable=True)
+        order = order[torch.argsort(cand_user[order], stable=True)]
+        u_sorted = cand_user[order]
+        start = torch.searchsorted(u_sorted, torch.arange(n_users, device=dev))
+        rank = torch.arange(len(order), device=dev) - start[u_sorted]
+        keep = order[rank < B]
+        child = tt.node[edge[keep]]
+        item = tt.item[child]
+        finished = item >= 0
+        for u, i, s in zip(cand_user[keep][finished].tolist(), item[finished].tolist(),
+                           cand_score[keep][finished].tolist(), strict=True):
+            done_items[u].append((s, i))
+        cont = keep[~finished]
+        if len(cont) == 0:
+            break
+        # place the continuing candidates into their user's slots, in rank order
+        cu = cand_user[cont]
+        slot_start = torch.searchsorted(cu, torch.arange(n_users, device=dev))
+        slot = cu * B + (torch.arange(len(cont), device=dev) - slot_start[cu])
+        parent = beam[cont]
+        new_nodes = torch.zeros_like(nodes)
+        new_scores = torch.full_like(scores, -float("inf"))
+        new_alive = torch.zeros_like(alive)
+        src = torch.arange(n_users * B, device=dev)  # cache row each slot continues from
+        new_nodes[slot], new_scores[slot], new_alive[slot] = tt.node[edge[cont]], cand_score[cont], 1
+        src[slot] = parent
+        tokens = torch.full((n_users * B,), decoder.pad_id, dtype=torch.long, device=dev)
+        tokens[slot] = tt.token[edge[cont]]
+        nodes, scores, alive = new_nodes, new_scores, new_alive
+        cache.reorder_cache(src)
+        att = torch.cat([att[src], new_alive.unsqueeze(1)], 1)
+        position = (lengths[slot_user] + depth).unsqueeze(1)
+        out = decoder.body(tokens.unsqueeze(1), att, position, cache)
+        cache = out.past_key_values
+        step_logp = torch.log_softmax(decoder.head(out.last_hidden_state[:, -1]), -1)
+
+    items = np.full((n_users, k), -1, dtype=np.int64)
+    best = np.full((n_users, k), -np.inf, dtype=np.float64)
+    for u, found in enumerate(done_items):
+        found.sort(key=lambda x: (-x[0], x[1]))
+        for j, (s, i) in enumerate(found[:k]):
+            items[u, j], best[u, j] = i, s
+    return BeamResult(items, best)
