@@ -480,6 +480,53 @@ def train_cmd(
         f"validation loss {m['val_loss']}, {m['tokens_per_s']:,} tokens/s, peak memory {m['peak_mem_mb']:,.0f} MB")
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[Path | None, typer.Option(help="trained model folder (`genrec train`)")] = None,
+    index: Annotated[Path | None, typer.Option(help="the item index it was trained on")] = None,
+    data: Annotated[Path | None, typer.Option(help="prepared dataset folder")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="or: a run config (its run folder holds data, index, model)")] = None,
+    stage: Annotated[str, typer.Option(help="valid or test")] = "test",
+    beams: Annotated[int, typer.Option(help="beam width")] = 20,
+    users: Annotated[int | None, typer.Option(help="evaluate a random sample of this many users (seeded); default all")] = None,
+    batch_users: Annotated[int, typer.Option(help="users decoded together")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the user sample")] = 0,
+    out: Annotated[Path | None, typer.Option(help="write metrics.json and per-user rows here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+) -> None:
+    """Evaluate a fine-tuned generative model with constrained beam search through the shared evaluator."""
+    import numpy as np
+
+    from genrec.data.dataset import Dataset
+    from genrec.decode.recommender import GenerativeRecommender
+    from genrec.evaluate import Evaluator
+
+    if config is not None:
+        from genrec.config import load_config
+
+        run_dir = load_config(config).resolved_run_dir()
+        model, index, data = model or run_dir / "model", index or run_dir / "index", data or run_dir / "data"
+    if model is None or index is None or data is None:
+        raise GenrecError("give --config, or --model, --index and --data")
+    if stage not in ("valid", "test"):
+        raise GenrecError(f"--stage {stage!r}: expected valid or test")
+    ds = Dataset.load(data)
+    rec = GenerativeRecommender.load(model, index, beams=beams, batch_users=batch_users)
+    chosen = None
+    if users is not None:
+        chosen = np.sort(np.random.default_rng(seed).choice(ds.n_users, size=min(users, ds.n_users), replace=False))
+    ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=True)
+    dump = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        dump = out / f"{stage}_users.parquet"
+    res = ev.evaluate(rec, stage=stage, dump_path=dump, users=chosen)
+    result = {**res.to_dict(), "beams": beams, "users_sampled": users, "seed": seed, "model": str(model)}
+    if out is not None:
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2) if as_json else res.table())
+
+
 def _main_process_first():
     """Under a multi-process launch: rank 0 builds shared stages first, the others then find them up to date."""
     import contextlib
