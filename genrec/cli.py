@@ -464,7 +464,7 @@ def train_cmd(
             raise GenrecError(f"{config}: no train section")
         with _main_process_first():
             pipeline.run(cfg, force=force, echo=say, until="tasks")
-        done = pipeline.run(cfg, force=False, echo=say, until="train", stop_after=stop_after)
+        done = pipeline.run(cfg, force=False, echo=say, until="train", stop_after=stop_after, progress=progress)
         res = None
         if "train" in done:
             from genrec.artifacts import StageResult

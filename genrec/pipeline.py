@@ -115,7 +115,7 @@ def stage_baseline(
 
 
 def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print, until: str | None = None,
-        stop_after: int | None = None) -> dict:
+        stop_after: int | None = None, progress: bool = True) -> dict:
     """Run every configured stage in order (up to the stage ``until``); return {stage: manifest}.
 
     ``stop_after`` bounds the fine-tuning steps of this call (a resumable session budget).
@@ -137,19 +137,19 @@ def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print
     res = stage_data(source, run_dir / "data", cfg.data.prepare, fmt, cfg.data.options, force)
     note("data", res)
     if until in ("index", "tasks", "train"):
-        llm_stages(cfg, run_dir, force, note, until, stop_after)
+        llm_stages(cfg, run_dir, force, note, until, stop_after, progress)
         return done
     for name in cfg.baselines:
         res = stage_baseline(
             name, run_dir / "data", run_dir / "baselines" / name, cfg.evaluate, cfg.seed, cfg.baseline_params.get(name), force
         )
         note(f"baseline:{name}", res)
-    llm_stages(cfg, run_dir, force, note, until, stop_after)
+    llm_stages(cfg, run_dir, force, note, until, stop_after, progress)
     return done
 
 
 def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, StageResult], None],
-               until: str | None = None, stop_after: int | None = None) -> None:
+               until: str | None = None, stop_after: int | None = None, progress: bool = True) -> None:
     """cf -> index -> tasks -> train, as far as the config has sections (and ``until`` allows)."""
     if cfg.index is None:
         if until is not None:
@@ -180,6 +180,6 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         if until == "train":
             raise GenrecError("the config has no train section")
         return
-    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after)
+    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after, progress)
     if res is not None:
         note("train", res)

@@ -117,3 +117,23 @@ class CodeLM(nn.Module):
                 if state[n].shape != p.shape:
                     raise GenrecError(f"{source}: {n} has shape {tuple(state[n].shape)}, the model expects {tuple(p.shape)}")
                 p.copy_(state[n])
+
+
+def merged_hf_model(lm: CodeLM):
+    """A plain Hugging Face causal LM with the trained weights of ``lm`` folded in: LoRA merged,
+    the code-token rows written into a resized embedding and output layer. Consumes ``lm``."""
+    model = lm.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with torch.no_grad():
+        emb = torch.cat([lm.embed.old.data, lm.embed.new.data.to(lm.embed.old.dtype)])
+        decoder = model.get_decoder()
+        decoder.embed_tokens = nn.Embedding.from_pretrained(emb, freeze=False)
+        head = nn.Linear(emb.shape[1], emb.shape[0], bias=False, device=emb.device, dtype=emb.dtype)
+        if lm.tied:
+            head.weight = decoder.embed_tokens.weight
+        else:
+            head.weight.copy_(torch.cat([lm.out_old.data, lm.out_new.data.to(lm.out_old.dtype)]))
+        model.lm_head = head
+    model.config.vocab_size = emb.shape[0]
+    return model.eval()

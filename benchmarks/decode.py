@@ -1,0 +1,142 @@
+"""Constrained decoding speed: our batched trie beam search against Hugging Face ``generate``.
+
+    .venv/bin/python benchmarks/decode.py [--model runs/scientific/model] [--users 16]
+
+Same backbone, same weights, same prompts (the sequential prompt of test users), same trie of
+valid code tuples, beam 20, top 10. Hugging Face: ``generate(num_beams=20,
+prefix_allowed_tokens_fn=trie)`` one user at a time (as LC-Rec decodes). Ours:
+:func:`genrec.decode.beam.beam_search`, ``--batch`` users at a time. Reports users per second of
+each, the ratio, and the share of users whose top-10 lists are identical.
+
+Weights: the trained model folder if given (or a checkpoint of the scientific run), else the
+default backbone with freshly initialised code-token rows (speed and agreement do not depend on
+training). Writes benchmarks/results/decode.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._machine import describe, machine  # noqa: E402
+
+
+def load(args):
+    import torch
+
+    from genrec.data.dataset import Dataset
+    from genrec.index.base import ItemIndex
+    from genrec.llm.config import LLMTrainConfig
+    from genrec.llm.train import build_model
+
+    ds = Dataset.load(args.run / "data")
+    index = ItemIndex.load(args.run / "index")
+    cfg = LLMTrainConfig(mode="full")
+    weights, label = None, "untrained code rows"
+    if args.model and (args.model / "trainable.pt").is_file():
+        cfg = LLMTrainConfig.model_validate({k: v for k, v in json.loads((args.model / "train_config.json").read_text()).items()
+                                             if k not in ("backbone", "new_tokens")})
+        weights, label = torch.load(args.model / "trainable.pt"), str(args.model)
+    else:
+        ckpts = sorted(args.run.glob(".ckpt-model-*/state.pt"))
+        if ckpts:
+            state = torch.load(ckpts[-1], weights_only=False)
+            weights, label = state["trainable"], f"{ckpts[-1].parent.name} step {state['step']}"
+            cfg = LLMTrainConfig.model_validate(_train_section(args.config))
+
+    def make():
+        lm, tok = build_model(cfg, "default", list(index.new_tokens), torch.device("cpu"))
+        if weights is not None:
+            lm.load_trainable(weights)
+        return lm.eval(), tok
+
+    return ds, index, make, label
+
+
+def _train_section(config: Path) -> dict:
+    from genrec.config import load_config
+
+    return load_config(config).train.model_dump()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, default=ROOT / "runs" / "scientific", help="run folder with data and index")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "scientific.yaml")
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--users", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--beams", type=int, default=20)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    if not (args.run / "index").is_dir():
+        sys.exit(f"no index in {args.run}: run `genrec train --config {args.config}` (or its index stage) first")
+    import numpy as np
+    import torch
+
+    from genrec.decode.beam import Decoder, TrieTensors, beam_search
+    from genrec.llm.encode import PromptFormat
+    from genrec.llm.model import merged_hf_model
+
+    ds, index, make, label = load(args)
+    lm, tok = make()
+    fmt = PromptFormat(tok, index)
+    trie = index.trie(fmt.items)
+    split = ds.eval_split("test")
+    users = np.random.default_rng(0).choice(np.flatnonzero(split.targets >= 0), size=args.users, replace=False)
+    prompts = [fmt.seq_prompt([int(i) for i in split.histories[u]]) for u in users]
+    mean_len = float(np.mean([len(p) for p in prompts]))
+
+    dec, tt = Decoder.from_codelm(lm, tok.pad_token_id), TrieTensors.of(trie, torch.device("cpu"))
+    beam_search(dec, prompts[:2], tt, args.beams, args.k)  # warm-up
+    t = time.perf_counter()
+    ours = np.concatenate([beam_search(dec, prompts[i : i + args.batch], tt, args.beams, args.k).items
+                           for i in range(0, len(prompts), args.batch)])
+    ours_s = time.perf_counter() - t
+
+    hf = merged_hf_model(make()[0])
+    levels = index.codes.shape[1]
+    hf_lists = []
+    t = time.perf_counter()
+    for p in prompts:
+        ids = torch.tensor([p])
+
+        def allowed(_b, sent, n=len(p)):
+            return trie.allowed(sent[n:].tolist())
+
+        with torch.no_grad():
+            gen = hf.generate(ids, attention_mask=torch.ones_like(ids), num_beams=args.beams, num_return_sequences=args.k,
+                              max_new_tokens=levels, do_sample=False, length_penalty=0.0, early_stopping=True,
+                              prefix_allowed_tokens_fn=allowed, pad_token_id=tok.pad_token_id)
+        hf_lists.append([trie.lookup(g[len(p) :].tolist()) for g in gen])
+    hf_s = time.perf_counter() - t
+    identical = float(np.mean([ours[i].tolist() == hf_lists[i] for i in range(len(prompts))]))
+    info = machine()
+    result = {"ours_users_per_s": round(len(prompts) / ours_s, 3), "hf_users_per_s": round(len(prompts) / hf_s, 3),
+              "ratio": round(hf_s / ours_s, 2), "identical_top10_share": identical, "users": len(prompts),
+              "mean_prompt_tokens": round(mean_len, 1), "beams": args.beams, "k": args.k, "batch": args.batch,
+              "weights": label, "threads": torch.get_num_threads(), "machine": info}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
+    cmd = " ".join(["python benchmarks/decode.py", *sys.argv[1:]])
+    (args.out / "decode.md").write_text("\n".join([
+        "# Constrained decoding", "", f"Machine: {describe(info)}; torch threads {torch.get_num_threads()}.", "",
+        f"Command: `{cmd}`", "",
+        f"{len(prompts)} test users of scientific, mean prompt {mean_len:.0f} tokens, beam {args.beams}, top {args.k}, "
+        f"default backbone, weights: {label}.", "",
+        "| decoder | users/s | s/user |", "|---|---|---|",
+        f"| HF generate, prefix_allowed_tokens_fn, one user at a time | {len(prompts) / hf_s:.3f} | {hf_s / len(prompts):.2f} |",
+        f"| genrec beam_search, {args.batch} users per batch | {len(prompts) / ours_s:.3f} | {ours_s / len(prompts):.3f} |",
+        "", f"Speed-up: **{hf_s / ours_s:.1f}x**. Identical top-{args.k} lists: {identical:.0%} of users.", ""]))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
