@@ -178,3 +178,17 @@ def beam_search(
         for j, (s, i) in enumerate(found[:k]):
             items[u, j], best[u, j] = i, s
     return BeamResult(items, best)
+
+
+def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie | TrieTensors, beams: int = 20,
+                 k: int = 10, batch: int = 8) -> BeamResult:
+    """:func:`beam_search` over many prompts, batched by length (little left padding), in input order."""
+    tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, decoder.device)
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    items = np.full((len(prompts), k), -1, dtype=np.int64)
+    scores = np.full((len(prompts), k), -np.inf)
+    for lo in range(0, len(order), batch):
+        rows = order[lo : lo + batch]
+        res = beam_search(decoder, [prompts[r] for r in rows], tt, beams, k)
+        items[rows], scores[rows] = res.items, res.scores
+    return BeamResult(items, scores)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec.decode.beam import Decoder, TrieTensors, beam_search
+from genrec.decode.beam import Decoder, TrieTensors, rank_prompts
 from genrec.errors import DataError
 from genrec.index.base import ItemIndex
 
@@ -54,11 +54,6 @@ class GenerativeRecommender:
 
     def rank(self, histories: list[np.ndarray], users: np.ndarray, k: int) -> np.ndarray:
         """Top-``k`` items per history, best first (-1 pads a list with fewer than k items)."""
-        out = np.full((len(histories), k), -1, dtype=np.int64)
-        prompts = self.prompts(histories)
-        for lo in range(0, len(prompts), self.batch_users):
-            with torch.autocast(self.decoder.device.type, dtype=self.lm.compute_dtype,
-                                enabled=self.lm.compute_dtype != torch.float32):
-                res = beam_search(self.decoder, prompts[lo : lo + self.batch_users], self.trie, self.beams, k)
-            out[lo : lo + len(res.items)] = res.items
-        return out
+        with torch.autocast(self.decoder.device.type, dtype=self.lm.compute_dtype,
+                            enabled=self.lm.compute_dtype != torch.float32):
+            return rank_prompts(self.decoder, self.prompts(histories), self.trie, self.beams, k, self.batch_users).items
