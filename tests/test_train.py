@@ -243,3 +243,23 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
                 logp = torch.log_softmax(rec.lm.logits(hs), -1)
                 scores.append(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(toks)))
         assert row.tolist() == np.argsort(-np.array(scores), kind="stable").tolist()
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup, tiny_backbone):
+    from genrec.llm.train import build_model
+
+    root, _, index = setup
+    tr, _, meta = load_corpus(root / "corpus")
+    batch = collate(tr, np.arange(5), 0, torch.device("cpu"))
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        lm, _ = build_model(cfg(tiny_backbone, gradient_checkpointing=ckpt), str(tiny_backbone), index.new_tokens,
+                            torch.device("cpu"), meta["vocab_size"])
+        lm.train()
+        nll, _, _ = lm(**batch)
+        nll.backward()
+        grads.append((float(nll), {n: p.grad.clone() for n, p in lm.named_parameters() if p.requires_grad}))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for n, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7)

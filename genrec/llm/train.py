@@ -102,6 +102,8 @@ def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], devic
     # full fine-tuning keeps fp32 master weights and computes under autocast
     model, tok = load_backbone(backbone, device=str(device), dtype="fp32" if cfg.mode == "full" else cfg.dtype)
     add_tokens(tok, model, new_tokens)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if vocab_size is not None and len(tok) != vocab_size:
         raise GenrecError(f"the corpus was built for a vocabulary of {vocab_size} tokens; backbone {backbone} "
                           f"with the index's code tokens has {len(tok)}: rebuild the corpus with this backbone")
@@ -281,7 +283,8 @@ def train(
         entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(loss, 5),
                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(elapsed, 2)}
         if step % cfg.log_every == 0 or step == total:
-            entry.update(tokens_per_s=round(rate, 1), target_tokens_per_s=round(targets_seen * world / max(elapsed, 1e-9), 1))
+            entry.update(tokens_per_s=round(rate, 1), target_tokens_per_s=round(targets_seen * world / max(elapsed, 1e-9), 1),
+                         peak_mem_mb=round(peak_memory_mb(device), 1))
         log_lines.append(entry)
         epoch_end = step % steps_per_epoch == 0 or step == total
         if valid is not None and len(valid) and (epoch_end or (cfg.eval_every and step % cfg.eval_every == 0)):

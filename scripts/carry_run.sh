@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Carry a long run between sessions on machines that keep only the git checkout.
+#   scripts/carry_run.sh save    runs/scientific   # copy the small upstream stages + the latest checkpoint into carry/
+#   scripts/carry_run.sh restore runs/scientific   # copy them back; `genrec train --config ...` then resumes
+# Stage fingerprints are content hashes of configs and inputs, so restored stages are "up to date"
+# and the checkpoint folder keeps its name. The corpus (tasks) is rebuilt, deterministically.
+set -euo pipefail
+what=${1:?save or restore}; run=${2:?run folder, e.g. runs/scientific}
+store="carry/$(basename "$run")"
+case "$what" in
+  save)
+    rm -rf "$store.tmp" && mkdir -p "$store.tmp"
+    for d in data cf index; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
+    ckpt=$(ls -dt "$run"/.ckpt-model-* 2>/dev/null | head -n1 || true)
+    [ -n "$ckpt" ] && cp -r "$ckpt" "$store.tmp/"
+    rm -rf "$store" && mv "$store.tmp" "$store"
+    du -sh "$store" ;;
+  restore)
+    [ -d "$store" ] || { echo "nothing carried in $store" >&2; exit 1; }
+    mkdir -p "$run" && cp -r "$store"/. "$run"/
+    ls -a "$run" ;;
+  *) echo "usage: $0 save|restore RUN_DIR" >&2; exit 2 ;;
+esac
