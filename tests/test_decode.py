@@ -62,6 +62,18 @@ def test_all_beams_equals_exhaustive_scoring(model):
         np.testing.assert_allclose(res.scores[u], ref[order], rtol=1e-4, atol=1e-4)
 
 
+def test_a_shared_prompt_prefix_changes_nothing(model):
+    items = code_items(10, 3, 4, seed=7)
+    head = [5, 6, 7, 8, 9, 10, 11]  # a system prompt every user has
+    ps = [head + p for p in prompts(4, seed=8)] + [head + [12]]
+    res = beam_search(Decoder.from_hf(model), ps, Trie(items), beams=len(items), k=len(items))
+    for u, p in enumerate(ps):
+        ref = exhaustive(model, p, items)
+        order = np.argsort(-ref, kind="stable")
+        assert res.items[u].tolist() == order.tolist()
+        np.testing.assert_allclose(res.scores[u], ref[order], rtol=1e-4, atol=1e-4)
+
+
 def test_variable_length_items_with_end_token(model):
     end = 3
     rng = np.random.default_rng(5)

@@ -1,7 +1,8 @@
 """Beam search constrained by the trie of valid item token sequences, batched over users.
 
-Each prompt is encoded once (one forward over the left-padded batch); its KV cache is then
-indexed for its beams, never recomputed. Every step runs the model on one token per beam and
+Each prompt is encoded once (one forward over the left-padded batch, after the prefix all
+prompts share, such as the system prompt, has been encoded once for the batch); its KV cache is
+then indexed for its beams, never recomputed. Every step runs the model on one token per beam and
 expands all beams of all users at once with tensor operations on the trie's CSR arrays: the
 candidates of a beam are exactly the children of its trie node, so no invalid token is ever
 scored and no invalid tuple can come out. A candidate that reaches a leaf is a finished item;
@@ -83,6 +84,19 @@ class BeamResult:
     scores: np.ndarray  # [users, k] log-probabilities of the items' token sequences
 
 
+def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    first = list(prompts[0])
+    n = len(first)
+    for p in prompts[1:]:
+        m = 0
+        for a, b in zip(first[:n], p, strict=False):
+            if a != b:
+                break
+            m += 1
+        n = m
+    return n
+
+
 def _expand(trie: TrieTensors, nodes: torch.Tensor, alive: torch.Tensor):
     """Every (beam, child edge) pair of the live beams: (beam index, edge index)."""
     counts = (trie.ptr[nodes + 1] - trie.ptr[nodes]) * alive
@@ -103,14 +117,25 @@ def beam_search(
     """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams."""
     dev = decoder.device
     tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, dev)
-    n_users, width = len(prompts), max(len(p) for p in prompts)
+    n_users = len(prompts)
+    # the prompts' common prefix (system prompt, template) is encoded once for all of them
+    shared = _common_prefix(prompts) if n_users > 1 else 0
+    shared = min(shared, min(len(p) for p in prompts) - 1)  # every prompt keeps a token of its own
+    cache = None
+    if shared > 0:
+        head = torch.as_tensor([list(prompts[0][:shared])], dtype=torch.long, device=dev)
+        cache = decoder.body(head, torch.ones_like(head), torch.arange(shared, device=dev)[None]).past_key_values
+        cache.batch_repeat_interleave(n_users)
+    rest = [p[shared:] for p in prompts]
+    width = max(len(p) for p in rest)
     ids = torch.full((n_users, width), decoder.pad_id, dtype=torch.long, device=dev)
     att = torch.zeros((n_users, width), dtype=torch.long, device=dev)
-    for u, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+    for u, p in enumerate(rest):  # left padding: every prompt ends at the last column
         ids[u, width - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
         att[u, width - len(p) :] = 1
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
-    out = decoder.body(ids, att, pos)
+    pos = shared + (att.cumsum(-1) - 1).clamp(min=0)
+    att = torch.cat([torch.ones((n_users, shared), dtype=torch.long, device=dev), att], 1)
+    out = decoder.body(ids, att, pos, cache)
     logp = torch.log_softmax(decoder.head(out.last_hidden_state[:, -1]), -1)  # [U, V]
     cache = out.past_key_values
     lengths = att.sum(-1)
