@@ -15,9 +15,9 @@ from genrec.data.preprocess import PrepareConfig, preprocess
 from genrec.data.synth import SynthConfig, write
 from genrec.index.base import ItemIndex
 from genrec.llm.backbone import add_tokens
+from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus, build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
-from genrec.llm.config import LLMTrainConfig
 from genrec.llm.train import collate, lr_factor, make_batches, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

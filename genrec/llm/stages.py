@@ -8,9 +8,9 @@ from pathlib import Path
 
 from genrec.artifacts import StageResult, config_hash, fingerprint, read_manifest, run_stage
 from genrec.errors import GenrecError
+from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
-from genrec.llm.config import LLMTrainConfig
 
 
 def stage_tasks(

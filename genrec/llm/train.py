@@ -36,7 +36,6 @@ from genrec.errors import GenrecError
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus
 
-
 # ---------------------------------------------------------------------------------------- batches
 
 
