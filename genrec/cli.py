@@ -494,11 +494,13 @@ def evaluate_cmd(
     out: Annotated[Path | None, typer.Option(help="write metrics.json and per-user rows here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
 ) -> None:
-    """Evaluate a fine-tuned generative model with constrained beam search through the shared evaluator."""
+    """Evaluate a fine-tuned generative model with constrained beam search through the shared evaluator.
+
+    Under `accelerate launch` the users are sharded across ranks and rank 0 prints the result."""
     import numpy as np
 
     from genrec.data.dataset import Dataset
-    from genrec.decode.recommender import GenerativeRecommender
+    from genrec.decode.recommender import GenerativeRecommender, evaluate_generative
     from genrec.evaluate import Evaluator
 
     if config is not None:
@@ -520,7 +522,9 @@ def evaluate_cmd(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         dump = out / f"{stage}_users.parquet"
-    res = ev.evaluate(rec, stage=stage, dump_path=dump, users=chosen)
+    res = evaluate_generative(rec, ev, stage, chosen, dump)
+    if res is None:  # not rank 0 of a launch
+        return
     result = {**res.to_dict(), "beams": beams, "users_sampled": users, "seed": seed, "model": str(model)}
     if out is not None:
         (out / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -229,6 +229,21 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
     assert result["n_users"] == ds.n_users and 0 <= result["metrics"]["HR@10"] <= 1
     assert (tmp_path / "eval" / "metrics.json").is_file()
 
+    # sharded over 2 processes by `accelerate launch`: the same metrics
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrec", "evaluate", "--model", str(tmp_path / "m"),
+           "--index", str(root / "index"), "--data", str(root / "data"), "--beams", "5", "--json"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert sharded["n_users"] == result["n_users"]
+    for key, value in result["metrics"].items():
+        assert sharded["metrics"][key] == pytest.approx(value, abs=1e-9), key
+
     rec = GenerativeRecommender.load(tmp_path / "m", root / "index", beams=ds.n_items, device="cpu")
     split = ds.eval_split("test")
     hist = [split.histories[u] for u in (0, 1)]

@@ -57,3 +57,38 @@ class GenerativeRecommender:
         with torch.autocast(self.decoder.device.type, dtype=self.lm.compute_dtype,
                             enabled=self.lm.compute_dtype != torch.float32):
             return rank_prompts(self.decoder, self.prompts(histories), self.trie, self.beams, k, self.batch_users).items
+
+
+class PrecomputedRanker:
+    """Ranked lists computed elsewhere (e.g. by every rank of a launch), looked up by user."""
+
+    def __init__(self, lists: dict[int, list[int]]):
+        self.lists = lists
+
+    def rank(self, histories, users: np.ndarray, k: int) -> list[list[int]]:
+        return [self.lists[int(u)][:k] for u in users]
+
+
+def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "test", users: np.ndarray | None = None,
+                        dump_path: Path | None = None):
+    """Evaluate through the shared evaluator. Under a multi-process launch every rank decodes a
+    shard of the users, the lists are gathered, and rank 0 evaluates them (same result as one
+    process); the other ranks return None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return evaluator.evaluate(rec, stage=stage, dump_path=dump_path, users=users)
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState(cpu=rec.decoder.device.type == "cpu")
+    split = evaluator.split(stage)
+    todo = np.arange(evaluator.dataset.n_users) if users is None else np.asarray(users)
+    todo = todo[split.targets[todo] >= 0]
+    mine = todo[state.process_index :: state.num_processes]
+    k = max(evaluator.ks)
+    lists = rec.rank([split.histories[u] for u in mine], mine, k) if len(mine) else np.zeros((0, k), np.int64)
+    gathered = gather_object([(int(u), [int(i) for i in row if i >= 0]) for u, row in zip(mine, lists, strict=True)])
+    if not state.is_main_process:
+        return None
+    return evaluator.evaluate(PrecomputedRanker(dict(gathered)), stage=stage, dump_path=dump_path, users=users)
