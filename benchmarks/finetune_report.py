@@ -51,10 +51,22 @@ def svg_curve(series: dict[str, list[tuple[float, float]]], width: int = 640, he
     return "\n".join(out) + "\n"
 
 
+def exact_steps_per_epoch(run: Path, config: Path) -> int:
+    """Optimizer steps per epoch of the run's corpus under the config's batching (single process)."""
+    from genrec.config import load_config
+    from genrec.llm.corpus import load_corpus
+    from genrec.llm.train import make_batches
+
+    cfg = load_config(config).train
+    corpus, _, _ = load_corpus(run / "tasks")
+    return len(make_batches(corpus.lengths, cfg, 0)) // cfg.grad_accum
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "scientific")
     ap.add_argument("--name", default="finetune-scientific")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "scientific.yaml")
     ap.add_argument("--note", default="", help="a line for the report (budget, how the machine was shared)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
@@ -87,7 +99,7 @@ def main() -> None:
     steps_done = train[-1]["step"] if train else 0
     epoch_done = train[-1]["epoch"] if train else 0.0
     mean_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
-    steps_per_epoch = round(steps_done / epoch_done) if epoch_done else None
+    steps_per_epoch = exact_steps_per_epoch(args.run, args.config)
     rates = [x["tokens_per_s"] for x in train if "tokens_per_s" in x]
     result = {
         "state": state, "steps": steps_done, "epochs": epoch_done, "steps_per_epoch": steps_per_epoch,
