@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Carry a long run between sessions on machines that keep only the git checkout.
-#   scripts/carry_run.sh save    runs/scientific   # copy the small upstream stages + the latest checkpoint into carry/
+#   scripts/carry_run.sh save    runs/scientific   # copy the small upstream stages + checkpoints into carry/
 #   scripts/carry_run.sh restore runs/scientific   # copy them back; `genrec train --config ...` then resumes
 # Stage fingerprints are content hashes of configs and inputs, so restored stages are "up to date"
 # and the checkpoint folder keeps its name. The corpus (tasks) is rebuilt, deterministically.
@@ -11,8 +11,10 @@ case "$what" in
   save)
     rm -rf "$store.tmp" && mkdir -p "$store.tmp"
     for d in data cf index; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
-    ckpt=$(ls -dt "$run"/.ckpt-model-* 2>/dev/null | head -n1 || true)
-    [ -n "$ckpt" ] && cp -r "$ckpt" "$store.tmp/"
+    # every checkpoint folder of an unfinished stage (fine-tuning, neural baselines), at its relative path
+    (cd "$run" && find . -maxdepth 2 -type d -name '.ckpt-*') | while read -r c; do
+      mkdir -p "$store.tmp/$(dirname "$c")" && cp -r "$run/$c" "$store.tmp/$c"
+    done
     rm -rf "$store" && mv "$store.tmp" "$store"
     du -sh "$store" ;;
   restore)
