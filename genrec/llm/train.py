@@ -253,7 +253,10 @@ def train(
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch_batches is None or epoch_batches[0] != epoch:
             epoch_batches = (epoch, make_batches(lengths, cfg, epoch))
-        mine = epoch_batches[1][pos * group : (pos + 1) * group]
+        batches = epoch_batches[1]
+        mine = batches[pos * group : (pos + 1) * group]
+        if len(mine) < group:  # an epoch whose shuffle cut fewer batches than epoch 0's: wrap around
+            mine = mine + batches[: group - len(mine)]
         step_targets = float(sum(targets[b].sum() for b in mine))
         for g in optimizer.param_groups:
             g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_ratio)
@@ -285,6 +288,8 @@ def train(
             entry.update(tokens_per_s=round(rate, 1), target_tokens_per_s=round(targets_seen * world / max(elapsed, 1e-9), 1),
                          peak_mem_mb=round(peak_memory_mb(device), 1))
         log_lines.append(entry)
+        if not progress and acc.is_main_process and "tokens_per_s" in entry:
+            log(f"step {step}/{total} (epoch {entry['epoch']:.3f}): loss {loss:.4f}, {rate:,.0f} tokens/s")
         epoch_end = step % steps_per_epoch == 0 or step == total
         if valid is not None and len(valid) and (epoch_end or (cfg.eval_every and step % cfg.eval_every == 0)):
             v = validation_loss(lm, valid, cfg, pad_id, device, dtype, acc)
