@@ -51,27 +51,24 @@ def prompts(n: int, seed: int) -> list[list[int]]:
     return [rng.integers(3, VOCAB, size=int(rng.integers(3, 12))).tolist() for _ in range(n)]
 
 
-def test_all_beams_equals_exhaustive_scoring(model):
-    items = code_items(14, 3, 4, seed=1)
-    ps = prompts(5, seed=2)  # different lengths: left padding must not change any score
+def assert_exhaustive(model, ps: list[list[int]], items: list[list[int]]) -> None:
+    """With as many beams as items, every user's list is every item ranked by its exact score."""
     res = beam_search(Decoder.from_hf(model), ps, Trie(items), beams=len(items), k=len(items))
     for u, p in enumerate(ps):
         ref = exhaustive(model, p, items)
         order = np.argsort(-ref, kind="stable")
         assert res.items[u].tolist() == order.tolist()
         np.testing.assert_allclose(res.scores[u], ref[order], rtol=1e-4, atol=1e-4)
+
+
+def test_all_beams_equals_exhaustive_scoring(model):
+    # prompts of different lengths: left padding must not change any score
+    assert_exhaustive(model, prompts(5, seed=2), code_items(14, 3, 4, seed=1))
 
 
 def test_a_shared_prompt_prefix_changes_nothing(model):
-    items = code_items(10, 3, 4, seed=7)
     head = [5, 6, 7, 8, 9, 10, 11]  # a system prompt every user has
-    ps = [head + p for p in prompts(4, seed=8)] + [head + [12]]
-    res = beam_search(Decoder.from_hf(model), ps, Trie(items), beams=len(items), k=len(items))
-    for u, p in enumerate(ps):
-        ref = exhaustive(model, p, items)
-        order = np.argsort(-ref, kind="stable")
-        assert res.items[u].tolist() == order.tolist()
-        np.testing.assert_allclose(res.scores[u], ref[order], rtol=1e-4, atol=1e-4)
+    assert_exhaustive(model, [head + p for p in prompts(4, seed=8)] + [head + [12]], code_items(10, 3, 4, seed=7))
 
 
 def test_variable_length_items_with_end_token(model):
