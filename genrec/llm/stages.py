@@ -22,7 +22,9 @@ def stage_tasks(
     from genrec.index.base import ItemIndex
     from genrec.llm.backbone import add_tokens, load_tokenizer
 
-    config = {"tasks": cfg.model_dump(), "backbone": backbone, "valid_users": valid_users}
+    # settings at their defaults stay out of the fingerprint: adding a setting later does not
+    # orphan existing artifacts and checkpoints
+    config = {"tasks": cfg.model_dump(exclude_defaults=True), "backbone": backbone, "valid_users": valid_users}
 
     def build(tmp: Path) -> dict:
         ds = Dataset.load(data)
@@ -53,6 +55,13 @@ def _world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def train_fingerprint(corpus: Path, cfg: LLMTrainConfig) -> tuple[dict, dict, str]:
+    """(config, inputs, fingerprint) of a train stage; the checkpoint folder is named after it."""
+    config = {"train": cfg.model_dump(exclude_defaults=True)}
+    inputs = {"corpus": corpus}
+    return config, inputs, config_hash(config, {k: fingerprint(v) for k, v in inputs.items()})
+
+
 def stage_train(
     corpus: Path, out: Path, cfg: LLMTrainConfig, force: bool = False, stop_after: int | None = None,
     progress: bool = True,
@@ -60,9 +69,7 @@ def stage_train(
     """Fine-tune the corpus's backbone on it. Checkpoints live next to ``out`` (keyed by corpus and config), so
     rerunning a killed or budgeted run resumes it. Under ``accelerate launch`` every rank trains
     and rank 0 writes the artifact. Returns None when stopped by ``stop_after`` steps."""
-    config = {"train": cfg.model_dump()}
-    inputs = {"corpus": corpus}
-    fp = config_hash(config, {k: fingerprint(v) for k, v in inputs.items()})
+    config, inputs, fp = train_fingerprint(corpus, cfg)
     old = read_manifest(out)
     if not force and old is not None and old.get("fingerprint") == fp:
         return StageResult(out, old, skipped=True)
