@@ -278,3 +278,27 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup, tiny_ba
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     for n, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7)
+
+
+def test_train_from_a_run_config_runs_every_stage_then_skips(tiny_backbone, tmp_path, cli):
+    import yaml
+
+    cfg = {
+        "name": "t", "run_dir": str(tmp_path / "run"), "seed": 0,
+        "data": {"source": "synth", "synth": {"n_users": 60, "n_items": 40, "seed": 3}, "prepare": {"kcore": 2}},
+        "baselines": [], "backbone": str(tiny_backbone),
+        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
+        "index": {"method": "alignment", "config": {"levels": 2, "codebook_size": 8, "epochs": 3, "progress": False}},
+        "tasks": {"negatives_per_positive": 1},
+        "train": {"max_steps": 2, "batch_size": 8, "save_every": 1},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, _, err = cli("train", "--config", path, "--no-progress")
+    assert code == 0, err
+    for stage in ("data", "cf/lightgcn", "index", "tasks", "model"):
+        assert (tmp_path / "run" / stage / "manifest.json").is_file(), stage
+    assert json.loads((tmp_path / "run" / "model" / "manifest.json").read_text())["metrics"]["steps"] == 2
+    code, _, err = cli("train", "--config", path, "--no-progress")
+    assert code == 0 and "model" in err and "up to date, skipped" in err
+    assert not list((tmp_path / "run").glob(".ckpt-*"))  # checkpoints are removed once the model is written
