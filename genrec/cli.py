@@ -439,11 +439,11 @@ def train_cmd(
     progress: Annotated[bool, typer.Option(help="progress bar")] = True,
 ) -> None:
     """Fine-tune the backbone on the alignment tasks. Works unchanged under `accelerate launch`."""
-    import os
 
     from genrec.config import apply_overrides
+    from genrec.device import launch_rank
 
-    main_rank = int(os.environ.get("RANK", 0)) == 0
+    main_rank = launch_rank()[0] == 0
     say = (lambda s: typer.echo(s, err=True)) if main_rank else (lambda s: None)
     if (config is None) == (corpus is None):
         raise GenrecError("give either --config (a run config) or --corpus with --out")
@@ -534,9 +534,10 @@ def evaluate_cmd(
 def _main_process_first():
     """Under a multi-process launch: rank 0 builds shared stages first, the others then find them up to date."""
     import contextlib
-    import os
 
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+    from genrec.device import launch_rank
+
+    if launch_rank()[1] == 1:
         return contextlib.nullcontext()
     from accelerate import PartialState
 

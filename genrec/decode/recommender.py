@@ -54,8 +54,9 @@ class GenerativeRecommender:
 
     def rank(self, histories: list[np.ndarray], users: np.ndarray, k: int) -> np.ndarray:
         """Top-``k`` items per history, best first (-1 pads a list with fewer than k items)."""
-        with torch.autocast(self.decoder.device.type, dtype=self.lm.compute_dtype,
-                            enabled=self.lm.compute_dtype != torch.float32):
+        from genrec.llm.train import autocast
+
+        with autocast(self.decoder.device, self.lm.compute_dtype):
             return rank_prompts(self.decoder, self.prompts(histories), self.trie, self.beams, k, self.batch_users).items
 
 
@@ -74,9 +75,9 @@ def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "tes
     """Evaluate through the shared evaluator. Under a multi-process launch every rank decodes a
     shard of the users, the lists are gathered, and rank 0 evaluates them (same result as one
     process); the other ranks return None."""
-    import os
+    from genrec.device import launch_rank
 
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+    if launch_rank()[1] == 1:
         return evaluator.evaluate(rec, stage=stage, dump_path=dump_path, users=users)
     from accelerate import PartialState
     from accelerate.utils import gather_object

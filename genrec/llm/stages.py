@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -51,10 +50,6 @@ def _per_user(corpus) -> dict:
     return {"users": int(len(n)), "mean": round(float(n.mean()), 2), "max": int(n.max())}
 
 
-def _world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def train_fingerprint(corpus: Path, cfg: LLMTrainConfig) -> tuple[dict, dict, str]:
     """(config, inputs, fingerprint) of a train stage; the checkpoint folder is named after it."""
     config = {"train": cfg.model_dump(exclude_defaults=True)}
@@ -86,8 +81,9 @@ def stage_train(
     metrics = train(cfg, backbone, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after)
     if metrics.get("stopped"):
         return None
-    rank, _ = _world()
-    if rank != 0:
+    from genrec.device import launch_rank
+
+    if launch_rank()[0] != 0:
         return StageResult(out, {"metrics": metrics}, skipped=False)
 
     def build(tmp: Path) -> dict:
