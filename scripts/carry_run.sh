@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Carry a long run between sessions on machines that keep only the git checkout.
-#   scripts/carry_run.sh save    runs/scientific   # copy the small upstream stages + checkpoints into carry/
+#   scripts/carry_run.sh save    runs/scientific   # copy cf, index and checkpoints into carry/
 #   scripts/carry_run.sh restore runs/scientific   # copy them back; `genrec train --config ...` then resumes
 # Stage fingerprints are content hashes of configs and inputs, so restored stages are "up to date"
 # and the checkpoint folder keeps its name. The corpus (tasks) is rebuilt, deterministically.
@@ -10,7 +10,8 @@ store="carry/$(basename "$run")"
 case "$what" in
   save)
     rm -rf "$store.tmp" && mkdir -p "$store.tmp"
-    for d in data cf index; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
+    # data is not carried: it is derived from ../shared/data and rebuilt identically (same fingerprint)
+    for d in cf index; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
     # every checkpoint folder of an unfinished stage (fine-tuning, neural baselines), at its relative path
     (cd "$run" && find . -maxdepth 2 -type d -name '.ckpt-*') | while read -r c; do
       mkdir -p "$store.tmp/$(dirname "$c")" && cp -r "$run/$c" "$store.tmp/$c"
