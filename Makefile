@@ -11,6 +11,11 @@ STAMP := $(VENV)/.setup-stamp
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@# redis-server (the Redis store's tests start a real one) and wrk (the load benchmark): Debian packages
+	command -v redis-server >/dev/null && command -v wrk >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server wrk >/dev/null; } || \
+	  echo "note: could not install redis-server and wrk (needs apt-get as root); the Redis tests will skip"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0

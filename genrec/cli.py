@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from genrec.errors import GenrecError
+from genrec.errors import DataError, GenrecError
 
 app = typer.Typer(
     help="genrec: LLM-based generative recommendation, from raw logs to a served model.",
@@ -320,7 +320,6 @@ def index_stats(
 ) -> None:
     """Collisions, code usage, prefix sharing and category agreement of a built index."""
     from genrec.artifacts import read_manifest
-    from genrec.errors import DataError
 
     manifest = read_manifest(path)
     if manifest is None or not manifest.get("stage", "").startswith("index"):
@@ -529,6 +528,127 @@ def evaluate_cmd(
     if out is not None:
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result, indent=2) if as_json else res.table())
+
+
+cache_app = typer.Typer(help="Precomputed top-K per user in a store (SQLite or Redis).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _serving_paths(config: Path | None, model: Path | None, index: Path | None, data: Path | None,
+                   store: str | None) -> tuple[Path | None, Path, Path, str]:
+    """--config fills what is not given: run_dir/{model,index,data} and run_dir/cache.db."""
+    if config is not None:
+        from genrec.config import load_config
+
+        run_dir = load_config(config).resolved_run_dir()
+        model, index, data = model or run_dir / "model", index or run_dir / "index", data or run_dir / "data"
+        store = store or str(run_dir / "cache.db")
+    if index is None or data is None or store is None:
+        raise GenrecError("give --config, or --index, --data and --store (and --model to decode)")
+    return model, index, data, store
+
+
+@cache_app.command("build")
+def cache_build(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="a run config: its run folder holds model, index, data")] = None,
+    model: Annotated[Path | None, typer.Option(help="trained model folder (`genrec train`)")] = None,
+    index: Annotated[Path | None, typer.Option(help="the item index it was trained on")] = None,
+    data: Annotated[Path | None, typer.Option(help="prepared dataset folder (users' histories)")] = None,
+    store: Annotated[str | None, typer.Option(help="cache store: a file path, sqlite:///path or redis://host:port/db")] = None,
+    users: Annotated[Path | None, typer.Option(help="only these user ids (one per line); default all")] = None,
+    k: Annotated[int, typer.Option(help="items cached per user")] = 20,
+    beams: Annotated[int, typer.Option(help="beam width")] = 20,
+    batch_users: Annotated[int, typer.Option(help="users decoded together")] = 8,
+    chunk_users: Annotated[int, typer.Option(help="users written per transaction (the unit of resuming)")] = 64,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+) -> None:
+    """Decode every user's top-K and switch the store to the new cache atomically. Rerun after a
+    kill: it resumes and ends with the same cache. Works under `accelerate launch` (users sharded)."""
+    from genrec.device import launch_rank
+    from genrec.serve.cache import build_cache, read_user_list
+    from genrec.serve.catalog import Catalog
+    from genrec.serve.store import open_store
+
+    model, index, data, store = _serving_paths(config, model, index, data, store)
+    if model is None:
+        raise GenrecError("--model (or --config) is needed to decode the cache")
+    if min(k, beams, batch_users, chunk_users) < 1:
+        raise GenrecError("--k, --beams, --batch-users and --chunk-users must be at least 1")
+    st = open_store(store)
+    catalog = Catalog(index, data, st)
+    chosen = None
+    if users is not None:
+        chosen = read_user_list(users)
+        unknown = [u for u in chosen if catalog.history(u) is None]
+        if unknown:
+            raise DataError(users, f"user {unknown[0]!r}", f"expected user ids of {data} ({len(unknown)} unknown)")
+    say = (lambda m: typer.echo(m, err=True)) if launch_rank()[0] == 0 else (lambda m: None)
+    build_cache(st, catalog, model, chosen, k=k, beams=beams, batch_users=batch_users, chunk_users=chunk_users,
+                progress=progress, echo=say)
+
+
+@cache_app.command("show")
+def cache_show(
+    store: Annotated[str, typer.Argument(help="cache store: a file path, sqlite:///path or redis://host:port/db")],
+    user: Annotated[str | None, typer.Option(help="also print this user's cached list")] = None,
+) -> None:
+    """The active cache version, and a user's list."""
+    from genrec.serve.store import decode_row, open_store
+
+    st = open_store(store)
+    act = st.active()
+    if act is None:
+        raise GenrecError(f"{store}: no cache has been built into this store yet")
+    act.pop("popular", None)
+    typer.echo(json.dumps(act, indent=2))
+    if user is not None:
+        found = st.lookup(user)
+        if found is None:
+            raise GenrecError(f"{store}: user {user!r} is not in the active cache")
+        items, scores = decode_row(found[1])
+        typer.echo(json.dumps({"user_id": user, "items": items, "scores": scores}))
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="a run config: its run folder holds index, data, cache.db")] = None,
+    index: Annotated[Path | None, typer.Option(help="the item index (codebooks for new items)")] = None,
+    data: Annotated[Path | None, typer.Option(help="prepared dataset folder (histories, popularity)")] = None,
+    store: Annotated[str | None, typer.Option(help="cache store: a file path, sqlite:///path or redis://host:port/db")] = None,
+    model: Annotated[Path | None, typer.Option(help="also load the model to decode users the cache lacks")] = None,
+    decode: Annotated[bool, typer.Option(help="decode users missing from the cache on the fly (needs the model)")] = False,
+    decode_budget_ms: Annotated[float, typer.Option(help="time budget of an on-the-fly decode; popularity after it")] = 200.0,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    admin_token_env: Annotated[str, typer.Option(help="environment variable holding the admin token for POST /items")] = "GENREC_ADMIN_TOKEN",
+    max_k: Annotated[int, typer.Option(help="largest k a request may ask for")] = 100,
+) -> None:
+    """Serve recommendations from the cache over HTTP (OpenAPI schema at /docs and /openapi.json)."""
+    import os
+
+    import uvicorn
+
+    from genrec.serve.app import create_app
+    from genrec.serve.catalog import Catalog
+    from genrec.serve.store import open_store
+
+    model, index, data, store = _serving_paths(config, model, index, data, store)
+    st = open_store(store)
+    catalog = Catalog(index, data, st)
+    rec = None
+    if decode:
+        if model is None:
+            raise GenrecError("--decode needs --model (or --config)")
+        from genrec.decode.recommender import GenerativeRecommender
+
+        rec = GenerativeRecommender.load(model, catalog.extended_index(), beams=max(20, min(max_k, 100)))
+    token = os.environ.get(admin_token_env) or None
+    app_ = create_app(st, catalog, admin_token=token, recommender=rec, decode_budget_ms=decode_budget_ms, max_k=max_k)
+    act = st.active()
+    typer.echo(f"serving {store} ({'cache ' + act['version'] if act else 'no cache yet: popularity only'}) on "
+               f"http://{host}:{port}; admin endpoints {'on' if token else 'off (set $' + admin_token_env + ')'}", err=True)
+    typer.echo(f"try: curl 'http://{host}:{port}/users/{catalog.ds.user_ids[0]}/recommendations?k=5'", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
 
 
 def _main_process_first():

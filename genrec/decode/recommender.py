@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec.decode.beam import Decoder, TrieTensors, rank_prompts
+from genrec.decode.beam import BeamResult, Decoder, TrieTensors, rank_prompts
 from genrec.errors import DataError
 from genrec.index.base import ItemIndex
 
@@ -29,8 +29,9 @@ class GenerativeRecommender:
         self.trie = TrieTensors.of(index.trie(self.fmt.items), self.decoder.device)
 
     @classmethod
-    def load(cls, model_dir: str | Path, index_dir: str | Path, device: str = "auto", **kw) -> GenerativeRecommender:
-        """A model folder from the train stage, with the index it was trained on."""
+    def load(cls, model_dir: str | Path, index: str | Path | ItemIndex, device: str = "auto", **kw) -> GenerativeRecommender:
+        """A model folder from the train stage, with the index it was trained on (a folder, or the
+        index itself, e.g. extended with items added after training)."""
         from genrec.device import pick_device
         from genrec.llm.config import LLMTrainConfig
         from genrec.llm.train import build_model
@@ -43,7 +44,7 @@ class GenerativeRecommender:
         backbone = raw.pop("backbone", "default")
         raw.pop("new_tokens", None)
         cfg = LLMTrainConfig.model_validate(raw)
-        index = ItemIndex.load(index_dir)
+        index = index if isinstance(index, ItemIndex) else ItemIndex.load(index)
         dev = pick_device(device)
         lm, tok = build_model(cfg, backbone, list(index.new_tokens), dev)
         lm.load_trainable(torch.load(weights, map_location="cpu"), weights)
@@ -52,12 +53,17 @@ class GenerativeRecommender:
     def prompts(self, histories: list[np.ndarray]) -> list[list[int]]:
         return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history) for h in histories]
 
-    def rank(self, histories: list[np.ndarray], users: np.ndarray, k: int) -> np.ndarray:
-        """Top-``k`` items per history, best first (-1 pads a list with fewer than k items)."""
+    def rank_scored(self, histories: list[np.ndarray], k: int) -> BeamResult:
+        """Top-``k`` items per history with their log-probabilities, best first (-1 / -inf pad a
+        list with fewer than k items)."""
         from genrec.llm.train import autocast
 
         with autocast(self.decoder.device, self.lm.compute_dtype):
-            return rank_prompts(self.decoder, self.prompts(histories), self.trie, self.beams, k, self.batch_users).items
+            return rank_prompts(self.decoder, self.prompts(histories), self.trie, self.beams, k, self.batch_users)
+
+    def rank(self, histories: list[np.ndarray], users: np.ndarray, k: int) -> np.ndarray:
+        """Top-``k`` items per history, best first (-1 pads a list with fewer than k items)."""
+        return self.rank_scored(histories, k).items
 
 
 class PrecomputedRanker:

@@ -275,26 +275,50 @@ class AlignmentTokenizer:
             p = self.module.project(self.standardise_llm(llm).to(dev))
         codes, residuals, _ = self.module.quantize(z.to(dev), p)
         codes = codes.cpu().numpy()
-        last = torch.cdist(residuals[-1], self.module.codebooks[-1]).cpu().numpy()
         if taken is None:
             if self._catalogue is None:
                 self._catalogue = set(map(tuple, self.codes.tolist()))
             taken = self._catalogue
         fresh: set[tuple[int, ...]] = set()  # this call's codes; ``taken`` itself is never changed
+        used: dict[tuple[int, ...], int] = {}  # tuples taken under each prefix (to skip full subtrees)
+        for t in taken:
+            for lv in range(len(t)):
+                used[t[:lv]] = used.get(t[:lv], 0) + 1
         out = codes.copy()
         for i in range(len(codes)):
             t = tuple(int(c) for c in codes[i])
             if t in taken or t in fresh:
-                for c in np.argsort(last[i], kind="stable"):
-                    cand = t[:-1] + (int(c),)
-                    if cand not in taken and cand not in fresh:
-                        t = cand
-                        break
-                else:
-                    raise ValueError("no free code under this prefix; rebuild the index with more levels")
+                t = self._nearest_free(t, [r[i] for r in residuals], lambda x: x in taken or x in fresh, used)
             out[i] = t
             fresh.add(t)
+            for lv in range(len(t)):
+                used[t[:lv]] = used.get(t[:lv], 0) + 1
         return out
+
+    def _nearest_free(self, t: tuple[int, ...], inputs: list[torch.Tensor], blocked, used: dict) -> tuple[int, ...]:
+        """The free tuple keeping the longest prefix of ``t``: another last code by distance, else
+        another code one level up (the levels below re-chosen nearest first), and so on."""
+        cbs = [cb.detach() for cb in self.module.codebooks]
+        sizes = [len(cb) for cb in cbs]
+        capacity = [int(np.prod(sizes[lv:])) for lv in range(len(cbs) + 1)]
+
+        def below(prefix: tuple[int, ...], r: torch.Tensor) -> tuple[int, ...] | None:
+            lv = len(prefix)
+            if lv == len(cbs):
+                return None if blocked(prefix) else prefix
+            if used.get(prefix, 0) >= capacity[lv]:
+                return None  # every tuple under this prefix is taken
+            for c in torch.cdist(r[None], cbs[lv])[0].argsort(stable=True).tolist():
+                found = below((*prefix, c), r - cbs[lv][c])
+                if found is not None:
+                    return found
+            return None
+
+        for depth in range(len(cbs) - 1, -1, -1):
+            found = below(t[:depth], inputs[depth])
+            if found is not None:
+                return found
+        raise ValueError("code space exhausted: every code tuple is taken; rebuild the index with more levels")
 
     # persistence -----------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:

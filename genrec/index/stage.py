@@ -102,12 +102,9 @@ def read_new_items(path: Path) -> list[dict]:
     return rows
 
 
-def assign_new_items(index_dir: Path, new_items: Path, backbone: str | None = None) -> list[dict]:
-    """Codes for new items from a built index's codebooks, without retraining; returns one dict per
-    item (item_id, codes, item_string, source). Items are encoded in file order, each unique
-    against the catalogue and the items before it."""
+def load_indexer(index_dir: Path):
+    """The fitted indexer of a built index folder (it gives new items their codes)."""
     from genrec.index.registry import INDEXERS
-    from genrec.llm.backbone import item_llm_embeddings
 
     manifest = read_manifest(index_dir)
     if manifest is None:
@@ -116,34 +113,69 @@ def assign_new_items(index_dir: Path, new_items: Path, backbone: str | None = No
     indexer = INDEXERS[method].load(index_dir / "indexer")
     if not hasattr(indexer, "encode"):
         raise GenrecError(f"the {method} index cannot encode new items; use alignment or rqvae")
+    return indexer, manifest
+
+
+def encode_new_item(indexer, row: dict, pos: dict[str, int], taken: set[tuple[int, ...]],
+                    backbone: str | None = None) -> tuple[tuple[int, ...], str]:
+    """Codes of one new item, unique against ``taken``, and what they came from: its behaviour
+    ``embedding``, else its co-interacted catalogue items (``neighbours``, ids), else its text.
+    Raises ValueError with what was expected."""
+    from genrec.llm.backbone import item_llm_embeddings
+
+    def text_embedding() -> np.ndarray | None:
+        title, desc = str(row.get("title") or ""), str(row.get("description") or "")
+        return item_llm_embeddings(pd.DataFrame([{"title": title, "description": desc}]), backbone) if title else None
+
+    vec = None
+    if row.get("embedding") is not None:
+        vec = np.asarray(row["embedding"], dtype=np.float32)
+        if vec.ndim != 1 or not np.isfinite(vec).all():
+            raise ValueError('"embedding" must be a flat list of finite numbers')
+    kind = getattr(getattr(indexer, "cfg", None), "input", None)
+    if kind is not None:  # RQ-VAE, SemID: one kind of item embedding goes in
+        x = vec if kind == "behaviour" else text_embedding()
+        if x is None:
+            raise ValueError(f"this index encodes new items from their {kind} embedding: give "
+                             + ('"embedding"' if kind == "behaviour" else 'a "title"'))
+        return tuple(int(c) for c in indexer.encode(np.asarray(x, np.float32).reshape(1, -1), taken)[0]), kind
+    if vec is not None:
+        if indexer.mean is not None and indexer.mean.numel() != vec.size:
+            raise ValueError(f'"embedding" must have {indexer.mean.numel()} numbers, found {vec.size}')
+        codes, source = indexer.encode(behaviour=vec[None], taken=taken), "behaviour"
+    elif row.get("neighbours"):
+        nb = row["neighbours"]
+        missing = [n for n in nb if str(n) not in pos] if isinstance(nb, list) else [nb]
+        if missing:
+            raise ValueError(f"neighbour {missing[0]!r} is not a catalogue item")
+        codes, source = indexer.encode(neighbours=[[pos[str(n)] for n in nb]], taken=taken), "neighbours"
+    else:
+        llm = text_embedding()
+        if llm is None:
+            raise ValueError('expected "embedding", "neighbours" or a "title"')
+        codes, source = indexer.encode(llm=llm, taken=taken), "text"
+    return tuple(int(c) for c in codes[0]), source
+
+
+def assign_new_items(index_dir: Path, new_items: Path, backbone: str | None = None) -> list[dict]:
+    """Codes for new items from a built index's codebooks, without retraining; returns one dict per
+    item (item_id, codes, item_string, source). Items are encoded in file order, each unique
+    against the catalogue and the items before it."""
+    indexer, manifest = load_indexer(index_dir)
     index = ItemIndex.load(index_dir)
     ids = json.loads((index_dir / "item_ids.json").read_text())
     pos = {i: k for k, i in enumerate(ids)}
-    rows = read_new_items(new_items)
     taken = {tuple(r) for r in index.codes.tolist()}
     out = []
-    for row in rows:
+    for row in read_new_items(new_items):
         where = f"line {row['_line']}"
         if str(row["item_id"]) in pos:
             raise DataError(new_items, where, f"item {row['item_id']!r} is already in the catalogue")
-        if row.get("embedding") is not None:
-            vec = np.asarray(row["embedding"], dtype=np.float32)[None]
-            codes = indexer.encode(behaviour=vec, taken=taken)
-            source = "behaviour"
-        elif row.get("neighbours"):
-            missing = [n for n in row["neighbours"] if str(n) not in pos]
-            if missing:
-                raise DataError(new_items, where, f"neighbour {missing[0]!r} is not a catalogue item")
-            codes = indexer.encode(neighbours=[[pos[str(n)] for n in row["neighbours"]]], taken=taken)
-            source = "neighbours"
-        else:
-            text = pd.DataFrame([{"title": str(row.get("title", "")), "description": str(row.get("description", ""))}])
-            if not (text["title"].str.len() > 0).any():
-                raise DataError(new_items, where, 'expected "embedding", "neighbours" or a "title"')
-            llm = item_llm_embeddings(text, backbone or manifest["config"].get("backbone"))
-            codes = indexer.encode(llm=llm, taken=taken)
-            source = "text"
-        t = tuple(int(c) for c in codes[0])
+        try:
+            t, source = encode_new_item(indexer, row, pos, taken, backbone or manifest["config"].get("backbone"))
+        except ValueError as e:
+            raise DataError(new_items, where, str(e)) from None
         taken.add(t)
-        out.append({"item_id": str(row["item_id"]), "codes": list(t), "item_string": codes_to_strings(codes)[0], "source": source})
+        out.append({"item_id": str(row["item_id"]), "codes": list(t), "item_string": codes_to_strings(np.array([t]))[0],
+                    "source": source})
     return out
