@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -117,15 +118,15 @@ def load_indexer(index_dir: Path):
 
 
 def encode_new_item(indexer, row: dict, pos: dict[str, int], taken: set[tuple[int, ...]],
-                    backbone: str | None = None) -> tuple[tuple[int, ...], str]:
+                    text_embed: Callable[[pd.DataFrame], np.ndarray]) -> tuple[tuple[int, ...], str]:
     """Codes of one new item, unique against ``taken``, and what they came from: its behaviour
-    ``embedding``, else its co-interacted catalogue items (``neighbours``, ids), else its text.
-    Raises ValueError with what was expected."""
-    from genrec.llm.backbone import item_llm_embeddings
+    ``embedding``, else its co-interacted catalogue items (``neighbours``, ids), else its text
+    (``text_embed`` maps a title/description frame to LLM embeddings). Raises ValueError with
+    what was expected."""
 
     def text_embedding() -> np.ndarray | None:
         title, desc = str(row.get("title") or ""), str(row.get("description") or "")
-        return item_llm_embeddings(pd.DataFrame([{"title": title, "description": desc}]), backbone) if title else None
+        return text_embed(pd.DataFrame([{"title": title, "description": desc}])) if title else None
 
     vec = None
     if row.get("embedding") is not None:
@@ -161,8 +162,12 @@ def assign_new_items(index_dir: Path, new_items: Path, backbone: str | None = No
     """Codes for new items from a built index's codebooks, without retraining; returns one dict per
     item (item_id, codes, item_string, source). Items are encoded in file order, each unique
     against the catalogue and the items before it."""
+    from genrec.llm.backbone import item_llm_embeddings
+
     indexer, manifest = load_indexer(index_dir)
     index = ItemIndex.load(index_dir)
+    backbone = backbone or manifest["config"].get("backbone")
+    embed = lambda items: item_llm_embeddings(items, backbone)  # noqa: E731
     ids = json.loads((index_dir / "item_ids.json").read_text())
     pos = {i: k for k, i in enumerate(ids)}
     taken = {tuple(r) for r in index.codes.tolist()}
@@ -172,7 +177,7 @@ def assign_new_items(index_dir: Path, new_items: Path, backbone: str | None = No
         if str(row["item_id"]) in pos:
             raise DataError(new_items, where, f"item {row['item_id']!r} is already in the catalogue")
         try:
-            t, source = encode_new_item(indexer, row, pos, taken, backbone or manifest["config"].get("backbone"))
+            t, source = encode_new_item(indexer, row, pos, taken, embed)
         except ValueError as e:
             raise DataError(new_items, where, str(e)) from None
         taken.add(t)

@@ -38,6 +38,7 @@ class Catalog:
         self.added: list[dict] = []
         self.pos: dict[str, int] = {}
         self._indexer = None
+        self._embedder = None
         self._lock = threading.Lock()
         self.refresh()
 
@@ -86,6 +87,17 @@ class Catalog:
         return ItemIndex.from_codes(self.index.method, np.array(self.codes), self.index.sizes, config=self.index.config)
 
     # new items --------------------------------------------------------------------------
+    def _text_embed(self, items, manifest: dict) -> np.ndarray:
+        """LLM embeddings of new items' text; the backbone's input embeddings are loaded once."""
+        from genrec.llm.backbone import item_texts, load_backbone, mean_input_embeddings
+
+        if self._embedder is None:
+            model, tok = load_backbone(self.backbone or manifest["config"].get("backbone"), device="cpu", dtype="fp32")
+            self._embedder = (tok, model.get_input_embeddings().weight.detach().clone())
+            del model
+        tok, weight = self._embedder
+        return mean_input_embeddings(item_texts(items), tok, weight, 256)
+
     def add(self, row: dict) -> dict:
         """Codes for a new item from the codebooks, persisted in the store. Raises ValueError
         (bad or duplicate item) with what was expected."""
@@ -100,7 +112,7 @@ class Catalog:
             if item_id in self.pos:
                 raise KeyError(item_id)
             codes, source = encode_new_item(indexer, row, self.catalogue_pos, set(self.codes),
-                                            self.backbone or manifest["config"].get("backbone"))
+                                            lambda items: self._text_embed(items, manifest))
             rec = {"item_id": item_id, "title": str(row.get("title") or ""), "description": str(row.get("description") or ""),
                    "codes": list(codes), "source": source, "added_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             added = self.store.add_item(item_id, rec)
