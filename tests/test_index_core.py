@@ -151,3 +151,25 @@ def test_index_trie_holds_exactly_the_items():
     assert all(trie.lookup(row) == i for i, row in enumerate(idx.codes.tolist()))
     first = sorted(set(idx.codes[:, 0].tolist()))
     assert trie.allowed([]) == first
+
+
+def test_alignment_new_item_under_a_full_prefix_moves_up_a_level_and_a_full_space_is_an_error():
+    """With every last-level code under the item's prefix taken, the new item keeps the longest
+    prefix that still has room (checked by brute force over all tuples), and when no tuple is free
+    at all, encode says so."""
+    import itertools
+
+    beh, llm, _ = clustered()
+    cfg = dict(CFG, levels=2, codebook_size=8)
+    tok = AlignmentTokenizer(AlignmentConfig(**cfg))
+    idx = tok.fit(beh[:40], llm[:40])
+    t = tuple(int(c) for c in tok.encode(behaviour=beh[:1], taken=set())[0])  # its own choice, nothing taken
+    full_prefix = {(t[0], c) for c in range(8)}
+    taken = set(map(tuple, idx.codes.tolist())) | full_prefix
+    got = tuple(int(c) for c in tok.encode(behaviour=beh[:1], taken=taken)[0])
+    assert got not in taken and got[0] != t[0]
+    free = [x for x in itertools.product(range(8), range(8)) if x not in taken]
+    assert got in free
+    everything = set(itertools.product(range(8), range(8)))
+    with pytest.raises(ValueError, match="code space exhausted"):
+        tok.encode(behaviour=beh[:1], taken=everything)
