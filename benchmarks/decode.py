@@ -4,8 +4,9 @@
 
 Same backbone, same weights, same prompts (the sequential prompt of test users), same trie of
 valid code tuples, beam 20, top 10. Hugging Face: ``generate(num_beams=20,
-prefix_allowed_tokens_fn=trie)`` one user at a time (as LC-Rec decodes). Ours:
-:func:`genrec.decode.beam.beam_search`, ``--batch`` users at a time. Reports users per second of
+prefix_allowed_tokens_fn=trie)`` one user at a time (as LC-Rec decodes), LoRA merged. Ours:
+:func:`genrec.decode.beam.beam_search`, ``--batch`` users at a time, LoRA merged, each user's
+prompt keys and values read by all its beams without copies (``SharedPromptSteps``). Reports users per second of
 each, the ratio, and the share of users whose top-10 lists are identical.
 
 Weights: the trained model folder if given (or a checkpoint of the scientific run), else the
@@ -95,7 +96,7 @@ def main() -> None:
     prompts = [fmt.seq_prompt([int(i) for i in split.histories[u]]) for u in users]
     mean_len = float(np.mean([len(p) for p in prompts]))
 
-    dec, tt = Decoder.from_codelm(lm, tok.pad_token_id), TrieTensors.of(trie, torch.device("cpu"))
+    dec, tt = Decoder.from_codelm(lm.merge_for_inference(), tok.pad_token_id), TrieTensors.of(trie, torch.device("cpu"))
     beam_search(dec, prompts[:2], tt, args.beams, args.k)  # warm-up
     t = time.perf_counter()
     ours = rank_prompts(dec, prompts, tt, args.beams, args.k, args.batch).items

@@ -122,3 +122,21 @@ def test_only_valid_distinct_items_come_out(model, n_items, beams, k, seed):
         assert all(0 <= i < len(items) for i in found)
         assert len(found) >= min(k, beams, len(items))
         assert np.all(np.diff(sc[row >= 0]) <= 1e-9)  # best first
+
+
+@pytest.mark.parametrize("beams, k", [(6, 4), (20, 10)])
+def test_shared_prompt_steps_equal_the_per_beam_cache(model, beams, k):
+    """The shared-prompt attention (one prompt KV per user, read by all its beams) gives the same
+    lists and scores as Hugging Face's own cache with a prompt copy per beam."""
+    from genrec.decode.beam import SharedPromptSteps
+
+    assert SharedPromptSteps.supports(model.get_decoder())
+    items = code_items(60, 3, 5, seed=4)
+    ps = prompts(5, seed=9)
+    ps = [[5, 6, 7] + p for p in ps]  # a shared prefix too
+    fast = beam_search(Decoder.from_hf(model), ps, Trie(items), beams=beams, k=k)
+    slow_dec = Decoder.from_hf(model)
+    slow_dec.shared_prompt = False
+    slow = beam_search(slow_dec, ps, Trie(items), beams=beams, k=k)
+    assert fast.items.tolist() == slow.items.tolist()
+    np.testing.assert_allclose(fast.scores, slow.scores, rtol=1e-5, atol=1e-5)

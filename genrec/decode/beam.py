@@ -35,18 +35,20 @@ class Decoder:
     head: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
     pad_id: int = 0
+    module: object = None  # the Hugging Face decoder itself (enables :class:`SharedPromptSteps`)
+    shared_prompt: bool = True  # use the shared-prompt steps when the architecture allows
 
     @classmethod
     def from_hf(cls, model, pad_id: int = 0) -> Decoder:
         """A Hugging Face causal LM (decoder + lm_head)."""
         body = model.get_decoder()
         head = model.get_output_embeddings()
-        return cls(_hf_body(body), lambda h: head(h).float(), next(model.parameters()).device, pad_id)
+        return cls(_hf_body(body), lambda h: head(h).float(), next(model.parameters()).device, pad_id, body)
 
     @classmethod
     def from_codelm(cls, lm, pad_id: int = 0) -> Decoder:
         """A fine-tuned :class:`genrec.llm.model.CodeLM`."""
-        return cls(_hf_body(lm.body), lm.logits, next(lm.parameters()).device, pad_id)
+        return cls(_hf_body(lm.body), lm.logits, next(lm.parameters()).device, pad_id, lm.body)
 
 
 def _hf_body(body):
@@ -106,6 +108,84 @@ def _expand(trie: TrieTensors, nodes: torch.Tensor, alive: torch.Tensor):
     return beam, edge
 
 
+def _layer_kv(cache, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of layer ``i`` of a Hugging Face cache, [batch, kv_heads, length, head_dim]."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return cache.layers[i].keys, cache.layers[i].values
+    return cache.key_cache[i], cache.value_cache[i]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class SharedPromptSteps:
+    """Beam steps of a Llama-family decoder where each user's beams read one copy of the prompt's
+    keys and values (a broadcast matmul per user), and only the few generated tokens' keys and
+    values are per beam and reordered between steps. The generic path instead copies the whole
+    prompt cache for every beam at every step, which dominates decoding time on a CPU.
+
+    Attention is computed in two parts (prompt, generated tokens) under one softmax; it equals the
+    model's own attention, so results match the generic path to float rounding."""
+
+    TYPES = ("llama", "mistral", "qwen2")
+
+    def __init__(self, body, head, prompt_cache, prompt_mask: torch.Tensor, beams: int):
+        self.body, self.head, self.B = body, head, beams
+        self.layers = list(body.layers)
+        self.kv = [_layer_kv(prompt_cache, i) for i in range(len(self.layers))]  # [U, Hkv, L, d], never copied
+        neg = torch.finfo(self.kv[0][0].dtype).min
+        self.bias = torch.zeros(prompt_mask.shape, dtype=self.kv[0][0].dtype, device=prompt_mask.device)
+        self.bias = self.bias.masked_fill(prompt_mask == 0, neg)[:, None, None, None, :]  # [U, 1, 1, 1, L]
+        self.gen: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.layers)
+
+    @classmethod
+    def supports(cls, body) -> bool:
+        cfg = getattr(body, "config", None)
+        if cfg is None or getattr(cfg, "model_type", None) not in cls.TYPES or getattr(cfg, "sliding_window", None):
+            return False
+        att = getattr(body.layers[0], "self_attn", None)
+        need = ("q_proj", "k_proj", "v_proj", "o_proj", "scaling", "head_dim")
+        return att is not None and all(hasattr(att, n) for n in need) and not hasattr(att, "q_norm") \
+            and hasattr(body, "rotary_emb") and hasattr(body, "norm")
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """Logits [N, V] after feeding one token per beam slot; ``src`` is the slot each slot continues."""
+        U, B = self.bias.shape[0], self.B
+        h = self.body.embed_tokens(tokens)  # [N, D]
+        cos, sin = self.body.rotary_emb(h[:, None], positions[:, None])  # [N, 1, d]
+        for i, layer in enumerate(self.layers):
+            att = layer.self_attn
+            x = layer.input_layernorm(h)
+            d = att.head_dim
+            q = att.q_proj(x).view(len(h), -1, d)
+            k = att.k_proj(x).view(len(h), -1, d)
+            v = att.v_proj(x).view(len(h), -1, d)
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            kv_heads = k.shape[1]
+            groups = q.shape[1] // kv_heads
+            old = self.gen[i]
+            kg = k[:, :, None] if old is None else torch.cat([old[0][src], k[:, :, None]], 2)  # [N, Hkv, t, d]
+            vg = v[:, :, None] if old is None else torch.cat([old[1][src], v[:, :, None]], 2)
+            self.gen[i] = (kg, vg)
+            kp, vp = self.kv[i]
+            L, t = kp.shape[2], kg.shape[2]
+            q5 = q.view(U, B, kv_heads, groups, d)
+            # prompt part: every beam of user u against user u's single copy of the prompt
+            sp = torch.matmul(q5.permute(0, 2, 1, 3, 4).reshape(U, kv_heads, B * groups, d), kp.transpose(-1, -2))
+            sp = sp.view(U, kv_heads, B, groups, L).permute(0, 2, 1, 3, 4) * att.scaling + self.bias
+            sg = torch.matmul(q5, kg.view(U, B, kv_heads, t, d).transpose(-1, -2)) * att.scaling  # [U, B, Hkv, G, t]
+            w = torch.softmax(torch.cat([sp, sg], -1).float(), -1).to(q.dtype)
+            wp, wg = w[..., :L], w[..., L:]
+            op = torch.matmul(wp.permute(0, 2, 1, 3, 4).reshape(U, kv_heads, B * groups, L), vp)
+            op = op.view(U, kv_heads, B, groups, d).permute(0, 2, 1, 3, 4)
+            og = torch.matmul(wg, vg.view(U, B, kv_heads, t, d))
+            h = h + att.o_proj((op + og).reshape(len(h), -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return torch.log_softmax(self.head(self.body.norm(h)), -1)
+
+
 @torch.no_grad()
 def beam_search(
     decoder: Decoder,
@@ -148,9 +228,12 @@ def beam_search(
     alive = torch.zeros(n_users * B, dtype=torch.long, device=dev)
     alive[::B] = 1  # one live beam per user at the root
     step_logp = logp.repeat_interleave(B, 0)
-    cache_rows = torch.arange(n_users, device=dev).repeat_interleave(B)  # prompt row of each slot
-    cache.reorder_cache(cache_rows)
-    att = att.repeat_interleave(B, 0)
+    fast = None
+    if decoder.shared_prompt and decoder.module is not None and SharedPromptSteps.supports(decoder.module):
+        fast = SharedPromptSteps(decoder.module, decoder.head, cache, att, B)
+    else:
+        cache.reorder_cache(torch.arange(n_users, device=dev).repeat_interleave(B))  # a prompt copy per beam
+        att = att.repeat_interleave(B, 0)
     done_items: list[list[tuple[float, int]]] = [[] for _ in range(n_users)]
 
     for depth in range(tt.max_depth):
@@ -189,10 +272,13 @@ def beam_search(
         tokens = torch.full((n_users * B,), decoder.pad_id, dtype=torch.long, device=dev)
         tokens[slot] = tt.token[edge[cont]]
         nodes, scores, alive = new_nodes, new_scores, new_alive
+        position = lengths[slot_user] + depth
+        if fast is not None:
+            step_logp = fast.step(tokens, position, src)
+            continue
         cache.reorder_cache(src)
         att = torch.cat([att[src], new_alive.unsqueeze(1)], 1)
-        position = (lengths[slot_user] + depth).unsqueeze(1)
-        out = decoder.body(tokens.unsqueeze(1), att, position, cache)
+        out = decoder.body(tokens.unsqueeze(1), att, position.unsqueeze(1), cache)
         cache = out.past_key_values
         step_logp = torch.log_softmax(decoder.head(out.last_hidden_state[:, -1]), -1)
 

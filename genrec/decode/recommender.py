@@ -48,7 +48,7 @@ class GenerativeRecommender:
         dev = pick_device(device)
         lm, tok = build_model(cfg, backbone, list(index.new_tokens), dev)
         lm.load_trainable(torch.load(weights, map_location="cpu"), weights)
-        return cls(lm, tok, index, **kw)
+        return cls(lm.merge_for_inference(), tok, index, **kw)
 
     def prompts(self, histories: list[np.ndarray]) -> list[list[int]]:
         return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history) for h in histories]

@@ -101,8 +101,16 @@ class CodeLM(nn.Module):
         return nll, torch.tensor(targets.numel(), device=nll.device), correct
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits of some hidden states (decoding)."""
-        return (hidden @ self.head_weight(hidden.dtype).T).float()
+        """Full-vocabulary logits of some hidden states (decoding), without concatenating the weights."""
+        old, new = (self.embed.old, self.embed.new) if self.tied else (self.out_old, self.out_new)
+        return torch.cat([hidden @ old.to(hidden.dtype).T, hidden @ new.to(hidden.dtype).T], -1).float()
+
+    def merge_for_inference(self) -> CodeLM:
+        """Fold the LoRA adapters into the base weights in place: the same outputs, without the
+        adapters' extra matmuls. For decoding; do not train after it."""
+        if hasattr(self.model, "merge_adapter"):
+            self.model.merge_adapter()
+        return self.eval()
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().cpu().clone() for n, p in self.named_parameters() if p.requires_grad}
