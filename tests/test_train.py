@@ -150,6 +150,13 @@ def test_interrupted_then_resumed_matches_uninterrupted(setup, tiny_backbone, tm
     stopped = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
                     progress=False, stop_after=3)
     assert stopped["stopped"] and stopped["step"] == 3
+    # the checkpoint of the unfinished run decodes like a model folder, with its step-3 weights
+    from genrec.decode.recommender import GenerativeRecommender
+
+    rec = GenerativeRecommender.load(tmp_path / "ckpt-b", root / "index", device="cpu", beams=4)
+    state = torch.load(tmp_path / "ckpt-b" / "state.pt", weights_only=False)
+    torch.testing.assert_close(rec.lm.embed.new.detach(), state["trainable"]["model.base_model.model.model.embed_tokens.new"])
+    assert rec.rank([np.array([0, 1])], np.array([0]), k=3).shape == (1, 3)
     train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"], progress=False)
     full, resumed = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(full) == len(resumed) > 4

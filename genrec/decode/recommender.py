@@ -30,16 +30,24 @@ class GenerativeRecommender:
 
     @classmethod
     def load(cls, model_dir: str | Path, index: str | Path | ItemIndex, device: str = "auto", **kw) -> GenerativeRecommender:
-        """A model folder from the train stage, with the index it was trained on (a folder, or the
-        index itself, e.g. extended with items added after training)."""
+        """A model folder from the train stage, or a checkpoint folder of an unfinished one (its
+        latest weights), with the index it was trained on (a folder, or the index itself, e.g.
+        extended with items added after training)."""
         from genrec.device import pick_device
         from genrec.llm.config import LLMTrainConfig
         from genrec.llm.train import build_model
 
         model_dir = Path(model_dir)
-        cfg_file, weights = model_dir / "train_config.json", model_dir / "trainable.pt"
-        if not cfg_file.is_file() or not weights.is_file():
-            raise DataError(model_dir, None, "a trained model folder (train_config.json, trainable.pt) from `genrec train`")
+        cfg_file = model_dir / "train_config.json"
+        if (model_dir / "trainable.pt").is_file():
+            weights = torch.load(model_dir / "trainable.pt", map_location="cpu")
+        elif (model_dir / "state.pt").is_file():
+            weights = torch.load(model_dir / "state.pt", map_location="cpu", weights_only=False)["trainable"]
+        else:
+            weights = None
+        if not cfg_file.is_file() or weights is None:
+            raise DataError(model_dir, None, "a trained model folder (train_config.json, trainable.pt) from `genrec train`, "
+                                             "or one of its checkpoint folders (train_config.json, state.pt)")
         raw = json.loads(cfg_file.read_text())
         backbone = raw.pop("backbone", "default")
         raw.pop("new_tokens", None)
@@ -47,7 +55,7 @@ class GenerativeRecommender:
         index = index if isinstance(index, ItemIndex) else ItemIndex.load(index)
         dev = pick_device(device)
         lm, tok = build_model(cfg, backbone, list(index.new_tokens), dev)
-        lm.load_trainable(torch.load(weights, map_location="cpu"), weights)
+        lm.load_trainable(weights, model_dir)
         return cls(lm.merge_for_inference(), tok, index, **kw)
 
     def prompts(self, histories: list[np.ndarray]) -> list[list[int]]:

@@ -120,8 +120,10 @@ def autocast(device: torch.device, dtype: torch.dtype):
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log_lines: list[dict]) -> None:
-    """Atomically replace ``folder`` with the state after ``step`` optimizer steps."""
+def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log_lines: list[dict],
+                    train_config: dict | None = None) -> None:
+    """Atomically replace ``folder`` with the state after ``step`` optimizer steps (with the
+    ``train_config.json`` of the run, so a checkpoint can be decoded like a finished model)."""
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     rank = acc.process_index
     tmp = folder.parent / f".{folder.name}.tmp"
@@ -135,6 +137,8 @@ def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log
                     "step": step, "epoch": epoch}, tmp / "state.pt")
         with open(tmp / "log.jsonl", "w") as f:
             f.writelines(json.dumps(x) + "\n" for x in log_lines)
+        if train_config is not None:
+            (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2, sort_keys=True, default=str))
     acc.wait_for_everyone()
     if acc.is_main_process:
         old = folder.parent / f".{folder.name}.old"
@@ -218,6 +222,7 @@ def train(
     device = acc.device
     torch.manual_seed(cfg.seed)
     lm, tok = build_model(cfg, backbone, new_tokens, device, vocab_size)
+    run_config = {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens)}
     dtype = lm.compute_dtype
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     params = [p for p in lm.parameters() if p.requires_grad]
@@ -298,7 +303,7 @@ def train(
                 bar.write(f"step {step}: train loss {loss:.4f}, validation loss {v['val_loss']:.4f}, accuracy {v['val_acc']:.3f}")
         budget_spent = stop_after is not None and step - first_step >= stop_after and step < total
         if step % cfg.save_every == 0 or epoch_end or budget_spent:
-            save_checkpoint(checkpoint_dir, lm, optimizer, step, epoch, acc, log_lines)
+            save_checkpoint(checkpoint_dir, lm, optimizer, step, epoch, acc, log_lines, run_config)
         if budget_spent:
             bar.close()
             log(f"stopped after {step - first_step} steps at step {step} of {total}; checkpoint in {checkpoint_dir}")
@@ -312,7 +317,7 @@ def train(
         torch.save(acc.unwrap_model(lm).trainable_state(), out / "trainable.pt")
         with open(out / "log.jsonl", "w") as f:
             f.writelines(json.dumps(x) + "\n" for x in log_lines)
-        write_json_atomic(out / "train_config.json", {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens)})
+        write_json_atomic(out / "train_config.json", run_config)
     acc.wait_for_everyone()
     return metrics
 
