@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/genrec run configs/demo.yaml
+	$(VENV)/bin/genrec run configs/demo.yaml --serve
 
 test: setup
 	$(PY) -m pytest -q

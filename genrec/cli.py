@@ -59,23 +59,43 @@ def run_cmd(
     config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/demo.yaml")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a config value: a.b=value")] = None,
     force: Annotated[bool, typer.Option(help="rebuild stages even when up to date")] = False,
+    serve: Annotated[bool, typer.Option(help="then serve the cache over HTTP (needs a cache section)")] = False,
+    port: Annotated[int, typer.Option(help="port for --serve")] = 8000,
+    progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
     """Run every stage of a config in order, skipping stages whose inputs and config are unchanged."""
+    import time
+
     from genrec import pipeline
     from genrec.config import load_config
 
+    start = time.time()
     cfg = load_config(config, set_)
-    done = pipeline.run(cfg, force=force, echo=lambda s: typer.echo(s, err=True))
+    done = pipeline.run(cfg, force=force, echo=lambda s: typer.echo(s, err=True), progress=progress)
     run_dir = cfg.resolved_run_dir()
     stats = done["data"]["metrics"]
     typer.echo(
         f"\nData: {stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions "
-        f"(avg length {stats['avg_len']:.2f})."
+        f"(avg length {stats['avg_len']:.2f}), leave-one-out split, full ranking over every item."
     )
     rows = {k.split(":", 1)[1]: v["metrics"]["test"]["metrics"] for k, v in done.items() if k.startswith("baseline:")}
+    if "evaluate" in done:
+        ev = done["evaluate"]["metrics"]
+        label = "genrec-llm" + (f" ({ev['users_sampled']} users)" if ev.get("users_sampled") else "")
+        rows[label] = ev["test"]["metrics"]
     if rows:
         typer.echo(_compare_table(rows, cfg.evaluate.ks))
-    typer.echo(f"Artifacts in {run_dir}/ (each stage folder has a manifest.json).")
+    if "train" in done:
+        m = done["train"]["metrics"]
+        typer.echo(f"Fine-tuning: {m['steps']:,} steps, train loss {m['final_train_loss']}, validation loss {m['val_loss']}.")
+    if "cache" in done:
+        c = done["cache"]["metrics"]
+        typer.echo(f"Cache: {c['users']:,} users' top-{cfg.cache.k} in {done['cache']['store']} (version {c['version']}).")
+    typer.echo(f"Artifacts in {run_dir}/ (each stage folder has a manifest.json). {time.time() - start:.0f} s in all.")
+    if serve:
+        if cfg.cache is None:
+            raise GenrecError(f"{config}: --serve needs a cache section")
+        _serve(run_dir / "index", run_dir / "data", cfg.cache.store or str(run_dir / "cache.db"), port=port, self_check=True)
 
 
 def _compare_table(rows: dict[str, dict], ks: list[int]) -> str:
@@ -624,7 +644,21 @@ def serve_cmd(
     max_k: Annotated[int, typer.Option(help="largest k a request may ask for")] = 100,
 ) -> None:
     """Serve recommendations from the cache over HTTP (OpenAPI schema at /docs and /openapi.json)."""
+
+
+
+    model, index, data, store = _serving_paths(config, model, index, data, store)
+    if decode and model is None:
+        raise GenrecError("--decode needs --model (or --config)")
+    _serve(index, data, store, model if decode else None, decode_budget_ms, host, port, admin_token_env, max_k)
+
+
+def _serve(index: Path, data: Path, store: str, model: Path | None = None, decode_budget_ms: float = 200.0,
+           host: str = "127.0.0.1", port: int = 8000, admin_token_env: str = "GENREC_ADMIN_TOKEN", max_k: int = 100,
+           self_check: bool = False) -> None:
+    """Start the API (blocking). ``self_check``: once it is up, request one user's list and print it."""
     import os
+    import threading
 
     import uvicorn
 
@@ -632,23 +666,37 @@ def serve_cmd(
     from genrec.serve.catalog import Catalog
     from genrec.serve.store import open_store
 
-    model, index, data, store = _serving_paths(config, model, index, data, store)
     st = open_store(store)
     catalog = Catalog(index, data, st)
     rec = None
-    if decode:
-        if model is None:
-            raise GenrecError("--decode needs --model (or --config)")
+    if model is not None:
         from genrec.decode.recommender import GenerativeRecommender
 
         rec = GenerativeRecommender.load(model, catalog.extended_index(), beams=max(20, min(max_k, 100)))
     token = os.environ.get(admin_token_env) or None
     app_ = create_app(st, catalog, admin_token=token, recommender=rec, decode_budget_ms=decode_budget_ms, max_k=max_k)
     act = st.active()
+    url = f"http://{host}:{port}/users/{catalog.ds.user_ids[0]}/recommendations?k=5"
     typer.echo(f"serving {store} ({'cache ' + act['version'] if act else 'no cache yet: popularity only'}) on "
-               f"http://{host}:{port}; admin endpoints {'on' if token else 'off (set $' + admin_token_env + ')'}", err=True)
-    typer.echo(f"try: curl 'http://{host}:{port}/users/{catalog.ds.user_ids[0]}/recommendations?k=5'", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+               f"http://{host}:{port} (API docs at /docs); admin endpoints "
+               f"{'on' if token else 'off (set $' + admin_token_env + ')'}. Ctrl-C stops it.", err=True)
+    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning", access_log=False))
+    if self_check:
+        def check() -> None:
+            import time
+            import urllib.request
+
+            for _ in range(100):
+                if server.started:
+                    break
+                time.sleep(0.1)
+            with urllib.request.urlopen(url, timeout=10) as r:
+                typer.echo(f"\n$ curl '{url}'\n{r.read().decode()}\n", err=True)
+
+        threading.Thread(target=check, daemon=True).start()
+    else:
+        typer.echo(f"try: curl '{url}'", err=True)
+    server.run()
 
 
 def _main_process_first():

@@ -51,6 +51,28 @@ class IndexSection(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="indexer settings, e.g. {levels: 4}")
 
 
+class DecodeSection(BaseModel):
+    """Evaluate the fine-tuned model by constrained beam search through the shared evaluator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beams: int = Field(20, ge=1)
+    batch_users: int = Field(8, ge=1)
+    users: int | None = Field(None, ge=1, description="a seeded random sample of test users; default all")
+
+
+class CacheSection(BaseModel):
+    """Pre-compute every user's top-K into a store for serving."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str | None = Field(None, description="file path, sqlite:///path or redis://...; default <run_dir>/cache.db")
+    k: int = Field(20, ge=1)
+    beams: int = Field(20, ge=1)
+    batch_users: int = Field(8, ge=1)
+    chunk_users: int = Field(64, ge=1)
+
+
 class RunConfig(BaseModel):
     """A whole pipeline run."""
 
@@ -72,6 +94,8 @@ class RunConfig(BaseModel):
     index: IndexSection | None = None
     tasks: TaskConfig | None = None
     train: LLMTrainConfig | None = None
+    decode: DecodeSection | None = None
+    cache: CacheSection | None = None
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.name}")

@@ -181,5 +181,52 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
             raise GenrecError("the config has no train section")
         return
     res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after, progress)
-    if res is not None:
-        note("train", res)
+    if res is None:
+        return
+    note("train", res)
+    if until == "train":
+        return
+    if cfg.decode is not None:
+        note("evaluate", stage_evaluate(run_dir, cfg, force, progress))
+    if cfg.cache is not None:
+        note("cache", stage_cache(run_dir, cfg, progress))
+
+
+def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> StageResult:
+    """Test metrics of the fine-tuned model (beam search through the shared evaluator)."""
+    import numpy as np
+
+    from genrec.decode.recommender import GenerativeRecommender, evaluate_generative
+
+    dec = cfg.decode
+
+    def build(tmp: Path) -> dict:
+        ds = Dataset.load(run_dir / "data")
+        rec = GenerativeRecommender.load(run_dir / "model", run_dir / "index", beams=dec.beams, batch_users=dec.batch_users)
+        users = None
+        if dec.users is not None:
+            users = np.sort(np.random.default_rng(cfg.seed).choice(ds.n_users, size=min(dec.users, ds.n_users), replace=False))
+        ev = Evaluator(ds, ks=tuple(cfg.evaluate.ks), mask_history=cfg.evaluate.mask_history, progress=progress)
+        res = evaluate_generative(rec, ev, "test", users, tmp / "test_users.parquet")
+        out = {"test": res.to_dict(), "beams": dec.beams, "users_sampled": dec.users}
+        (tmp / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True))
+        return out
+
+    config = {"decode": dec.model_dump(), "evaluate": cfg.evaluate.model_dump(), "seed": cfg.seed}
+    inputs = {"model": run_dir / "model", "index": run_dir / "index", "data": run_dir / "data"}
+    return run_stage(run_dir / "evaluate", "evaluate", config, inputs, build, force)
+
+
+def stage_cache(run_dir: Path, cfg: RunConfig, progress: bool = True) -> StageResult:
+    """Every user's top-K into the cache store (itself resumable and versioned; see genrec.serve.cache)."""
+    from genrec.serve.cache import build_cache
+    from genrec.serve.catalog import Catalog
+    from genrec.serve.store import open_store
+
+    c = cfg.cache
+    store = open_store(c.store or run_dir / "cache.db")
+    summary = build_cache(store, Catalog(run_dir / "index", run_dir / "data", store), run_dir / "model", k=c.k,
+                          beams=c.beams, batch_users=c.batch_users, chunk_users=c.chunk_users, progress=progress,
+                          echo=lambda m: None)
+    manifest = {"stage": "cache", "wall_seconds": summary["seconds"], "metrics": summary, "store": store.url}
+    return StageResult(Path(store.url), manifest, skipped=summary["skipped"])

@@ -405,3 +405,30 @@ def test_no_generated_request_gets_a_server_error(api_schema, mode):
             assert mode == "negative" and "{" not in op.path and op.method.upper() == "GET"
     assert len(seen) >= 4 * len(ops) and any(400 <= c < 500 for _, c in seen)
     assert any(m == "POST" and c not in (401, 403) for m, c in seen)  # the token let some through to the encoder
+
+
+def test_genrec_run_goes_from_data_to_a_served_cache_and_then_skips_everything(tiny_backbone, tmp_path, cli):
+    import yaml
+
+    cfg = {
+        "name": "e2e", "run_dir": str(tmp_path / "run"), "seed": 0,
+        "data": {"source": "synth", "synth": {"n_users": 50, "n_items": 30, "seed": 1}, "prepare": {"kcore": 2}},
+        "baselines": ["pop"], "backbone": str(tiny_backbone),
+        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
+        "index": {"method": "alignment", "config": {"levels": 2, "codebook_size": 8, "epochs": 3, "progress": False}},
+        "tasks": {"negatives_per_positive": 1}, "train": {"max_steps": 2, "batch_size": 8},
+        "decode": {"beams": 5}, "cache": {"k": 5, "beams": 5},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, out, err = cli("run", path, "--no-progress")
+    assert code == 0, err
+    assert "genrec-llm" in out and "pop" in out and "Cache:" in out
+    metrics = json.loads((tmp_path / "run" / "evaluate" / "metrics.json").read_text())
+    from genrec.data.dataset import Dataset
+
+    assert metrics["test"]["n_users"] == Dataset.load(tmp_path / "run" / "data").n_users
+    st = open_store(tmp_path / "run" / "cache.db")
+    assert len(st.rows()) == metrics["test"]["n_users"]
+    code, out, err = cli("run", path, "--no-progress")
+    assert code == 0 and "[evaluate] up to date" in err and "[train] up to date" in err and "[cache] up to date" in err
