@@ -76,3 +76,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def launch_two(*args: str, timeout: int = 600):
+    """Run ``python -m genrec ARGS`` as 2 processes under `accelerate launch` (gloo on a CPU machine:
+    --multi_gpu selects accelerate's torchrun launcher; --cpu would start one process)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrec", *map(str, args)]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from genrec.serve.store import decode_row, encode_row, open_store
+from tests.conftest import launch_two
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -203,11 +204,8 @@ def test_cache_build_sharded_over_two_processes_equals_one(run, tmp_path, redis_
     code, _, err = build(run, tmp_path / "one.db")
     assert code == 0, err
     url = f"{redis_url}?prefix=shard{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrec", "cache", "build", "--model", str(run / "model"),
-           "--index", str(run / "index"), "--data", str(run / "data"), "--store", url, "--k", "10", "--beams", "10",
-           "--chunk-users", "4", "--batch-users", "4", "--no-progress"]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    proc = launch_two("cache", "build", "--model", run / "model", "--index", run / "index", "--data", run / "data",
+                      "--store", url, "--k", "10", "--beams", "10", "--chunk-users", "4", "--batch-users", "4", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = open_store(tmp_path / "one.db").rows(), open_store(url).rows()
     assert len(two) == len(one)

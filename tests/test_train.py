@@ -19,6 +19,7 @@ from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus, build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
 from genrec.llm.train import collate, lr_factor, make_batches, train
+from tests.conftest import launch_two
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -194,21 +195,14 @@ def test_corpus_round_trip_and_counts(setup):
 def test_two_processes_match_one_with_doubled_accumulation(setup, tiny_backbone, tmp_path, cli):
     """`accelerate launch` with 2 CPU processes (gloo DDP), accumulation 1, against one process with
     accumulation 2: the same samples per optimizer step, so the same losses and weights."""
-    import os
-    import subprocess
-    import sys
 
     root, _, _ = setup
     settings = ["--set", "epochs=2", "--set", "batch_size=8", "--set", "lora_dropout=0.0", "--set", "lr=5e-3"]
     code, _, err = cli("train", "--corpus", root / "corpus", "--out", tmp_path / "one", *settings,
                        "--set", "grad_accum=2", "--no-progress")
     assert code == 0, err
-    # --multi_gpu selects accelerate's torchrun launcher; with no GPU each rank runs on the CPU with gloo
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrec", "train", "--corpus", str(root / "corpus"),
-           "--out", str(tmp_path / "two"), *settings, "--set", "grad_accum=1", "--no-progress"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = launch_two("train", "--corpus", root / "corpus", "--out", tmp_path / "two", *settings, "--set", "grad_accum=1",
+                      "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) >= 4
@@ -237,14 +231,8 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
     assert (tmp_path / "eval" / "metrics.json").is_file()
 
     # sharded over 2 processes by `accelerate launch`: the same metrics
-    import os
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrec", "evaluate", "--model", str(tmp_path / "m"),
-           "--index", str(root / "index"), "--data", str(root / "data"), "--beams", "5", "--json"]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    proc = launch_two("evaluate", "--model", tmp_path / "m", "--index", root / "index", "--data", root / "data",
+                      "--beams", "5", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert sharded["n_users"] == result["n_users"]
