@@ -125,7 +125,7 @@ def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print
 
     def note(label: str, res: StageResult) -> None:
         state = "up to date, skipped" if res.skipped else f"done in {res.manifest['wall_seconds']:.1f}s"
-        echo(f"[{label}] {state} -> {res.path}")
+        echo(f"[{label}] {state} -> {res.manifest.get('store', res.path)}")
         done[label] = res.manifest
 
     source: str | Path = cfg.data.source

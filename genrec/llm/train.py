@@ -26,6 +26,7 @@ import resource
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,9 @@ def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], devic
                           f"with the index's code tokens has {len(tok)}: rebuild the corpus with this backbone")
     lora = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
             "target_modules": list(cfg.lora_targets)}
-    lm = CodeLM(model, len(new_tokens), cfg.mode, lora).to(device)
+    with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; nothing for our users to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        lm = CodeLM(model, len(new_tokens), cfg.mode, lora).to(device)
     lm.compute_dtype = dtype
     return lm, tok
 
