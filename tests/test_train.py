@@ -73,6 +73,15 @@ def test_batches_cover_the_corpus_once_and_respect_the_budget():
     assert padded(batches) < 0.8 * padded(rand)
 
 
+def test_a_short_epoch_wraps_around_to_its_first_batches():
+    from genrec.llm.train import step_batches
+
+    batches = [np.array([i]) for i in range(7)]  # this epoch's shuffle cut 7 batches; steps take 3
+    ids = lambda mine: [int(b[0]) for b in mine]  # noqa: E731
+    assert [ids(step_batches(batches, pos, 3)) for pos in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 0, 1]]
+    assert ids(step_batches(batches[:2], 0, 5)) == [0, 1, 0, 1, 0]
+
+
 def test_lr_schedule_by_hand():
     assert lr_factor(0, 100, 10, 0.0) == pytest.approx(0.1)
     assert lr_factor(9, 100, 10, 0.0) == pytest.approx(1.0)

@@ -188,6 +188,16 @@ def validation_loss(lm, corpus: Corpus, cfg: LLMTrainConfig, pad_id: int, device
     return {"val_loss": round(float(totals[0]) / n, 5), "val_acc": round(float(totals[2]) / n, 5)}
 
 
+def step_batches(batches: list[np.ndarray], pos: int, group: int) -> list[np.ndarray]:
+    """The ``group`` micro-batches of step ``pos`` of an epoch. Every epoch takes epoch 0's number
+    of steps; an epoch whose shuffle cut fewer batches wraps around to its first ones (and one
+    that cut more leaves its last ones out)."""
+    mine = batches[pos * group : (pos + 1) * group]
+    while len(mine) < group:
+        mine = mine + batches[: group - len(mine)]
+    return mine
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -262,9 +272,7 @@ def train(
         if epoch_batches is None or epoch_batches[0] != epoch:
             epoch_batches = (epoch, make_batches(lengths, cfg, epoch))
         batches = epoch_batches[1]
-        mine = batches[pos * group : (pos + 1) * group]
-        if len(mine) < group:  # an epoch whose shuffle cut fewer batches than epoch 0's: wrap around
-            mine = mine + batches[: group - len(mine)]
+        mine = step_batches(batches, pos, group)
         step_targets = float(sum(targets[b].sum() for b in mine))
         for g in optimizer.param_groups:
             g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_ratio)
