@@ -699,6 +699,21 @@ def _serve(index: Path, data: Path, store: str, model: Path | None = None, decod
     server.run()
 
 
+@app.command("report")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="run folders (e.g. runs/scientific runs/scientific-L3 ...)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for report.md and its PNG plots")],
+    title: Annotated[str, typer.Option(help="report title")] = "genrec report",
+    notes: Annotated[Path | None, typer.Option(help="a Markdown file placed under the title (budgets, commands)")] = None,
+) -> None:
+    """A Markdown report over runs: the methods table with the improvement over the best baseline,
+    loss curves, and metrics against the number of codebooks and the negative-sampling ratio."""
+    from genrec.report import write_report
+
+    text = notes.read_text() if notes is not None else ""
+    typer.echo(f"wrote {write_report(runs, out, title, text)}")
+
+
 def _main_process_first():
     """Under a multi-process launch: rank 0 builds shared stages first, the others then find them up to date."""
     import contextlib

@@ -1,0 +1,189 @@
+"""``genrec report RUN...``: one Markdown report over run folders, with PNG plots.
+
+- the reference paper's Table 1 layout: every method (each run's baselines, and each run's
+  fine-tuned model) x HR@1/5/10 and NDCG@5/10, and the improvement of the best of ours over the
+  best baseline;
+- fine-tuning loss curves (train and validation) of every run;
+- test metrics against the number of codebooks and against the negative-sampling ratio, when the
+  runs differ in them;
+- each run's settings and stage wall times, read from the stage manifests.
+
+Every number comes from the runs' own artifacts (``baselines/*/metrics.json``,
+``evaluate/metrics.json``, ``model/log.jsonl``, ``*/manifest.json``); nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genrec.artifacts import read_manifest
+from genrec.errors import DataError
+
+COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
+BASELINE_NAMES = {"pop": "Pop", "sasrec": "SASRec (BCE)", "sasrec-ce": "SASRec (CE)", "bert4rec": "BERT4Rec",
+                  "gru4rec": "GRU4Rec", "fmlp": "FMLP-Rec", "lightgcn": "LightGCN", "dccf": "DCCF"}
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    baselines: dict[str, dict] = field(default_factory=dict)
+    ours: dict | None = None
+    users_sampled: int | None = None
+    index: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    log: list[dict] = field(default_factory=list)
+    walls: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> int | None:
+        return (self.index.get("config") or {}).get("levels")
+
+    @property
+    def negatives(self) -> int | None:
+        tasks = self.tasks.get("tasks") or {}
+        return tasks.get("negatives_per_positive", 3) if self.tasks else None
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(path, None, f"expected a JSON file written by genrec ({e})") from None
+
+
+def read_run(path: str | Path) -> Run:
+    path = Path(path)
+    if read_manifest(path / "data") is None:
+        raise DataError(path, None, "expected a run folder (a data/ stage with manifest.json), e.g. runs/demo")
+    run = Run(path, path.name)
+    for f in sorted((path / "baselines").glob("*/metrics.json")):
+        run.baselines[f.parent.name] = _json(f)["test"]["metrics"]
+    if (path / "evaluate" / "metrics.json").is_file():
+        ev = _json(path / "evaluate" / "metrics.json")
+        run.ours, run.users_sampled = ev["test"]["metrics"], ev.get("users_sampled")
+    index, tasks, model = (read_manifest(path / s) for s in ("index", "tasks", "model"))
+    run.index = index["config"] if index else {}  # method, config (levels, ...)
+    run.tasks = tasks["config"] if tasks else {}  # tasks (negatives_per_positive, ...)
+    run.train = {"config": model["config"], "metrics": model.get("metrics", {})} if model else {}
+    if (path / "model" / "log.jsonl").is_file():
+        run.log = [json.loads(x) for x in (path / "model" / "log.jsonl").read_text().splitlines() if x.strip()]
+    for m_path in sorted(path.glob("*/manifest.json")) + sorted(path.glob("*/*/manifest.json")):
+        m = json.loads(m_path.read_text())
+        label = str(m_path.parent.relative_to(path))
+        run.walls[label] = m.get("metrics", {}).get("seconds_this_session") if label == "model" else m.get("wall_seconds")
+    return run
+
+
+def table1(runs: list[Run]) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """(baseline rows, our rows), each (label, metrics); baselines from the first run that has each."""
+    base: dict[str, dict] = {}
+    for r in runs:
+        for name, m in r.baselines.items():
+            base.setdefault(name, m)
+    ours = [(f"ours: {r.name}", r.ours) for r in runs if r.ours is not None]
+    return [(BASELINE_NAMES.get(n, n), m) for n, m in base.items()], ours
+
+
+def improvement(base: list[tuple[str, dict]], ours: list[tuple[str, dict]]) -> dict[str, float]:
+    """Best of ours over the best baseline, per column, in percent."""
+    out = {}
+    for c in COLS:
+        b = max((m[c] for _, m in base), default=0.0)
+        o = max((m[c] for _, m in ours), default=0.0)
+        out[c] = (o / b - 1) * 100 if b > 0 else float("nan")
+    return out
+
+
+def _plot_losses(runs: list[Run], out: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in runs if r.log]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in runs:
+        tr = [(x["step"], x["loss"]) for x in r.log if "loss" in x]
+        va = [(x["step"], x["val_loss"]) for x in r.log if "val_loss" in x]
+        if tr:
+            ax.plot(*zip(*tr, strict=True), label=f"{r.name} train", lw=1)
+        if va:
+            ax.plot(*zip(*va, strict=True), "o--", label=f"{r.name} validation", ms=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per target token")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
+    plt.close(fig)
+    return "loss.png"
+
+
+def _plot_against(runs: list[Run], key: str, xlabel: str, fname: str, out: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted((getattr(r, key), r.ours) for r in runs if r.ours is not None and getattr(r, key) is not None)
+    if len({x for x, _ in pts}) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for c in ("HR@10", "NDCG@10"):
+        ax.plot([x for x, _ in pts], [m[c] for _, m in pts], "o-", label=c)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test metric")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / fname, dpi=120)
+    plt.close(fig)
+    return fname
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "genrec report", notes: str = "") -> Path:
+    runs = [read_run(p) for p in run_dirs]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base, ours = table1(runs)
+    lines = [f"# {title}", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["## Methods (test split, full ranking)", "", "| method | " + " | ".join(COLS) + " |",
+              "|---" * (len(COLS) + 1) + "|"]
+    for label, m in base + ours:
+        lines.append(f"| {label} | " + " | ".join(f"{m[c]:.4f}" for c in COLS) + " |")
+    if base and ours:
+        imp = improvement(base, ours)
+        lines.append("| improvement of the best of ours over the best baseline | "
+                     + " | ".join(f"{imp[c]:+.1f}%" for c in COLS) + " |")
+    sampled = [r.name for r in runs if r.users_sampled]
+    if sampled:
+        lines += ["", f"Runs evaluated on a sample of test users: {', '.join(sampled)}."]
+    figures = [("Fine-tuning loss", _plot_losses(runs, out)),
+               ("Metrics against the number of codebooks", _plot_against(runs, "levels", "codebooks (L)", "codebooks.png", out)),
+               ("Metrics against the negative-sampling ratio",
+                _plot_against(runs, "negatives", "negatives per positive (1:N)", "negatives.png", out))]
+    for caption, f in figures:
+        if f is not None:
+            lines += ["", f"## {caption}", "", f"![{caption}]({f})"]
+    lines += ["", "## Runs", "", "| run | index | codebooks | negatives | fine-tuning steps | final train loss | validation loss |",
+              "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        tm = r.train.get("metrics", {})
+        lines.append(f"| {r.name} | {r.index.get('method', '')} | {r.levels or ''} | "
+                     f"{'' if r.negatives is None else '1:' + str(r.negatives)} | {tm.get('steps', '')} | "
+                     f"{tm.get('final_train_loss', '')} | {tm.get('val_loss', '')} |")
+    lines += ["", "## Stage wall times (seconds, from the stage manifests)", ""]
+    for r in runs:
+        walls = ", ".join(f"{k} {v:,.1f}" for k, v in r.walls.items() if v is not None)
+        lines.append(f"- {r.name}: {walls}")
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

@@ -1,0 +1,53 @@
+"""`genrec report` over hand-made run folders: the table, the improvement and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def fake_run(root: Path, name: str, levels: int, negatives: int, ours: dict, pop: dict) -> Path:
+    run = root / name
+    for stage, config in (("data", {}), ("index", {"method": "alignment", "config": {"levels": levels}}),
+                          ("tasks", {"tasks": {"negatives_per_positive": negatives}}), ("model", {"train": {}})):
+        (run / stage).mkdir(parents=True)
+        metrics = {"steps": 10, "final_train_loss": 2.5, "val_loss": 3.0, "seconds_this_session": 12.0} if stage == "model" else {}
+        (run / stage / "manifest.json").write_text(json.dumps({"config": config, "metrics": metrics, "wall_seconds": 1.5}))
+    (run / "baselines" / "pop").mkdir(parents=True)
+    (run / "baselines" / "pop" / "metrics.json").write_text(json.dumps({"test": {"metrics": pop}}))
+    (run / "evaluate").mkdir()
+    (run / "evaluate" / "metrics.json").write_text(json.dumps({"test": {"metrics": ours}, "users_sampled": None}))
+    (run / "model" / "log.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 5.0 / s}) for s in range(1, 6))
+                                             + "\n" + json.dumps({"step": 5, "val_loss": 1.5}) + "\n")
+    return run
+
+
+def metrics(x: float) -> dict:
+    return {"HR@1": x, "HR@5": 2 * x, "HR@10": 3 * x, "NDCG@5": x, "NDCG@10": 1.5 * x}
+
+
+def test_report_table_improvement_and_plots(tmp_path, cli):
+    a = fake_run(tmp_path, "L2-neg1", 2, 1, metrics(0.02), metrics(0.01))
+    b = fake_run(tmp_path, "L3-neg3", 3, 3, metrics(0.03), metrics(0.01))
+    code, out, err = cli("report", a, b, "--out", tmp_path / "rep", "--title", "T")
+    assert code == 0, err
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| Pop | 0.0100 | 0.0200 | 0.0300 | 0.0100 | 0.0150 |" in text
+    assert "| ours: L2-neg1 | 0.0200 |" in text and "| ours: L3-neg3 | 0.0300 |" in text
+    # best of ours (0.03) over the best baseline (0.01): +200% in every column
+    assert "| improvement of the best of ours over the best baseline | +200.0% | +200.0% | +200.0% | +200.0% | +200.0% |" in text
+    for png in ("loss.png", "codebooks.png", "negatives.png"):
+        assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in text
+    assert "| L3-neg3 | alignment | 3 | 1:3 | 10 | 2.5 | 3.0 |" in text
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, cli):
+    code, _, err = cli("report", tmp_path, "--out", tmp_path / "rep")
+    assert code == 2 and "expected a run folder" in err
+
+
+def test_one_run_has_no_sweep_plots(tmp_path, cli):
+    a = fake_run(tmp_path, "only", 2, 1, metrics(0.02), metrics(0.01))
+    assert cli("report", a, "--out", tmp_path / "rep")[0] == 0
+    assert not (tmp_path / "rep" / "codebooks.png").exists() and (tmp_path / "rep" / "loss.png").exists()
