@@ -159,9 +159,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": rows, "machine": info, "note": args.note,
-              "command": f"python benchmarks/serve_load.py --seconds {args.seconds} --connections {args.connections}"}
-    (args.out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {"command": f"python benchmarks/serve_load.py --seconds {args.seconds} --connections {args.connections}"}
+    # one row per store, each self-describing (machine, command, note)
+    (args.out / "serve_load.json").write_text(json.dumps(
+        [{**r, "machine": info, "command": result["command"], "note": args.note} for r in rows], indent=2) + "\n")
     lines = [
         "# Serving load test", "",
         f"`{result['command']}` on {describe(info)}. One `genrec serve` process (uvicorn) and wrk (1 thread, "
