@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--beams", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-backoff", action="store_true", help="score new items' last codes by the model alone")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
@@ -81,7 +82,8 @@ def main() -> None:
                       "holders": rng.choice(hold, size=min(args.users, len(hold)), replace=False).tolist(),
                       "others": rng.choice(rest, size=min(args.users, len(rest)), replace=False).tolist()})
     users = sorted({u for p in plans for u in p["holders"] + p["others"]})
-    rec = GenerativeRecommender.load(model, catalog.extended_index(), beams=args.beams, batch_users=8)
+    rec = GenerativeRecommender.load(model, catalog.extended_index(), beams=args.beams, batch_users=8,
+                                     cold_from=None if args.no_backoff else catalog.n_catalogue)
     t = time.perf_counter()
     res = rec.rank_scored([ds.sequences[u] for u in users], args.k)
     seconds = time.perf_counter() - t

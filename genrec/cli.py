@@ -672,7 +672,8 @@ def _serve(index: Path, data: Path, store: str, model: Path | None = None, decod
     if model is not None:
         from genrec.decode.recommender import GenerativeRecommender
 
-        rec = GenerativeRecommender.load(model, catalog.extended_index(), beams=max(20, min(max_k, 100)))
+        rec = GenerativeRecommender.load(model, catalog.extended_index(), beams=max(20, min(max_k, 100)),
+                                         cold_from=catalog.n_catalogue)
     token = os.environ.get(admin_token_env) or None
     app_ = create_app(st, catalog, admin_token=token, recommender=rec, decode_budget_ms=decode_budget_ms, max_k=max_k)
     act = st.active()

@@ -313,7 +313,9 @@ def test_healthz_and_metrics(api):
 def test_a_new_item_joins_the_rebuilt_cache_ranked_exactly_as_the_model_scores_it(run, tmp_path, cli):
     """POST an item with co-interacted neighbours, rebuild the cache (no retraining): its codes come
     from the codebooks (sharing a neighbour's first code), and with beams >= items every user's
-    cached list, new item included, equals exhaustive teacher-forced scoring of every item."""
+    cached list, new item included, equals exhaustive teacher-forced scoring of every item, where
+    the new item's last code, never written by the model after its prefix, scores the mean
+    probability of its trained siblings' last codes."""
     from fastapi.testclient import TestClient
 
     from genrec.decode.recommender import GenerativeRecommender
@@ -341,6 +343,8 @@ def test_a_new_item_joins_the_rebuilt_cache_ranked_exactly_as_the_model_scores_i
     assert st.active()["version"] != before and st.active()["added_items"] == 1 and st.active()["n_items"] == n
     rec = GenerativeRecommender.load(run / "model", catalog.extended_index(), device="cpu")
     assert rec.fmt.items[-1] == rec.fmt.tok.convert_tokens_to_ids([f"<a_{codes[0]}>", f"<b_{codes[1]}>"])
+    siblings = [i for i in range(ds.n_items) if rec.fmt.items[i][0] == rec.fmt.items[-1][0]]
+    assert siblings  # its first code is a trained prefix
     holders = [u for u in range(ds.n_users) if np.isin(ds.sequences[u], members).any()][:3]
     for u in holders:
         prompt = rec.prompts([ds.sequences[u]])[0]
@@ -349,11 +353,13 @@ def test_a_new_item_joins_the_rebuilt_cache_ranked_exactly_as_the_model_scores_i
             for toks in rec.fmt.items:
                 hs = rec.lm.hidden(torch.tensor([prompt + toks])).last_hidden_state[0]
                 logp = torch.log_softmax(rec.lm.logits(hs), -1)
-                scores.append(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(toks)))
-        expected = [catalog.ids[i] for i in np.argsort(-np.array(scores), kind="stable")]
+                scores.append([float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(toks)])
+            new_first, new_last = scores[-1][0], np.log(np.mean([np.exp(scores[i][1]) for i in siblings]))
+        total = [sum(s) for s in scores[:-1]] + [new_first + new_last]
+        expected = [catalog.ids[i] for i in np.argsort(-np.array(total), kind="stable")]
         items, cached = decode_row(st.lookup(ds.user_ids[u])[1])
         assert items == expected and "new-1" in items
-        np.testing.assert_allclose(cached, sorted(scores, reverse=True), atol=1e-4)
+        np.testing.assert_allclose(cached, sorted(total, reverse=True), atol=1e-4)
     body = client.get(f"/users/{ds.user_ids[holders[0]]}/recommendations", params={"k": n}).json()
     assert body["cache_version"] == st.active()["version"] and "new-1" in [x["item_id"] for x in body["items"]]
 

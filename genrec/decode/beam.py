@@ -64,20 +64,53 @@ def _hf_body(body):
     return run
 
 
+def cold_nodes(trie: Trie, cold_items: Sequence[int]) -> np.ndarray:
+    """``cold[n]``: every item under node n is cold (added after training: the model never wrote
+    the tokens that lead there). Children have larger ids than their parents."""
+    is_cold = np.zeros(trie.n_items, dtype=bool)
+    is_cold[np.asarray(list(cold_items), dtype=np.int64)] = True
+    cold = np.zeros(trie.n_nodes, dtype=bool)
+    for n in range(trie.n_nodes - 1, -1, -1):
+        s, e = trie.child_ptr[n], trie.child_ptr[n + 1]
+        cold[n] = cold[trie.child_node[s:e]].all() if e > s else bool(trie.item[n] >= 0 and is_cold[trie.item[n]])
+    return cold
+
+
 @dataclass
 class TrieTensors:
-    """The trie's CSR arrays on the decoding device."""
+    """The trie's CSR arrays on the decoding device, and which nodes lead only to cold items."""
 
     ptr: torch.Tensor
     token: torch.Tensor
     node: torch.Tensor
     item: torch.Tensor
     max_depth: int
+    cold: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, trie: Trie, device: torch.device) -> TrieTensors:
+    def of(cls, trie: Trie, device: torch.device, cold_items: Sequence[int] | None = None) -> TrieTensors:
         t = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)  # noqa: E731
-        return cls(t(trie.child_ptr), t(trie.child_token), t(trie.child_node), t(trie.item), trie.max_depth)
+        cold = None
+        if cold_items is not None and len(cold_items):
+            cold = torch.as_tensor(cold_nodes(trie, cold_items), device=device)
+        return cls(t(trie.child_ptr), t(trie.child_token), t(trie.child_node), t(trie.item), trie.max_depth, cold)
+
+
+def _backoff(tt: TrieTensors, beam: torch.Tensor, edge: torch.Tensor, logp: torch.Tensor, n_beams: int) -> torch.Tensor:
+    """Token log-probabilities with cold edges (leading only to items added after training) scored
+    as the mean probability of the same beam's warm edges: the model has never written a cold
+    item's last codes after this prefix, so its own probability for them says little. A beam
+    without warm edges keeps the model's values."""
+    if tt.cold is None:
+        return logp
+    cold = tt.cold[tt.node[edge]]
+    if not bool(cold.any()):
+        return logp
+    warm = (~cold).to(logp.dtype)
+    mass = torch.zeros(n_beams, dtype=logp.dtype, device=logp.device).index_add_(0, beam, logp.exp() * warm)
+    count = torch.zeros(n_beams, dtype=logp.dtype, device=logp.device).index_add_(0, beam, warm)
+    mean = torch.log(mass / count.clamp(min=1))
+    return torch.where(cold & (count[beam] > 0), mean[beam], logp)
 
 
 @dataclass
@@ -240,7 +273,7 @@ def beam_search(
         beam, edge = _expand(tt, nodes, alive)
         if len(beam) == 0:
             break
-        cand_score = scores[beam] + step_logp[beam, tt.token[edge]]
+        cand_score = scores[beam] + _backoff(tt, beam, edge, step_logp[beam, tt.token[edge]], len(nodes))
         cand_user = slot_user[beam]
         # the best B candidates of each user: sort by (user, -score), rank within the user
         order = torch.argsort(cand_score, descending=True, stable=True)

@@ -17,7 +17,10 @@ from genrec.index.base import ItemIndex
 
 
 class GenerativeRecommender:
-    def __init__(self, lm, tokenizer, index: ItemIndex, beams: int = 20, batch_users: int = 8, max_history: int = 20):
+    def __init__(self, lm, tokenizer, index: ItemIndex, beams: int = 20, batch_users: int = 8, max_history: int = 20,
+                 cold_from: int | None = None):
+        """``cold_from``: items from this index on were added after training (their unseen last
+        codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`)."""
         from genrec.llm.encode import PromptFormat
 
         self.lm = lm.eval()
@@ -26,7 +29,8 @@ class GenerativeRecommender:
         self.beams, self.batch_users, self.max_history = beams, batch_users, max_history
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.decoder = Decoder.from_codelm(lm, pad)
-        self.trie = TrieTensors.of(index.trie(self.fmt.items), self.decoder.device)
+        cold = range(cold_from, index.n_items) if cold_from is not None else None
+        self.trie = TrieTensors.of(index.trie(self.fmt.items), self.decoder.device, cold)
 
     @classmethod
     def load(cls, model_dir: str | Path, index: str | Path | ItemIndex, device: str = "auto", **kw) -> GenerativeRecommender:

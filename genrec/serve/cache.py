@@ -85,7 +85,7 @@ def build_cache(
         from genrec.decode.recommender import GenerativeRecommender
 
         rec = GenerativeRecommender.load(model_dir, catalog.extended_index(), device=device, beams=beams,
-                                         batch_users=batch_users)
+                                         batch_users=batch_users, cold_from=catalog.n_catalogue)
         bar = tqdm(total=sum(len(chunks[c]) for c in mine), unit="user", desc=f"cache [rank {rank}]",
                    disable=not progress)
         for c in mine:
