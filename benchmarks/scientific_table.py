@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--method", default="genrec (alignment index, all tasks)")
     ap.add_argument("--budget", required=True, help="the fine-tuning budget the model had, in words")
     ap.add_argument("--command", required=True, help="the command that produced --eval")
+    ap.add_argument("--remark", default="", help="a sentence placed under the commands (wall times, caveats)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     ours = json.loads(args.eval.read_text())
@@ -46,8 +47,9 @@ def main() -> None:
     (args.out / "scientific.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Scientific: our model beside the baselines", "",
              f"Test split (leave-one-out), full ranking over all items, {ours['n_users']:,} test users, the same "
-             f"`Evaluator` for every row ({ours['seconds'] / 60:.0f} min to decode ours). Machine: {describe(info)}.", "",
+             f"`Evaluator` for every row. Machine: {describe(info)}.", "",
              f"Ours: `{args.command}`; beam {ours.get('beams', 20)}. Fine-tuning budget: {args.budget}.",
+             *([args.remark] if args.remark else []),
              "Baselines: `OMP_NUM_THREADS=1 python benchmarks/baselines.py --datasets scientific` "
              "([baselines.md](baselines.md)).", "",
              "| method | " + " | ".join(COLS) + " |", "|---" * (len(COLS) + 1) + "|"]
