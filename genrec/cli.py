@@ -644,9 +644,6 @@ def serve_cmd(
     max_k: Annotated[int, typer.Option(help="largest k a request may ask for")] = 100,
 ) -> None:
     """Serve recommendations from the cache over HTTP (OpenAPI schema at /docs and /openapi.json)."""
-
-
-
     model, index, data, store = _serving_paths(config, model, index, data, store)
     if decode and model is None:
         raise GenrecError("--decode needs --model (or --config)")

@@ -69,7 +69,7 @@ def read_run(path: str | Path) -> Run:
     index, tasks, model = (read_manifest(path / s) for s in ("index", "tasks", "model"))
     run.index = index["config"] if index else {}  # method, config (levels, ...)
     run.tasks = tasks["config"] if tasks else {}  # tasks (negatives_per_positive, ...)
-    run.train = {"config": model["config"], "metrics": model.get("metrics", {})} if model else {}
+    run.train = model.get("metrics", {}) if model else {}  # steps, losses
     if (path / "model" / "log.jsonl").is_file():
         run.log = [json.loads(x) for x in (path / "model" / "log.jsonl").read_text().splitlines() if x.strip()]
     for m_path in sorted(path.glob("*/manifest.json")) + sorted(path.glob("*/*/manifest.json")):
@@ -176,7 +176,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "genr
     lines += ["", "## Runs", "", "| run | index | codebooks | negatives | fine-tuning steps | final train loss | validation loss |",
               "|---|---|---|---|---|---|---|"]
     for r in runs:
-        tm = r.train.get("metrics", {})
+        tm = r.train
         lines.append(f"| {r.name} | {r.index.get('method', '')} | {r.levels or ''} | "
                      f"{'' if r.negatives is None else '1:' + str(r.negatives)} | {tm.get('steps', '')} | "
                      f"{tm.get('final_train_loss', '')} | {tm.get('val_loss', '')} |")

@@ -280,19 +280,25 @@ class AlignmentTokenizer:
                 self._catalogue = set(map(tuple, self.codes.tolist()))
             taken = self._catalogue
         fresh: set[tuple[int, ...]] = set()  # this call's codes; ``taken`` itself is never changed
-        used: dict[tuple[int, ...], int] = {}  # tuples taken under each prefix (to skip full subtrees)
-        for t in taken:
+        used: dict[tuple[int, ...], int] | None = None  # tuples taken under each prefix, built at the first collision
+
+        def count(t: tuple[int, ...]) -> None:
             for lv in range(len(t)):
                 used[t[:lv]] = used.get(t[:lv], 0) + 1
+
         out = codes.copy()
         for i in range(len(codes)):
             t = tuple(int(c) for c in codes[i])
             if t in taken or t in fresh:
+                if used is None:
+                    used = {}
+                    for x in (*taken, *fresh):
+                        count(x)
                 t = self._nearest_free(t, [r[i] for r in residuals], lambda x: x in taken or x in fresh, used)
             out[i] = t
             fresh.add(t)
-            for lv in range(len(t)):
-                used[t[:lv]] = used.get(t[:lv], 0) + 1
+            if used is not None:
+                count(t)
         return out
 
     def _nearest_free(self, t: tuple[int, ...], inputs: list[torch.Tensor], blocked, used: dict) -> tuple[int, ...]:

@@ -205,7 +205,7 @@ def create_app(
         return versions[version]
 
     def decode(user_id: str, history) -> tuple[list[str], list[float]]:
-        res = recommender.rank_scored([history], max_k if max_k <= recommender.beams else recommender.beams)
+        res = recommender.rank_scored([history], min(max_k, recommender.beams))
         ok = res.items[0] >= 0
         out = ([catalog.ids[i] for i in res.items[0][ok]], res.scores[0][ok].tolist())
         decoded[user_id] = out
