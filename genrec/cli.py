@@ -703,13 +703,19 @@ def report_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for report.md and its PNG plots")],
     title: Annotated[str, typer.Option(help="report title")] = "genrec report",
     notes: Annotated[Path | None, typer.Option(help="a Markdown file placed under the title (budgets, commands)")] = None,
+    baselines: Annotated[Path | None, typer.Option(help="baseline rows measured elsewhere on the same split "
+                                                       "(benchmarks/results/baselines.json)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="the dataset whose rows --baselines contributes")] = None,
 ) -> None:
     """A Markdown report over runs: the methods table with the improvement over the best baseline,
     loss curves, and metrics against the number of codebooks and the negative-sampling ratio."""
-    from genrec.report import write_report
+    from genrec.report import read_baselines, write_report
 
+    if (baselines is None) != (dataset is None):
+        raise GenrecError("--baselines and --dataset go together")
     text = notes.read_text() if notes is not None else ""
-    typer.echo(f"wrote {write_report(runs, out, title, text)}")
+    rows = read_baselines(baselines, dataset) if baselines is not None else None
+    typer.echo(f"wrote {write_report(runs, out, title, text, rows)}")
 
 
 def _main_process_first():

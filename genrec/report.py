@@ -23,7 +23,8 @@ from genrec.errors import DataError
 
 COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
 BASELINE_NAMES = {"pop": "Pop", "sasrec": "SASRec (BCE)", "sasrec-ce": "SASRec (CE)", "bert4rec": "BERT4Rec",
-                  "gru4rec": "GRU4Rec", "fmlp": "FMLP-Rec", "lightgcn": "LightGCN", "dccf": "DCCF"}
+                  "gru4rec": "GRU4Rec", "fmlp": "FMLP-Rec", "lightgcn": "LightGCN", "dccf": "DCCF",
+                  "tiger": "TIGER-style encoder-decoder (on an index's codes)"}
 
 
 @dataclass
@@ -47,6 +48,14 @@ class Run:
     def negatives(self) -> int | None:
         tasks = self.tasks.get("tasks") or {}
         return tasks.get("negatives_per_positive", 3) if self.tasks else None
+
+    def settings_but(self, key: str) -> str:
+        """The index and task settings except ``key`` (levels or negatives): runs that agree on it
+        form one sweep over ``key``."""
+        index = {**self.index, "config": {k: v for k, v in (self.index.get("config") or {}).items() if k != "levels" or key != "levels"}}
+        tasks = {**self.tasks, "tasks": {k: v for k, v in (self.tasks.get("tasks") or {}).items()
+                                         if k != "negatives_per_positive" or key != "negatives"}}
+        return json.dumps([index, tasks], sort_keys=True)
 
 
 def _json(path: Path) -> dict:
@@ -79,9 +88,28 @@ def read_run(path: str | Path) -> Run:
     return run
 
 
-def table1(runs: list[Run]) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
-    """(baseline rows, our rows), each (label, metrics); baselines from the first run that has each."""
-    base: dict[str, dict] = {}
+def read_baselines(path: str | Path, dataset: str) -> dict[str, dict]:
+    """{method: metrics} of ``dataset`` from a baselines JSON list (``benchmarks/baselines.py`` output:
+    rows with ``dataset``, ``method`` and the metric columns)."""
+    path = Path(path)
+    rows = _json(path)
+    if not isinstance(rows, list):
+        raise DataError(path, None, "expected a JSON list of rows with dataset, method and metrics")
+    out = {}
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not {"dataset", "method", *COLS} <= set(r):
+            raise DataError(path, f"row {i}", f"expected dataset, method and {', '.join(COLS)}")
+        if r["dataset"] == dataset:
+            out[r["method"]] = {c: float(r[c]) for c in COLS}
+    if not out:
+        raise DataError(path, None, f"no rows of dataset {dataset!r}")
+    return out
+
+
+def table1(runs: list[Run], baselines: dict[str, dict] | None = None) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
+    """(baseline rows, our rows), each (label, metrics); baselines from ``baselines`` first, then
+    from the first run that has each."""
+    base: dict[str, dict] = dict(baselines or {})
     for r in runs:
         for name, m in r.baselines.items():
             base.setdefault(name, m)
@@ -126,13 +154,19 @@ def _plot_losses(runs: list[Run], out: Path) -> str | None:
     return "loss.png"
 
 
-def _plot_against(runs: list[Run], key: str, xlabel: str, fname: str, out: Path) -> str | None:
+def _plot_against(runs: list[Run], key: str, xlabel: str, fname: str, out: Path) -> tuple[str, list[str]] | None:
+    """The plot (and its table) of the largest sweep over ``key``: runs that differ only in it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = sorted((getattr(r, key), r.ours) for r in runs if r.ours is not None and getattr(r, key) is not None)
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.ours is not None and getattr(r, key) is not None:
+            groups.setdefault(r.settings_but(key), []).append(r)
+    sweep = max(groups.values(), key=lambda g: len({getattr(r, key) for r in g}), default=[])
+    pts = sorted(((getattr(r, key), r.ours) for r in sweep), key=lambda p: p[0])
     if len({x for x, _ in pts}) < 2:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -144,14 +178,18 @@ def _plot_against(runs: list[Run], key: str, xlabel: str, fname: str, out: Path)
     fig.tight_layout()
     fig.savefig(out / fname, dpi=120)
     plt.close(fig)
-    return fname
+    rows = [f"| {xlabel} | run | HR@10 | NDCG@10 |", "|---|---|---|---|"]
+    rows += [f"| {getattr(r, key)} | {r.name} | {r.ours['HR@10']:.4f} | {r.ours['NDCG@10']:.4f} |"
+             for r in sorted(sweep, key=lambda r: getattr(r, key))]
+    return fname, rows
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "genrec report", notes: str = "") -> Path:
+def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "genrec report", notes: str = "",
+                 baselines: dict[str, dict] | None = None) -> Path:
     runs = [read_run(p) for p in run_dirs]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base, ours = table1(runs)
+    base, ours = table1(runs, baselines)
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes, ""]
@@ -166,13 +204,14 @@ def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "genr
     sampled = [r.name for r in runs if r.users_sampled]
     if sampled:
         lines += ["", f"Runs evaluated on a sample of test users: {', '.join(sampled)}."]
-    figures = [("Fine-tuning loss", _plot_losses(runs, out)),
+    loss_png = _plot_losses(runs, out)
+    figures = [("Fine-tuning loss", (loss_png, []) if loss_png else None),
                ("Metrics against the number of codebooks", _plot_against(runs, "levels", "codebooks (L)", "codebooks.png", out)),
                ("Metrics against the negative-sampling ratio",
                 _plot_against(runs, "negatives", "negatives per positive (1:N)", "negatives.png", out))]
-    for caption, f in figures:
-        if f is not None:
-            lines += ["", f"## {caption}", "", f"![{caption}]({f})"]
+    for caption, fig in figures:
+        if fig is not None:
+            lines += ["", f"## {caption}", "", f"![{caption}]({fig[0]})", "", *fig[1]]
     lines += ["", "## Runs", "", "| run | index | codebooks | negatives | fine-tuning steps | final train loss | validation loss |",
               "|---|---|---|---|---|---|---|"]
     for r in runs:

@@ -56,3 +56,41 @@ def test_all_positions_sample_has_loss_on_each_target(tokenizer):
     enc = fmt.encode(s)
     target = [i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
     assert tok.convert_ids_to_tokens(target) == ["<a_1>", "<b_0>", "<a_1>", "<b_1>"]
+
+
+def test_all_positions_prompt_is_the_training_sequence_before_each_target(tokenizer):
+    """A model trained on all_positions sequences is decoded with the list left open: the prompt
+    for the item at position n is exactly the training sequence's tokens before that item."""
+    import pandas as pd
+
+    from genrec.data.dataset import Dataset
+    from genrec.llm.corpus import validation_samples
+    from genrec.llm.tasks import SEQ_TEMPLATES, TaskConfig, build_tasks
+
+    idx, tok = index_and_tokenizer(tokenizer)
+    fmt = PromptFormat(tok, idx)
+    seq = [0, 2, 1, 2, 0, 1]
+    inter = pd.DataFrame({"user_idx": [0] * len(seq), "item_idx": seq, "timestamp": range(len(seq))})
+    ds = Dataset(pd.DataFrame({"title": ["a", "b", "c"]}), np.array(["u0"]), inter)
+    sample = next(s for s in build_tasks(ds, TaskConfig(tasks=["seq"], layout="all_positions")) if s.task == "seq_all")
+    enc = fmt.encode(sample)
+    train = ds.train_sequences()[0].tolist()
+    assert train == seq[:-2]
+    # the start of each target item in the encoded sequence
+    labels = np.array(enc.labels)
+    starts = [j for j in range(len(labels)) if labels[j] != IGNORE and (j == 0 or labels[j - 1] == IGNORE)]
+    assert len(starts) == len(train) - 1
+    for n, start in enumerate(starts, start=1):
+        prompt = PromptFormat(tok, idx).seq_prompt(train[:n], sample.template, 20, "all_positions")
+        assert prompt == enc.input_ids[:start]
+        assert enc.input_ids[start : start + 2] == fmt.items[train[n]]
+    # the per-prefix prompt puts the target in the assistant turn instead
+    chat = fmt.seq_prompt(train[:2], 0, 20)
+    assert tok.decode(chat).endswith("<|im_start|>assistant\n") and SEQ_TEMPLATES[0][1] in tok.decode(chat)
+    # validation in the all_positions form: the history list continued, the target in the user turn
+    (val,) = validation_samples(ds, 20, 10, 0, "all_positions")
+    venc = fmt.encode(val)
+    vstart = next(j for j, lab in enumerate(venc.labels) if lab != IGNORE)
+    assert venc.input_ids[:vstart] == fmt.seq_prompt(train, 0, 20, "all_positions")
+    assert venc.input_ids[vstart : vstart + 2] == fmt.items[seq[-2]]
+    assert sum(lab != IGNORE for lab in venc.labels) == 2  # the two codes; no eos inside the user turn

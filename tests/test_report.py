@@ -29,7 +29,8 @@ def metrics(x: float) -> dict:
 def test_report_table_improvement_and_plots(tmp_path, cli):
     a = fake_run(tmp_path, "L2-neg1", 2, 1, metrics(0.02), metrics(0.01))
     b = fake_run(tmp_path, "L3-neg3", 3, 3, metrics(0.03), metrics(0.01))
-    code, out, err = cli("report", a, b, "--out", tmp_path / "rep", "--title", "T")
+    c = fake_run(tmp_path, "L3-neg1", 3, 1, metrics(0.025), metrics(0.01))  # with a: the codebook sweep; with b: negatives
+    code, out, err = cli("report", a, b, c, "--out", tmp_path / "rep", "--title", "T")
     assert code == 0, err
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "| Pop | 0.0100 | 0.0200 | 0.0300 | 0.0100 | 0.0150 |" in text
@@ -51,3 +52,27 @@ def test_one_run_has_no_sweep_plots(tmp_path, cli):
     a = fake_run(tmp_path, "only", 2, 1, metrics(0.02), metrics(0.01))
     assert cli("report", a, "--out", tmp_path / "rep")[0] == 0
     assert not (tmp_path / "rep" / "codebooks.png").exists() and (tmp_path / "rep" / "loss.png").exists()
+
+
+def test_sweeps_hold_only_runs_that_differ_in_the_swept_setting_and_baselines_come_from_a_file(tmp_path, cli):
+    runs = [fake_run(tmp_path, "L2", 2, 3, metrics(0.02), metrics(0.01)),
+            fake_run(tmp_path, "L3", 3, 3, metrics(0.03), metrics(0.01)),
+            fake_run(tmp_path, "neg1", 3, 1, metrics(0.01), metrics(0.01)),
+            fake_run(tmp_path, "ed", 4, 3, metrics(0.04), metrics(0.01))]
+    index = runs[3] / "index" / "manifest.json"  # another indexer: in neither sweep
+    index.write_text(json.dumps({"config": {"method": "rqvae", "config": {"levels": 4}}, "metrics": {}, "wall_seconds": 1.0}))
+    rows = [{"dataset": "scientific", "method": "fmlp", **metrics(0.05)}, {"dataset": "other", "method": "pop", **metrics(0.5)}]
+    (tmp_path / "b.json").write_text(json.dumps(rows))
+    code, _, err = cli("report", *runs, "--out", tmp_path / "rep", "--baselines", tmp_path / "b.json", "--dataset", "scientific")
+    assert code == 0, err
+    text = (tmp_path / "rep" / "report.md").read_text()
+    codebooks = text.split("## Metrics against the number of codebooks")[1].split("##")[0]
+    assert "| 2 | L2 | 0.0600 | 0.0300 |" in codebooks and "| 3 | L3 | 0.0900 | 0.0450 |" in codebooks
+    assert "neg1" not in codebooks and "| ed |" not in codebooks
+    negatives = text.split("## Metrics against the negative-sampling ratio")[1].split("##")[0]
+    assert "| 1 | neg1 |" in negatives and "| 3 | L3 |" in negatives and "L2" not in negatives
+    # FMLP-Rec from the file (best baseline 0.05 > Pop 0.01); the other dataset's row is left out
+    assert "| FMLP-Rec | 0.0500 |" in text and "0.5000" not in text
+    assert "| improvement of the best of ours over the best baseline | -20.0% |" in text
+    code, _, err = cli("report", *runs, "--out", tmp_path / "rep2", "--baselines", tmp_path / "b.json", "--dataset", "nope")
+    assert code == 2 and "no rows of dataset 'nope'" in err

@@ -7,6 +7,7 @@ from genrec.baselines.fmlp import FMLPBaseline
 from genrec.baselines.gru4rec import GRU4RecBaseline
 from genrec.baselines.pop import Pop
 from genrec.baselines.sasrec import SASRecBCE, SASRecCE
+from genrec.baselines.tiger import TigerBaseline
 from genrec.cf.dccf import DCCFBaseline
 from genrec.cf.lightgcn import LightGCNBaseline
 
@@ -21,4 +22,5 @@ BASELINES = {
     "fmlp": FMLPBaseline,
     "lightgcn": LightGCNBaseline,
     "dccf": DCCFBaseline,
+    "tiger": TigerBaseline,  # needs config {index: FOLDER}: TIGER-style encoder-decoder on that index's codes
 }

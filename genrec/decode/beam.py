@@ -37,6 +37,7 @@ class Decoder:
     pad_id: int = 0
     module: object = None  # the Hugging Face decoder itself (enables :class:`SharedPromptSteps`)
     shared_prompt: bool = True  # use the shared-prompt steps when the architecture allows
+    share_prefix: bool = True  # encode the prompts' common prefix once (causal LMs; not encoder-decoders)
 
     @classmethod
     def from_hf(cls, model, pad_id: int = 0) -> Decoder:
@@ -232,7 +233,7 @@ def beam_search(
     tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, dev)
     n_users = len(prompts)
     # the prompts' common prefix (system prompt, template) is encoded once for all of them
-    shared = _common_prefix(prompts) if n_users > 1 else 0
+    shared = _common_prefix(prompts) if n_users > 1 and decoder.share_prefix else 0
     shared = min(shared, min(len(p) for p in prompts) - 1)  # every prompt keeps a token of its own
     cache = None
     if shared > 0:

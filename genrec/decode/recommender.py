@@ -18,15 +18,17 @@ from genrec.index.base import ItemIndex
 
 class GenerativeRecommender:
     def __init__(self, lm, tokenizer, index: ItemIndex, beams: int = 20, batch_users: int = 8, max_history: int = 20,
-                 cold_from: int | None = None):
+                 cold_from: int | None = None, layout: str = "per_prefix"):
         """``cold_from``: items from this index on were added after training (their unseen last
-        codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`)."""
+        codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`).
+        ``layout``: the sequential layout the model was trained on, which fixes the prompt form
+        (see :meth:`genrec.llm.encode.PromptFormat.seq_prompt`)."""
         from genrec.llm.encode import PromptFormat
 
         self.lm = lm.eval()
         self.fmt = PromptFormat(tokenizer, index)
         self.index = index
-        self.beams, self.batch_users, self.max_history = beams, batch_users, max_history
+        self.beams, self.batch_users, self.max_history, self.layout = beams, batch_users, max_history, layout
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.decoder = Decoder.from_codelm(lm, pad)
         cold = range(cold_from, index.n_items) if cold_from is not None else None
@@ -55,15 +57,16 @@ class GenerativeRecommender:
         raw = json.loads(cfg_file.read_text())
         backbone = raw.pop("backbone", "default")
         raw.pop("new_tokens", None)
+        layout = raw.pop("layout", None) or _corpus_layout(model_dir)
         cfg = LLMTrainConfig.model_validate(raw)
         index = index if isinstance(index, ItemIndex) else ItemIndex.load(index)
         dev = pick_device(device)
         lm, tok = build_model(cfg, backbone, list(index.new_tokens), dev)
         lm.load_trainable(weights, model_dir)
-        return cls(lm.merge_for_inference(), tok, index, **kw)
+        return cls(lm.merge_for_inference(), tok, index, **{"layout": layout, **kw})
 
     def prompts(self, histories: list[np.ndarray]) -> list[list[int]]:
-        return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history) for h in histories]
+        return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history, self.layout) for h in histories]
 
     def rank_scored(self, histories: list[np.ndarray], k: int) -> BeamResult:
         """Top-``k`` items per history with their log-probabilities, best first (-1 / -inf pad a
@@ -76,6 +79,13 @@ class GenerativeRecommender:
     def rank(self, histories: list[np.ndarray], users: np.ndarray, k: int) -> np.ndarray:
         """Top-``k`` items per history, best first (-1 pads a list with fewer than k items)."""
         return self.rank_scored(histories, k).items
+
+
+def _corpus_layout(model_dir: Path) -> str:
+    """The layout of a model folder written before train_config.json recorded it: its corpus
+    meta, else the per-prefix default."""
+    meta = model_dir / "corpus_meta.json"
+    return json.loads(meta.read_text()).get("layout", "per_prefix") if meta.is_file() else "per_prefix"
 
 
 class PrecomputedRanker:

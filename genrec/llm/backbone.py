@@ -24,6 +24,7 @@ from genrec.device import pick_device
 from genrec.errors import GenrecError
 
 DEFAULT_BACKBONE = "default"
+RANDOM_PREFIX = "random:"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,28 @@ def resolve(backbone: str | None) -> BackboneSpec:
     return BackboneSpec(str(p) if p.exists() else backbone)
 
 
+def random_spec(backbone: str | None) -> tuple[int, int] | None:
+    """``random:<hidden>x<layers>`` (e.g. ``random:128x2``): a small Llama initialised at random
+    (seed 0) with the default backbone's tokenizer, for budgeted experiments; None otherwise."""
+    if not backbone or not backbone.startswith(RANDOM_PREFIX):
+        return None
+    hidden, sep, layers = backbone[len(RANDOM_PREFIX):].partition("x")
+    if not (sep and hidden.isdigit() and layers.isdigit() and int(hidden) >= 32 and int(hidden) % 32 == 0 and int(layers) >= 1):
+        raise GenrecError(f"backbone {backbone!r}: expected random:<hidden>x<layers>, hidden a multiple of 32, e.g. random:128x2")
+    return int(hidden), int(layers)
+
+
+def random_backbone(hidden: int, layers: int, vocab_size: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32, max_position_embeddings=2048,
+                      tie_word_embeddings=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(cfg)
+
+
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     """bf16 on GPUs that support it, fp32 otherwise, unless asked for explicitly."""
     if dtype == "auto":
@@ -76,6 +99,8 @@ def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 def load_tokenizer(backbone: str | None = None):
     from transformers import AutoTokenizer
 
+    if random_spec(backbone):
+        backbone = DEFAULT_BACKBONE
     spec = resolve(backbone)
     kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     try:
@@ -91,8 +116,11 @@ def load_backbone(backbone: str | None = None, device: str = "auto", dtype: str 
     """(model, tokenizer) on the chosen device and dtype."""
     from transformers import AutoModelForCausalLM
 
-    spec = resolve(backbone)
     dev = pick_device(device)
+    if (shape := random_spec(backbone)) is not None:
+        tok = load_tokenizer(backbone)
+        return random_backbone(*shape, len(tok)).to(dev, pick_dtype(dev, dtype)), tok
+    spec = resolve(backbone)
     kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=pick_dtype(dev, dtype), **kw)
@@ -141,8 +169,8 @@ def item_llm_embeddings(items, backbone: str | None = None, cache_dir: str | Pat
     """Items' LLM embeddings (mean input-layer embedding over title and description), cached on disk
     by backbone and text so a rebuild costs nothing."""
     texts = item_texts(items)
-    spec = resolve(backbone)
-    key = hashlib.sha256(("\x00".join([spec.label, str(max_tokens), *texts])).encode()).hexdigest()[:16]
+    label = backbone if random_spec(backbone) else resolve(backbone).label
+    key = hashlib.sha256(("\x00".join([label, str(max_tokens), *texts])).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"llm_emb-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
         return np.load(cache)

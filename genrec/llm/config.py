@@ -13,6 +13,11 @@ class LLMTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["lora", "full"] = "lora"
+    backbone: str | None = Field(None, description="fine-tune this model instead of the corpus's backbone; it must share its "
+                                                   "tokenizer (e.g. random:128x2, a small Llama from scratch, for budgeted ablations)")
+    softmax: Literal["full", "codes"] = Field(
+        "full", description="codes: a code target's softmax runs over the code tokens only (the only tokens constrained decoding "
+                            "can choose), skipping the output layer over the whole vocabulary; text targets keep the full softmax")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)

@@ -120,9 +120,10 @@ def encode_samples(samples: list[Sample], fmt: PromptFormat, max_length: int) ->
     return corpus, dropped
 
 
-def validation_samples(dataset: Dataset, max_history: int, n_users: int, seed: int) -> list[Sample]:
+def validation_samples(dataset: Dataset, max_history: int, n_users: int, seed: int, layout: str = "per_prefix") -> list[Sample]:
     """Sequential samples: a user's training history -> their validation item (held out, never a
-    training target). First template only, so the loss is comparable across runs."""
+    training target), in the prompt form decoding uses for ``layout``. First template only, so the
+    loss is comparable across runs."""
     head, tail = SEQ_TEMPLATES[0]
     rng = np.random.default_rng(seed)
     users = [u for u, s in enumerate(dataset.sequences) if len(s) >= 3]
@@ -137,6 +138,10 @@ def validation_samples(dataset: Dataset, max_history: int, n_users: int, seed: i
             if n:
                 parts.append(("t", ", ", False))
             parts.append(("i", int(i), False))
+        if layout == "all_positions":  # the list continued, as in the training sequences
+            parts += [("t", ", ", False), ("i", target, True)]
+            out.append(Sample("seq-valid", 0, parts, u, target, in_turn=True))
+            continue
         parts += [("t", ". " + tail, False), ("i", target, True)]
         out.append(Sample("seq-valid", 0, parts, u, target))
     return out
@@ -151,7 +156,8 @@ def build_corpus(
         raise DataError("index", None, f"an index of the dataset's {dataset.n_items} items, got {index.n_items}")
     fmt = PromptFormat(tokenizer, index)
     train, dropped = encode_samples(build_tasks(dataset, cfg), fmt, max_length)
-    valid, _ = encode_samples(validation_samples(dataset, cfg.max_history, valid_users, cfg.seed), fmt, max_length)
+    valid, _ = encode_samples(validation_samples(dataset, cfg.max_history, valid_users, cfg.seed, cfg.layout), fmt,
+                               max_length)
     token_ids = tokenizer.convert_tokens_to_ids(index.new_tokens) if index.new_tokens else []
     info = {
         "vocab_size": len(tokenizer),

@@ -81,7 +81,7 @@ class PromptFormat:
         ids: list[int] = list(self.user_prefix)
         labels: list[int] = [IGNORE] * len(ids)
         loss_at = [n for n, p in enumerate(sample.parts) if p[2]]
-        chat_target = len(loss_at) == 1 and loss_at[0] == len(sample.parts) - 1
+        chat_target = not sample.in_turn and len(loss_at) == 1 and loss_at[0] == len(sample.parts) - 1
         for n, (kind, value, loss) in enumerate(sample.parts):
             if chat_target and n == loss_at[0]:
                 ids += self.user_suffix
@@ -97,12 +97,17 @@ class PromptFormat:
             labels += [IGNORE] * len(self.user_suffix)
         return Encoded(ids, labels)
 
-    def seq_prompt(self, history: list[int], template: int = 0, max_history: int = 20) -> list[int]:
-        """The inference prompt of the sequential task: everything before the target's tokens."""
+    def seq_prompt(self, history: list[int], template: int = 0, max_history: int = 20, layout: str = "per_prefix") -> list[int]:
+        """The inference prompt of the sequential task: everything before the target's tokens, in
+        the form the model was trained on. ``per_prefix``: the history in the user turn, the
+        target in the assistant turn. ``all_positions``: the history list left open in the user
+        turn, ending with the separator, exactly the tokens that precede an item in training."""
         head, tail = SEQ_TEMPLATES[template]
         ids = list(self.user_prefix) + self._template(head)
         for n, i in enumerate(history[-max_history:]):
             if n:
                 ids += self._template(", ")
             ids += self.items[int(i)]
+        if layout == "all_positions":
+            return ids + self._template(", ") if len(history) else ids
         return ids + self._template(". " + tail) + self.user_suffix

@@ -6,6 +6,9 @@ tokens, with the loss (and the output layer) computed only where a target token 
   embedding matrix is touched, so no optimizer state or weight decay ever reaches it.
 - The output layer over the whole vocabulary is applied only to the hidden states that predict a
   target token (a few per sample), not to every position of the prompt.
+- ``softmax="codes"`` normalises a code target over the code tokens only, the only tokens the
+  constrained decoder can choose: the output layer then has a thousand rows instead of 49k
+  (text targets keep the full vocabulary), and decoding normalises the same way.
 - ``mode="full"`` trains every backbone weight as well (on CPU, full fine-tuning is not slower
   than LoRA; see DESIGN.md).
 
@@ -46,10 +49,13 @@ class CodeEmbedding(nn.Module):
 class CodeLM(nn.Module):
     """Wraps a Hugging Face causal LM (optionally with LoRA adapters) for code-token training."""
 
-    def __init__(self, model, n_new: int, mode: str = "lora", lora: dict | None = None):
+    def __init__(self, model, n_new: int, mode: str = "lora", lora: dict | None = None, softmax: str = "full"):
         super().__init__()
         if mode not in ("lora", "full"):
             raise GenrecError(f"train mode {mode!r}: expected 'lora' or 'full'")
+        if softmax not in ("full", "codes"):
+            raise GenrecError(f"softmax {softmax!r}: expected 'full' or 'codes'")
+        self.softmax = softmax
         emb = model.get_input_embeddings().weight
         head = model.get_output_embeddings()
         self.tied = head is None or head.weight is emb
@@ -95,15 +101,37 @@ class CodeLM(nn.Module):
         pred_at = target_mask[:, 1:].bool()
         states = h[:, :-1][pred_at]
         targets = input_ids[:, 1:][pred_at]
-        logits = (states @ self.head_weight(states.dtype).T).float()
-        nll = F.cross_entropy(logits, targets, reduction="sum")
-        correct = (logits.argmax(-1) == targets).sum()
-        return nll, torch.tensor(targets.numel(), device=nll.device), correct
+        n = torch.tensor(targets.numel(), device=states.device)
+        if self.softmax == "full":
+            logits = (states @ self.head_weight(states.dtype).T).float()
+            return F.cross_entropy(logits, targets, reduction="sum"), n, (logits.argmax(-1) == targets).sum()
+        code = targets >= self.n_old
+        old, new = self._heads()
+        logits = (states[code] @ new.to(states.dtype).T).float()
+        nll = F.cross_entropy(logits, targets[code] - self.n_old, reduction="sum")
+        correct = (logits.argmax(-1) == targets[code] - self.n_old).sum()
+        text = ~code
+        if text.any():
+            logits = (states[text] @ self.head_weight(states.dtype).T).float()
+            nll = nll + F.cross_entropy(logits, targets[text], reduction="sum")
+            correct = correct + (logits.argmax(-1) == targets[text]).sum()
+        elif old.requires_grad and not self.tied:
+            nll = nll + 0.0 * old.sum()  # every trainable weight takes part in every forward (DDP needs it)
+        return nll, n, correct
+
+    def _heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.embed.old, self.embed.new) if self.tied else (self.out_old, self.out_new)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full-vocabulary logits of some hidden states (decoding), without concatenating the weights."""
-        old, new = (self.embed.old, self.embed.new) if self.tied else (self.out_old, self.out_new)
-        return torch.cat([hidden @ old.to(hidden.dtype).T, hidden @ new.to(hidden.dtype).T], -1).float()
+        """Vocabulary logits of some hidden states (decoding), without concatenating the weights;
+        with ``softmax="codes"`` every non-code token gets -inf, as in training."""
+        old, new = self._heads()
+        codes = hidden @ new.to(hidden.dtype).T
+        if self.softmax == "codes":
+            rest = torch.full((*hidden.shape[:-1], self.n_old), float("-inf"), dtype=codes.dtype, device=codes.device)
+        else:
+            rest = hidden @ old.to(hidden.dtype).T
+        return torch.cat([rest, codes], -1).float()
 
     def merge_for_inference(self) -> CodeLM:
         """Fold the LoRA adapters into the base weights in place: the same outputs, without the

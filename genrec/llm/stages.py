@@ -73,12 +73,13 @@ def stage_train(
     tokens = meta.get("new_token_list")
     if tokens is None:
         raise GenrecError(f"{corpus}: corpus without its token list; rebuild it with `genrec tasks build`")
-    backbone = meta.get("backbone") or "default"
+    backbone = cfg.backbone or meta.get("backbone") or "default"
 
     from genrec.llm.train import train
 
     result = ckpt / "result"
-    metrics = train(cfg, backbone, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after)
+    metrics = train(cfg, backbone, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after,
+                    layout=meta.get("layout", "per_prefix"))
     if metrics.get("stopped"):
         return None
     from genrec.device import launch_rank

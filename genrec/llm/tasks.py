@@ -86,6 +86,7 @@ class Sample:
     parts: list[Part] = field(default_factory=list)
     user: int = -1
     item: int = -1  # the target item, or -1 for a text target
+    in_turn: bool = False  # a single target stays in the user turn (a continued list), not the assistant's
 
     def targets(self) -> list[int]:
         """Items the loss is taken on (the model learns to write them)."""

@@ -111,7 +111,7 @@ def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], devic
             "target_modules": list(cfg.lora_targets)}
     with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; nothing for our users to act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        lm = CodeLM(model, len(new_tokens), cfg.mode, lora).to(device)
+        lm = CodeLM(model, len(new_tokens), cfg.mode, lora, cfg.softmax).to(device)
     lm.compute_dtype = dtype
     return lm, tok
 
@@ -216,8 +216,12 @@ def train(
     progress: bool = True,
     log=None,
     stop_after: int | None = None,
+    layout: str = "per_prefix",
 ) -> dict:
     """Fine-tune; write ``trainable.pt``, ``log.jsonl`` and ``train_config.json`` to ``out``.
+
+    ``layout`` is the corpus's sequential layout, recorded in ``train_config.json`` so decoding
+    builds its prompts in the form the model was trained on.
 
     Resumes from ``checkpoint_dir`` when it holds a checkpoint of this run. ``stop_after`` ends
     this call after that many optimizer steps with a checkpoint (a session budget; the schedule
@@ -235,7 +239,7 @@ def train(
     device = acc.device
     torch.manual_seed(cfg.seed)
     lm, tok = build_model(cfg, backbone, new_tokens, device, vocab_size)
-    run_config = {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens)}
+    run_config = {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens), "layout": layout}
     dtype = lm.compute_dtype
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     params = [p for p in lm.parameters() if p.requires_grad]

@@ -1,0 +1,117 @@
+"""The reference paper's ablations on scientific, every variant on one shared reduced budget.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ablations.py --workers 2
+
+Each variant is a `genrec run configs/scientific.yaml` with a few `--set` overrides into its own
+run folder under runs/ablations/ (so `genrec report` reads it like any run). Every variant gets
+the same fine-tuning budget (`BUDGET`: the same small Llama trained from scratch with the real
+tokenizer, the same number of optimizer steps of the same token budget, the same learning-rate
+schedule) and the same evaluation (every test user, beam 20, the shared evaluator), so their
+differences come from the index and the tasks alone. The stages that do not change (the prepared
+data, the DCCF embeddings, and the default index and corpus where a variant keeps them) are
+copied from runs/scientific, whose manifests make `genrec run` skip them.
+
+Then `genrec report` over every variant, with the classic baselines of baselines.json, writes
+benchmarks/results/report-scientific/. A killed run resumes: finished variants are skipped by
+their manifests, an unfinished fine-tune restarts from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "runs" / "scientific"
+
+# the shared reduced budget: a 2-layer Llama of width 64 trained from scratch (the real tokenizer,
+# code-only softmax), 3 epochs of the variant's own corpus, cosine schedule; every test user
+BUDGET = [
+    "train.backbone=random:64x2", "train.mode=full", "train.softmax=codes", "train.lr=3e-3", "train.epochs=3",
+    "train.batch_tokens=4096", "train.batch_size=32", "train.save_every=200", "train.eval_every=500",
+    "decode.beams=20", "decode.batch_users=32",
+]
+ALIGN = "index.config"
+
+# name -> (overrides, stages copied from runs/scientific)
+VARIANTS: dict[str, tuple[list[str], list[str]]] = {
+    "ours": ([], ["data", "cf", "index"]),
+    "ED": (["index.method=rqvae", "index.config={input: behaviour, levels: 4, codebook_size: 256}"], ["data", "cf"]),
+    "wo-LA": ([f"{ALIGN}.llm_weight=0"], ["data", "cf"]),
+    "neg-1to0": (["tasks.negatives_per_positive=0"], ["data", "cf", "index"]),
+    "neg-1to1": (["tasks.negatives_per_positive=1"], ["data", "cf", "index"]),
+    "neg-1to2": (["tasks.negatives_per_positive=2"], ["data", "cf", "index"]),
+    "neg-1to4": (["tasks.negatives_per_positive=4"], ["data", "cf", "index"]),
+    "neg-1to5": (["tasks.negatives_per_positive=5"], ["data", "cf", "index"]),
+    "L1": ([f"{ALIGN}.levels=1"], ["data", "cf"]),
+    "L2": ([f"{ALIGN}.levels=2"], ["data", "cf"]),
+    "L3": ([f"{ALIGN}.levels=3"], ["data", "cf"]),
+    "L5": ([f"{ALIGN}.levels=5"], ["data", "cf"]),
+    # LC-Rec: RQ-VAE over the LLM text embedding, its tasks (sequential per prefix, item <-> text,
+    # queries), no negative sampling
+    "LC-Rec-style": (["index.method=rqvae", "index.config={input: llm, levels: 4, codebook_size: 256}",
+                      "tasks.negatives_per_positive=0", "tasks.layout=per_prefix"], ["data", "cf"]),
+    # TIGER: an encoder-decoder from scratch on the same codes as ours (runs/scientific/index), trained
+    # as a baseline (early stopping on validation NDCG@10, at most 12 epochs)
+    "TIGER-style": (["index=null", "baselines=[tiger]",
+                     "baseline_params={tiger: {config: {index: runs/scientific/index}, train: {epochs: 12, eval_every: 2, "
+                     "patience: 3}}}"], ["data"]),
+}
+
+
+#: the order they run in: the most telling first
+ORDER = ["ours", "wo-LA", "ED", "neg-1to0", "L3", "L2", "neg-1to1", "neg-1to5", "LC-Rec-style", "TIGER-style", "L1", "L5",
+         "neg-1to2", "neg-1to4"]
+assert sorted(ORDER) == sorted(VARIANTS)
+
+
+def seed(run: Path, stages: list[str]) -> None:
+    for s in stages:
+        src, dst = BASE / s, run / s
+        if not dst.exists():
+            if not (src / "manifest.json").is_file() and not list(src.glob("*/manifest.json")):
+                sys.exit(f"{src}: missing; run `genrec train --config configs/scientific.yaml --stop-after 1` first")
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ckpt-*"))
+
+
+def run_variant(name: str, out: Path) -> tuple[str, int, float]:
+    overrides, stages = VARIANTS[name]
+    run = out / name
+    run.mkdir(parents=True, exist_ok=True)
+    seed(run, stages)
+    cmd = [sys.executable, "-m", "genrec", "run", "configs/scientific.yaml", "--no-progress",
+           "--set", f"run_dir={run.relative_to(ROOT)}", "--set", "baselines=[]"]
+    for o in BUDGET + overrides:
+        cmd += ["--set", o]
+    t = time.time()
+    with open(run / "run.log", "a") as log:
+        log.write("$ " + " ".join(cmd[1:]) + "\n")
+        log.flush()
+        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    return name, code, time.time() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workers", type=int, default=1, help="variants run at once (one thread each)")
+    ap.add_argument("--only", nargs="*", help="these variants (default: all)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "ablations")
+    ap.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "report-scientific")
+    args = ap.parse_args()
+    names = args.only or ORDER
+    with ThreadPoolExecutor(args.workers) as pool:
+        for name, code, secs in pool.map(lambda n: run_variant(n, args.out), names):
+            print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code}, see its run.log)'} in {secs / 60:.1f} min", flush=True)
+    runs = [str(args.out / n) for n in VARIANTS if (args.out / n / "evaluate" / "metrics.json").is_file()]
+    subprocess.run([sys.executable, "-m", "genrec", "report", *runs, "--out", str(args.report),
+                    "--baselines", str(ROOT / "benchmarks" / "results" / "baselines.json"), "--dataset", "scientific"],
+                   cwd=ROOT, check=True)
+
+
+if __name__ == "__main__":
+    main()
