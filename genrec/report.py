@@ -113,7 +113,7 @@ def table1(runs: list[Run], baselines: dict[str, dict] | None = None) -> tuple[l
     for r in runs:
         for name, m in r.baselines.items():
             base.setdefault(name, m)
-    ours = [(f"ours: {r.name}", r.ours) for r in runs if r.ours is not None]
+    ours = [(f"genrec: {r.name}", r.ours) for r in runs if r.ours is not None]
     return [(BASELINE_NAMES.get(n, n), m) for n, m in base.items()], ours
 
 

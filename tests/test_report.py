@@ -34,7 +34,7 @@ def test_report_table_improvement_and_plots(tmp_path, cli):
     assert code == 0, err
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "| Pop | 0.0100 | 0.0200 | 0.0300 | 0.0100 | 0.0150 |" in text
-    assert "| ours: L2-neg1 | 0.0200 |" in text and "| ours: L3-neg3 | 0.0300 |" in text
+    assert "| genrec: L2-neg1 | 0.0200 |" in text and "| genrec: L3-neg3 | 0.0300 |" in text
     # best of ours (0.03) over the best baseline (0.01): +200% in every column
     assert "| improvement of the best of ours over the best baseline | +200.0% | +200.0% | +200.0% | +200.0% | +200.0% |" in text
     for png in ("loss.png", "codebooks.png", "negatives.png"):

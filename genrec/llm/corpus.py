@@ -63,6 +63,31 @@ class Corpus:
             self.task[rows], self.user[rows], self.item[rows], list(self.task_names),
         )
 
+    def unpacked(self) -> Corpus:
+        """Every sample with several targets (an ``all_positions`` sequence) cut into per-prefix
+        samples: one per run of consecutive target tokens, holding the tokens up to the end of
+        that run with the loss on that run only. A causal LM takes exactly the same losses on
+        both (the packed layout computes each shared prefix once); samples with one target run
+        stay as they are."""
+        ids, masks, rows = [], [], []
+        for i in range(len(self)):
+            x, m = self.sample(i)
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], m.astype(np.int8), [0]])))
+            runs = list(zip(edges[::2], edges[1::2], strict=True))
+            if len(runs) <= 1:
+                ids.append(x), masks.append(m), rows.append(i)
+                continue
+            for a, b in runs:
+                mask = np.zeros(b, dtype=np.uint8)
+                mask[a:b] = 1
+                ids.append(x[:b]), masks.append(mask), rows.append(i)
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        return Corpus(np.concatenate(ids) if ids else np.zeros(0, np.int32),
+                      np.concatenate(masks) if masks else np.zeros(0, np.uint8),
+                      np.concatenate([[0], np.cumsum(lengths)]), self.task[rows], self.user[rows], self.item[rows],
+                      list(self.task_names))
+
     def counts(self) -> dict[str, int]:
         names, n = np.unique(self.task, return_counts=True)
         return {self.task_names[int(t)]: int(c) for t, c in zip(names, n, strict=True)}
