@@ -12,8 +12,10 @@ data, the DCCF embeddings, and the default index and corpus where a variant keep
 copied from runs/scientific, whose manifests make `genrec run` skip them.
 
 Then `genrec report` over every variant, with the classic baselines of baselines.json, writes
-benchmarks/results/report-scientific/. A killed run resumes: finished variants are skipped by
-their manifests, an unfinished fine-tune restarts from its last checkpoint.
+benchmarks/results/report-scientific/. Each finished variant leaves a light copy of its run
+folder there (runs/NAME: the manifests, the loss log, the metrics; no weights), which the report
+reads and which marks it done. A killed run resumes: finished variants are skipped, an
+unfinished fine-tune restarts from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -79,7 +81,36 @@ def seed(run: Path, stages: list[str]) -> None:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ckpt-*"))
 
 
-def run_variant(name: str, out: Path) -> tuple[str, int, float]:
+#: what a finished variant keeps in git (benchmarks/results/report-scientific/runs/NAME): every file
+#: `genrec report` reads, none of the weights
+LIGHT = ["*/manifest.json", "*/*/manifest.json", "model/log.jsonl", "evaluate/metrics.json", "baselines/*/metrics.json", "run.log"]
+
+
+def keep_light(run: Path, dest: Path, max_points: int = 300) -> None:
+    for pattern in LIGHT:
+        for f in run.glob(pattern):
+            target = dest / f.relative_to(run)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if f.name == "log.jsonl":  # the loss curve thinned to ~max_points training points, every validation point
+                lines = f.read_text().splitlines()
+                every = max(1, sum('"val_loss"' not in x for x in lines) // max_points)
+                kept, n = [], 0
+                for x in lines:
+                    if '"val_loss"' in x or n % every == 0:
+                        kept.append(x)
+                    n += '"val_loss"' not in x
+                target.write_text("\n".join(kept) + "\n")
+            else:
+                shutil.copy2(f, target)
+
+
+def finished(run: Path) -> bool:
+    return (run / "evaluate" / "metrics.json").is_file() or bool(list((run / "baselines").glob("*/metrics.json")))
+
+
+def run_variant(name: str, out: Path, keep: Path) -> tuple[str, int, float]:
+    if finished(keep / name):
+        return name, 0, 0.0
     overrides, stages = VARIANTS[name]
     run = out / name
     run.mkdir(parents=True, exist_ok=True)
@@ -93,6 +124,8 @@ def run_variant(name: str, out: Path) -> tuple[str, int, float]:
         log.write("$ " + " ".join(cmd[1:]) + "\n")
         log.flush()
         code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code == 0 and finished(run):
+        keep_light(run, keep / name)
     return name, code, time.time() - t
 
 
@@ -138,6 +171,11 @@ trained like the classic baselines (early stopping on validation NDCG@10, at mos
 Note that with a backbone trained from scratch, LLM alignment of the index cannot help the
 backbone read the codes (its purpose in the paper); here it only shapes which items share codes.
 
+The prepared data and the DCCF embeddings (and the default index, for the variants that keep it)
+were built once in runs/scientific and copied into each variant's run folder, so the wall
+times at the bottom repeat them. The runs' light copies (manifests, loss logs thinned to ~300
+points, metrics, logs; no weights) are in [runs/](runs/).
+
 Commands: `OMP_NUM_THREADS=1 python benchmarks/ablations.py --workers 2` (runs every variant
 with `genrec run configs/scientific.yaml --set ...`, the exact overrides are in each variant's
 `runs/ablations/NAME/run.log` and in benchmarks/ablations.py, then writes this report with
@@ -157,14 +195,17 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="write the report from the finished variants")
     args = ap.parse_args()
     names = args.only or ORDER
+    keep = args.report / "runs"
+    for n in ORDER:  # variants finished before their light copy existed
+        if finished(args.out / n) and not finished(keep / n):
+            keep_light(args.out / n, keep / n)
     if not args.report_only:
         with ThreadPoolExecutor(args.workers) as pool:
-            for name, code, secs in pool.map(lambda n: run_variant(n, args.out), names):
+            for name, code, secs in pool.map(lambda n: run_variant(n, args.out, keep), names):
                 print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code}, see its run.log)'} in {secs / 60:.1f} min",
                       flush=True)
-    runs = [str(args.out / n) for n in ORDER if (args.out / n / "evaluate" / "metrics.json").is_file()
-            or list((args.out / n / "baselines").glob("*/metrics.json"))]
-    missing = [n for n in ORDER if str(args.out / n) not in runs]
+    runs = [str(keep / n) for n in ORDER if finished(keep / n)]
+    missing = [n for n in ORDER if not finished(keep / n)]
     args.report.mkdir(parents=True, exist_ok=True)
     notes = NOTES + "\n".join(pipeline_walls()) + "\n"
     if missing:

@@ -1,10 +1,12 @@
-"""The scientific table: our fine-tuned model beside the classic baselines, same split, same evaluator.
+"""The scientific table: our fine-tuned models beside the classic baselines, same split, same evaluator.
 
-    .venv/bin/python benchmarks/scientific_table.py --eval runs/scientific/eval/metrics.json --budget "..."
+    .venv/bin/python benchmarks/scientific_table.py \
+        --row "METHOD" "BUDGET" runs/X/evaluate/metrics.json "COMMAND" [--row ...] [--remark "..."]
 
-Reads the baselines' scientific rows from benchmarks/results/baselines.json and our model's test
-metrics from a `genrec evaluate --out DIR` metrics.json (all test users), and writes
-benchmarks/results/scientific.{md,json} with the improvement of ours over the best baseline.
+Reads the baselines' scientific rows from benchmarks/results/baselines.json and each of our
+models' test metrics from an evaluation metrics.json (``genrec evaluate --out DIR`` or a
+pipeline's evaluate stage; all test users), and writes benchmarks/results/scientific.{md,json}
+with the improvement of the best of ours over the best baseline.
 """
 
 from __future__ import annotations
@@ -24,39 +26,49 @@ NAMES = {"pop": "Pop", "sasrec": "SASRec (BCE, 1 negative)", "sasrec-ce": "SASRe
 COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
 
 
+def read_eval(path: Path) -> dict:
+    """{"metrics", "n_users", "beams"} of a `genrec evaluate --out` or evaluate-stage metrics.json."""
+    raw = json.loads(path.read_text())
+    if raw.get("users_sampled"):
+        sys.exit(f"{path}: evaluated on a sample of {raw['users_sampled']} users; the table needs every test user")
+    if "test" in raw:  # the pipeline's evaluate stage
+        return {"metrics": raw["test"]["metrics"], "n_users": raw["test"].get("n_users"), "beams": raw.get("beams", 20)}
+    return {"metrics": raw["metrics"], "n_users": raw["n_users"], "beams": raw.get("beams", 20)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--eval", type=Path, required=True, help="metrics.json of `genrec evaluate --out`")
-    ap.add_argument("--method", default="genrec (alignment index, all tasks)")
-    ap.add_argument("--budget", required=True, help="the fine-tuning budget the model had, in words")
-    ap.add_argument("--command", required=True, help="the command that produced --eval")
-    ap.add_argument("--remark", default="", help="a sentence placed under the commands (wall times, caveats)")
+    ap.add_argument("--row", nargs=4, action="append", required=True, metavar=("METHOD", "BUDGET", "METRICS_JSON", "COMMAND"),
+                    help="one of our models: its name, its training budget in words, its metrics.json, the command")
+    ap.add_argument("--remark", default="", help="a paragraph placed under the commands (wall times, caveats)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
-    ours = json.loads(args.eval.read_text())
-    if ours.get("users_sampled"):
-        sys.exit(f"{args.eval}: evaluated on a sample of {ours['users_sampled']} users; the table needs every test user")
     base = [r for r in json.loads((ROOT / "benchmarks" / "results" / "baselines.json").read_text()) if r["dataset"] == "scientific"]
     rows = [{"dataset": "scientific", "method": r["method"], **{c: r[c] for c in COLS},
              "seconds_per_epoch": r.get("seconds_per_epoch")} for r in base]
-    m = ours["metrics"]
-    rows.append({"dataset": "scientific", "method": "genrec", **{c: round(m[c], 4) for c in COLS}, "seconds_per_epoch": None,
-                 "users": ours["n_users"], "budget": args.budget})
-    best = {c: max(r[c] for r in rows[:-1]) for c in COLS}
+    best = {c: max(r[c] for r in rows) for c in COLS}
+    ours = []
+    for method, budget, path, command in args.row:
+        ev = read_eval(Path(path))
+        ours.append({"dataset": "scientific", "method": method, **{c: round(ev["metrics"][c], 4) for c in COLS},
+                     "seconds_per_epoch": None, "users": ev["n_users"], "budget": budget, "command": command,
+                     "beams": ev["beams"], "ours": True})
     info = machine()
-    (args.out / "scientific.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["# Scientific: our model beside the baselines", "",
-             f"Test split (leave-one-out), full ranking over all items, {ours['n_users']:,} test users, the same "
-             f"`Evaluator` for every row. Machine: {describe(info)}.", "",
-             f"Ours: `{args.command}`; beam {ours.get('beams', 20)}. Fine-tuning budget: {args.budget}.",
-             *([args.remark] if args.remark else []),
-             "Baselines: `OMP_NUM_THREADS=1 python benchmarks/baselines.py --datasets scientific` "
-             "([baselines.md](baselines.md)).", "",
-             "| method | " + " | ".join(COLS) + " |", "|---" * (len(COLS) + 1) + "|"]
-    for r in rows:
-        name = args.method if r["method"] == "genrec" else NAMES.get(r["method"], r["method"])
+    (args.out / "scientific.json").write_text(json.dumps(rows + ours, indent=2) + "\n")
+    users = {r["users"] for r in ours if r["users"]}
+    lines = ["# Scientific: our models beside the baselines", "",
+             f"Test split (leave-one-out), full ranking over all items, {', '.join(f'{u:,}' for u in sorted(users))} test "
+             f"users, the same `Evaluator` for every row. Machine: {describe(info)}.", ""]
+    for r in ours:
+        lines += [f"- **{r['method']}**: {r['budget']} Beam {r['beams']}. `{r['command']}`"]
+    lines += ["", *([args.remark, ""] if args.remark else []),
+              "Baselines: `OMP_NUM_THREADS=1 python benchmarks/baselines.py --datasets scientific` ([baselines.md](baselines.md)).",
+              "", "| method | " + " | ".join(COLS) + " |", "|---" * (len(COLS) + 1) + "|"]
+    for r in rows + ours:
+        name = r["method"] if r.get("ours") else NAMES.get(r["method"], r["method"])
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.4f}" for c in COLS) + " |")
-    lines.append("| ours vs the best baseline | " + " | ".join(f"{(rows[-1][c] / best[c] - 1) * 100:+.1f}%" for c in COLS) + " |")
+    top = {c: max(r[c] for r in ours) for c in COLS}
+    lines.append("| best of ours vs the best baseline | " + " | ".join(f"{(top[c] / best[c] - 1) * 100:+.1f}%" for c in COLS) + " |")
     (args.out / "scientific.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
