@@ -52,10 +52,12 @@ class Run:
     def settings_but(self, key: str) -> str:
         """The index and task settings except ``key`` (levels or negatives): runs that agree on it
         form one sweep over ``key``."""
-        index = {**self.index, "config": {k: v for k, v in (self.index.get("config") or {}).items() if k != "levels" or key != "levels"}}
-        tasks = {**self.tasks, "tasks": {k: v for k, v in (self.tasks.get("tasks") or {}).items()
-                                         if k != "negatives_per_positive" or key != "negatives"}}
-        return json.dumps([index, tasks], sort_keys=True)
+        index_cfg, tasks_cfg = dict(self.index.get("config") or {}), dict(self.tasks.get("tasks") or {})
+        if key == "levels":
+            index_cfg.pop("levels", None)
+        else:
+            tasks_cfg.pop("negatives_per_positive", None)
+        return json.dumps([{**self.index, "config": index_cfg}, {**self.tasks, "tasks": tasks_cfg}], sort_keys=True)
 
 
 def _json(path: Path) -> dict:

@@ -382,18 +382,15 @@ def test_a_random_backbone_with_code_softmax_trains_and_ranks_like_exhaustive_sc
             random_spec(bad)
 
 
-def test_packed_sequences_take_exactly_the_losses_of_their_unpacked_per_prefix_samples(tiny_backbone, real_tokenizer):
+def test_packed_sequences_take_exactly_the_losses_of_their_unpacked_per_prefix_samples(setup, tiny_backbone, real_tokenizer):
     """all_positions is per-prefix packing: the summed NLL of a packed sequence equals the sum over
     its unpacked per-prefix samples (each computed alone), and the unpacked corpus has one sample
     per target item with the same target tokens."""
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from genrec.llm.model import CodeLM
 
-    ds = preprocess(load_raw_synth(), PrepareConfig(kcore=2))
-    rng = np.random.default_rng(1)
-    codes = np.array(sorted({(int(a), int(b)) for a, b in rng.integers(0, 8, size=(400, 2))})[: ds.n_items])
-    index = ItemIndex.from_codes("alignment", codes, [8, 8])
+    _, ds, index = setup
     tok = AutoTokenizer.from_pretrained(real_tokenizer)
     add_tokens(tok, None, index.new_tokens)
     packed, _, _ = build_corpus(ds, index, tok, TaskConfig(tasks=["seq"], layout="all_positions"), valid_users=2)
@@ -402,8 +399,6 @@ def test_packed_sequences_take_exactly_the_losses_of_their_unpacked_per_prefix_s
     train = ds.train_sequences()
     assert len(unpacked) == sum(len(train[u]) - 1 for u in packed.user)  # one per target item
     assert int(unpacked.mask.sum()) == int(packed.mask.sum()) and (unpacked.n_targets == 2).all()
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(tiny_backbone, dtype=torch.float32)
     model.resize_token_embeddings(len(tok), mean_resizing=False)
     lm = CodeLM(model, len(index.new_tokens), "full").eval()
@@ -412,12 +407,3 @@ def test_packed_sequences_take_exactly_the_losses_of_their_unpacked_per_prefix_s
         whole = float(lm(**collate(packed, np.arange(len(packed)), 0, torch.device("cpu")))[0])
         parts = sum(float(lm(**collate(unpacked, np.array([i]), 0, torch.device("cpu")))[0]) for i in range(len(unpacked)))
     assert whole == pytest.approx(parts, rel=1e-5)
-
-
-def load_raw_synth():
-    import tempfile
-    from pathlib import Path
-
-    folder = Path(tempfile.mkdtemp())
-    write(SynthConfig(n_users=12, n_items=20, seed=4, mean_length=6), folder)
-    return load_raw(folder)

@@ -137,9 +137,9 @@ class TigerModel(NeuralRecommender):
     # ------------------------------------------------------------------ training
     def prepare(self, dataset: Dataset) -> None:
         """Every (user, position) of the training sequences with a history before it."""
-        rows = [(u, t) for u, s in enumerate(dataset.train_sequences()) for t in range(1, len(s))]
-        self._samples = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         self._train = dataset.train_sequences()
+        rows = [(u, t) for u, s in enumerate(self._train) for t in range(1, len(s))]
+        self._samples = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
     def batches(self, dataset: Dataset, batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
         if self._samples is None:
@@ -183,7 +183,7 @@ class TigerModel(NeuralRecommender):
         out = np.full((len(prompts), k), -1, dtype=np.int64)
         for lo in range(0, len(prompts), self.cfg.batch_users):
             out[lo : lo + self.cfg.batch_users] = beam_search(decoder, prompts[lo : lo + self.cfg.batch_users], self._trie,
-                                                              max(self.cfg.beams, 1), k).items
+                                                              self.cfg.beams, k).items
         self.train(was)
         return out
 

@@ -83,10 +83,13 @@ class CodeLM(nn.Module):
         base.lm_head = None  # never computed over every position; see head_weight
         self.n_old, self.n_new = n_old, n_new
 
+    def _heads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(old rows, code rows) of the output layer: the input embedding's when tied."""
+        return (self.embed.old, self.embed.new) if self.tied else (self.out_old, self.out_new)
+
     def head_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        if self.tied:
-            return torch.cat([self.embed.old.to(dtype), self.embed.new.to(dtype)])
-        return torch.cat([self.out_old.to(dtype), self.out_new.to(dtype)])
+        old, new = self._heads()
+        return torch.cat([old.to(dtype), new.to(dtype)])
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
         return self.body(input_ids=input_ids, attention_mask=attention_mask, **kw)
@@ -108,8 +111,9 @@ class CodeLM(nn.Module):
         code = targets >= self.n_old
         old, new = self._heads()
         logits = (states[code] @ new.to(states.dtype).T).float()
-        nll = F.cross_entropy(logits, targets[code] - self.n_old, reduction="sum")
-        correct = (logits.argmax(-1) == targets[code] - self.n_old).sum()
+        code_targets = targets[code] - self.n_old
+        nll = F.cross_entropy(logits, code_targets, reduction="sum")
+        correct = (logits.argmax(-1) == code_targets).sum()
         text = ~code
         if text.any():
             logits = (states[text] @ self.head_weight(states.dtype).T).float()
@@ -118,9 +122,6 @@ class CodeLM(nn.Module):
         elif old.requires_grad and not self.tied:
             nll = nll + 0.0 * old.sum()  # every trainable weight takes part in every forward (DDP needs it)
         return nll, n, correct
-
-    def _heads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.embed.old, self.embed.new) if self.tied else (self.out_old, self.out_new)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of some hidden states (decoding), without concatenating the weights;
