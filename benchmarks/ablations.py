@@ -129,9 +129,25 @@ def run_variant(name: str, out: Path, keep: Path) -> tuple[str, int, float]:
     return name, code, time.time() - t
 
 
+def write_json(runs: list[str], path: Path) -> None:
+    """Every finished variant's test metrics (its evaluate stage, or its baseline for TIGER-style),
+    with the budget, in the same row form as baselines.json."""
+    import json
+
+    from genrec.report import COLS, read_run
+
+    rows = []
+    for folder in runs:
+        run = read_run(folder)
+        metrics = run.ours if run.ours is not None else next(iter(run.baselines.values()))
+        rows.append({"dataset": "scientific", "method": run.name, **{c: round(metrics[c], 4) for c in COLS},
+                     "budget": "TIGER-style: early stopping, at most 12 epochs" if run.ours is None else " ".join(BUDGET)})
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def pipeline_walls() -> list[str]:
-    """The scientific pipeline's wall time stage by stage, from runs/scientific's manifests and
-    its fine-tune log (the full-budget run: SmolLM2-135M, LoRA, all tasks)."""
+    """The scientific pipeline's wall time stage by stage, from runs/scientific's manifests and the
+    fine-tune report (the full-budget run: SmolLM2-135M, LoRA, all tasks)."""
     import json
 
     rows = ["| stage | wall time | source |", "|---|---|---|"]
@@ -139,15 +155,12 @@ def pipeline_walls() -> list[str]:
         m = BASE / stage / "manifest.json"
         if m.is_file():
             rows.append(f"| {stage} | {json.loads(m.read_text())['wall_seconds']:,.0f} s | runs/scientific/{stage}/manifest.json |")
-    logs = sorted(BASE.glob(".ckpt-model-*/log.jsonl")) + sorted(BASE.glob("model/log.jsonl"))
-    if logs:
-        steps = [json.loads(x) for x in logs[-1].read_text().splitlines() if '"loss"' in x]
-        if steps:
-            last = steps[-1]
-            per = last["seconds"] / last["step"]
-            total = round(last["step"] / last["epoch"])
-            rows.append(f"| train (SmolLM2-135M LoRA, 1 epoch = {total:,} steps) | {per:.0f} s/step over the first "
-                        f"{last['step']} steps: {per * total / 3600:.1f} h per epoch on one shared core | the run's log.jsonl |")
+    ft = ROOT / "benchmarks" / "results" / "finetune-scientific.json"  # per-session step times: finetune_report.py
+    if ft.is_file():
+        f = json.loads(ft.read_text())
+        rows.append(f"| train (SmolLM2-135M LoRA, 1 epoch = {f['steps_per_epoch']:,} steps) | {f['seconds_per_step']:.0f} s/step "
+                    f"over the first {f['steps']} steps: {f['seconds_per_epoch'] / 3600:.1f} h per epoch on one shared core "
+                    f"| [finetune-scientific.md](../finetune-scientific.md) |")
     return rows
 
 
@@ -159,7 +172,7 @@ NOTES = """Every number below is on the leave-one-out test split, full ranking o
 Llama of width 64 trained from scratch (`train.backbone=random:64x2`, 3.3M parameters, the
 SmolLM2 tokenizer, code-only softmax), 3 epochs over the variant's own corpus, lr 3e-3 with
 warm-up and cosine decay, batches of at most 32 samples / 4,096 tokens; decoding with 20 beams.
-The default backbone (SmolLM2-135M) needs ~18 h per epoch on this machine (table below), so the
+The default backbone (SmolLM2-135M) needs ~22 h per epoch on this machine (table below), so the
 ablations use this reduced budget; the full-budget run is reported separately as it progresses.
 What changes between variants: the index (ours: behaviour-aligned cascaded codebooks over DCCF
 embeddings with LLM alignment, L=4 x 256; `ED`: an RQ-VAE encoder-decoder over the same
@@ -211,6 +224,7 @@ def main() -> None:
     if missing:
         notes += f"\nNot finished yet (the runner resumes them): {', '.join(missing)}.\n"
     (args.report / "notes.md").write_text(notes)
+    write_json(runs, args.report / "ablations.json")
     subprocess.run([sys.executable, "-m", "genrec", "report", *runs, "--out", str(args.report),
                     "--title", "Scientific: ours, the ablations and the baselines",
                     "--notes", str(args.report / "notes.md"),
