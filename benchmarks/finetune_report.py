@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._machine import describe, machine  # noqa: E402
+from genrec.llm.train import training_seconds  # noqa: E402
 
 
 def svg_curve(series: dict[str, list[tuple[float, float]]], width: int = 640, height: int = 320) -> str:
@@ -85,25 +86,15 @@ def main() -> None:
     val = [x for x in log if "val_loss" in x]
     cfg = json.loads((args.run / "tasks" / "manifest.json").read_text())
     corpus = cfg["metrics"]["train"]
-    # seconds are since the start of each process: sum the per-step increments within each session
-    sessions, step_seconds, prev = 1, [], None
-    for x in train:
-        if prev is not None and x["seconds"] >= prev:
-            step_seconds.append(x["seconds"] - prev)
-        elif prev is not None:
-            sessions += 1
-            step_seconds.append(x["seconds"])
-        else:
-            step_seconds.append(x["seconds"])
-        prev = x["seconds"]
+    train_seconds, sessions = training_seconds(train)
     steps_done = train[-1]["step"] if train else 0
     epoch_done = train[-1]["epoch"] if train else 0.0
-    mean_step = sum(step_seconds) / len(step_seconds) if step_seconds else None
+    mean_step = train_seconds / len(train) if train else None
     steps_per_epoch = exact_steps_per_epoch(args.run, args.config)
     rates = [x["tokens_per_s"] for x in train if "tokens_per_s" in x]
     result = {
         "state": state, "steps": steps_done, "epochs": epoch_done, "steps_per_epoch": steps_per_epoch,
-        "sessions": sessions, "train_seconds": round(sum(step_seconds), 1), "seconds_per_step": round(mean_step, 2) if mean_step else None,
+        "sessions": sessions, "train_seconds": round(train_seconds, 1), "seconds_per_step": round(mean_step, 2) if mean_step else None,
         "seconds_per_epoch": round(mean_step * steps_per_epoch, 0) if mean_step and steps_per_epoch else None,
         "tokens_per_s": rates[-1] if rates else None,
         "first_loss": train[0]["loss"] if train else None, "last_loss": train[-1]["loss"] if train else None,

@@ -125,11 +125,14 @@ def run_stage(
     inputs: dict[str, str | Path],
     build: Callable[[Path], dict | None],
     force: bool = False,
+    spent: float = 0.0,
 ) -> StageResult:
     """Build the artifact ``folder`` with ``build(tmp_folder) -> metrics`` unless it is up to date.
 
     Up to date means: a manifest exists whose fingerprint equals the hash of ``config`` and the
     fingerprints of ``inputs``. ``build`` writes everything into the folder it is given.
+    ``spent``: seconds already spent on this artifact before ``build`` (resumable training), added
+    to the manifest's ``wall_seconds``.
     """
     folder = Path(folder)
     input_prints = {name: fingerprint(p) for name, p in inputs.items()}
@@ -147,7 +150,7 @@ def run_stage(
             "inputs": {name: {"path": str(p), "fingerprint": input_prints[name]} for name, p in inputs.items()},
             "versions": versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
-            "wall_seconds": round(time.time() - start, 3),
+            "wall_seconds": round(spent + time.time() - start, 3),
             "metrics": metrics,
         }
         write_json_atomic(tmp / MANIFEST, manifest)

@@ -86,7 +86,10 @@ def read_run(path: str | Path) -> Run:
     for m_path in sorted(path.glob("*/manifest.json")) + sorted(path.glob("*/*/manifest.json")):
         m = json.loads(m_path.read_text())
         label = str(m_path.parent.relative_to(path))
-        run.walls[label] = m.get("metrics", {}).get("seconds_this_session") if label == "model" else m.get("wall_seconds")
+        fit = m.get("metrics", {})
+        # a model manifest written before wall_seconds included training holds it in its metrics only
+        old_model = label == "model" and "train_seconds" not in fit
+        run.walls[label] = fit.get("seconds_this_session") if old_model else m.get("wall_seconds")
     return run
 
 

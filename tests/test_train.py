@@ -18,7 +18,7 @@ from genrec.llm.backbone import add_tokens
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus, build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
-from genrec.llm.train import collate, lr_factor, make_batches, train
+from genrec.llm.train import collate, lr_factor, make_batches, train, training_seconds
 from tests.conftest import launch_two
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -167,8 +167,13 @@ def test_interrupted_then_resumed_matches_uninterrupted(setup, tiny_backbone, tm
     state = torch.load(tmp_path / "ckpt-b" / "state.pt", weights_only=False)
     torch.testing.assert_close(rec.lm.embed.new.detach(), state["trainable"]["model.base_model.model.model.embed_tokens.new"])
     assert rec.rank([np.array([0, 1])], np.array([0]), k=3).shape == (1, 3)
-    train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"], progress=False)
+    done = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
+                 progress=False)
     full, resumed = losses(tmp_path / "a"), losses(tmp_path / "b")
+    # training time adds both sessions: the first one's clock at step 3 plus the second one's at the end
+    log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    clock = [x["seconds"] for x in log if "seconds" in x]
+    assert done["sessions"] == 2 and done["train_seconds"] == pytest.approx(clock[2] + clock[-1], abs=0.1)
     assert len(full) == len(resumed) > 4
     np.testing.assert_allclose(resumed, full, rtol=1e-5)
     a, b = torch.load(tmp_path / "a" / "trainable.pt"), torch.load(tmp_path / "b" / "trainable.pt")
@@ -284,6 +289,13 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup, tiny_ba
         torch.testing.assert_close(grads[1][1][n], g, rtol=1e-4, atol=1e-7)
 
 
+def test_training_seconds_add_each_session_by_hand():
+    log = [{"step": 1, "seconds": 5.0}, {"step": 2, "seconds": 9.0}, {"step": 2, "val_loss": 1.0},
+           {"step": 3, "seconds": 4.0}, {"step": 4, "seconds": 7.5}, {"step": 5, "seconds": 1.0}]
+    assert training_seconds(log) == (9.0 + 7.5 + 1.0, 3)
+    assert training_seconds([]) == (0.0, 0)
+
+
 def test_train_from_a_run_config_runs_every_stage_then_skips(tiny_backbone, tmp_path, cli):
     import yaml
 
@@ -302,7 +314,9 @@ def test_train_from_a_run_config_runs_every_stage_then_skips(tiny_backbone, tmp_
     assert code == 0, err
     for stage in ("data", "cf/lightgcn", "index", "tasks", "model"):
         assert (tmp_path / "run" / stage / "manifest.json").is_file(), stage
-    assert json.loads((tmp_path / "run" / "model" / "manifest.json").read_text())["metrics"]["steps"] == 2
+    manifest = json.loads((tmp_path / "run" / "model" / "manifest.json").read_text())
+    assert manifest["metrics"]["steps"] == 2
+    assert manifest["wall_seconds"] >= manifest["metrics"]["train_seconds"] > 0  # the stage's time includes training
     code, _, err = cli("train", "--config", path, "--no-progress")
     assert code == 0 and "model" in err and "up to date, skipped" in err
     assert not list((tmp_path / "run").glob(".ckpt-*"))  # checkpoints are removed once the model is written

@@ -93,6 +93,6 @@ def stage_train(
         shutil.copy2(corpus / "meta.json", tmp / "corpus_meta.json")
         return metrics
 
-    res = run_stage(out, "train", config, inputs, build, force=True)
+    res = run_stage(out, "train", config, inputs, build, force=True, spent=metrics.get("train_seconds", 0.0))
     shutil.rmtree(ckpt, ignore_errors=True)
     return res

@@ -337,11 +337,30 @@ def train(
     return metrics
 
 
+def training_seconds(log_lines: list[dict]) -> tuple[float, int]:
+    """(training seconds, sessions) of a log that may span resumed sessions.
+
+    Each entry's ``seconds`` counts from the start of its own process, so a drop marks a resume; the
+    total adds each session's last value. Steps lost to a kill after the last checkpoint are not in
+    the log and not counted."""
+    total, sessions, prev = 0.0, 0, None
+    for x in log_lines:
+        if "seconds" not in x:
+            continue
+        if prev is None or x["seconds"] < prev:
+            sessions += 1
+            total += prev or 0.0
+        prev = x["seconds"]
+    return total + (prev or 0.0), sessions
+
+
 def _summary(log_lines, steps_per_epoch, total, steps_here, elapsed, tokens, targets, samples, peak_mb, n_trainable,
              world) -> dict:
-    """What the run measured; throughput and time per epoch from the steps run in this process."""
+    """What the run measured; throughput and time per epoch from the steps run in this process,
+    ``train_seconds`` over every session that led to the model."""
     train = [x for x in log_lines if "loss" in x]
     val = [x for x in log_lines if "val_loss" in x]
+    seconds, sessions = training_seconds(log_lines)
     return {
         "steps": total,
         "steps_per_epoch": steps_per_epoch,
@@ -350,6 +369,8 @@ def _summary(log_lines, steps_per_epoch, total, steps_here, elapsed, tokens, tar
         "val_loss": val[-1]["val_loss"] if val else None,
         "val_acc": val[-1]["val_acc"] if val else None,
         "seconds_this_session": round(elapsed, 1),
+        "train_seconds": round(seconds, 1),
+        "sessions": sessions,
         "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
         "target_tokens_per_s": round(targets / max(elapsed, 1e-9), 1),
         "samples_per_s": round(samples / max(elapsed, 1e-9), 2),
