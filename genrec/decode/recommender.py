@@ -102,7 +102,10 @@ def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "tes
                         dump_path: Path | None = None):
     """Evaluate through the shared evaluator. Under a multi-process launch every rank decodes a
     shard of the users, the lists are gathered, and rank 0 evaluates them (same result as one
-    process); the other ranks return None."""
+    process, its ``seconds`` the wall time of the whole sharded run); the other ranks return None."""
+    import dataclasses
+    import time
+
     from genrec.device import launch_rank
 
     if launch_rank()[1] == 1:
@@ -111,6 +114,7 @@ def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "tes
     from accelerate.utils import gather_object
 
     state = PartialState(cpu=rec.decoder.device.type == "cpu")
+    start = time.perf_counter()
     split = evaluator.split(stage)
     todo = np.arange(evaluator.dataset.n_users) if users is None else np.asarray(users)
     todo = todo[split.targets[todo] >= 0]
@@ -120,4 +124,5 @@ def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "tes
     gathered = gather_object([(int(u), [int(i) for i in row if i >= 0]) for u, row in zip(mine, lists, strict=True)])
     if not state.is_main_process:
         return None
-    return evaluator.evaluate(PrecomputedRanker(dict(gathered)), stage=stage, dump_path=dump_path, users=users)
+    res = evaluator.evaluate(PrecomputedRanker(dict(gathered)), stage=stage, dump_path=dump_path, users=users)
+    return dataclasses.replace(res, seconds=time.perf_counter() - start)
