@@ -1,6 +1,6 @@
 """Classic baselines on the benchmark data, through the pipeline's stages and the shared evaluator.
 
-    .venv/bin/python benchmarks/baselines.py                       # every model, scientific + instruments
+    .venv/bin/python benchmarks/baselines.py                       # every model, every dataset
     .venv/bin/python benchmarks/baselines.py --datasets scientific --models pop sasrec-ce
 
 Each (dataset, model) is a stage folder under --run-dir: a finished row is skipped on rerun and a
@@ -24,10 +24,11 @@ from genrec.artifacts import read_manifest  # noqa: E402
 from genrec.config import EvaluateSection  # noqa: E402
 from genrec.data.preprocess import PrepareConfig  # noqa: E402
 from genrec.pipeline import stage_baseline, stage_data  # noqa: E402
+from genrec.report import COLS  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 MODELS = ["pop", "sasrec", "sasrec-ce", "bert4rec", "gru4rec", "fmlp", "lightgcn", "dccf"]
-COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
+FORMATS = {"scientific": "lcrec", "instruments": "lcrec", "ml-100k": "recbole"}  # as in configs/NAME.yaml
 
 
 def rows_from(run_dir: Path, datasets: list[str], models: list[str]) -> list[dict]:
@@ -93,7 +94,7 @@ def write_results(rows: list[dict], out: Path, command: str, note: str = "") -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=["scientific", "instruments"])
+    ap.add_argument("--datasets", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -111,7 +112,7 @@ def main() -> None:
         if not src.is_dir():
             print(f"skip {ds}: {src} is absent", file=sys.stderr)
             continue
-        data = stage_data(src, args.run_dir / ds / "data", PrepareConfig(), "lcrec").path
+        data = stage_data(src, args.run_dir / ds / "data", PrepareConfig(), FORMATS[ds]).path
         for name in args.models:
             t = time.time()
             res = stage_baseline(name, data, args.run_dir / ds / "baselines" / name, ev, args.seed)

@@ -85,3 +85,47 @@ def test_history_cap(history):
     ds = tiny(with_reviews=False)
     for s in build_tasks(ds, TaskConfig(tasks=["seq"], max_history=history)):
         assert sum(1 for k, _, loss in s.parts if k == "i" and not loss) <= history
+
+
+def long_user() -> Dataset:
+    # one user with 16 items: train = items 0..13 (14 items), valid 14, test 15
+    seq = list(range(16))
+    inter = pd.DataFrame([(0, i, t) for t, i in enumerate(seq)], columns=["user_idx", "item_idx", "timestamp"])
+    items = pd.DataFrame({"item_id": [str(i) for i in range(16)], "title": [""] * 16, "description": [""] * 16,
+                          "brand": [""] * 16, "categories": [""] * 16})
+    return Dataset(items, np.array(["u0"]), inter)
+
+
+def contexts(samples) -> list[tuple[int, list[int]]]:
+    """(target, the items before it in its sequence) for every target item of all_positions samples."""
+    out = []
+    for s in samples:
+        items = [(v, loss) for k, v, loss in s.parts if k == "i"]
+        out += [(v, [w for w, _ in items[:n]]) for n, (v, loss) in enumerate(items) if loss]
+    return out
+
+
+def test_all_positions_windows_make_every_training_item_a_target_once_with_its_recent_history():
+    ds, h = long_user(), 4
+    train = list(range(14))
+    got = contexts(s for s in build_tasks(ds, TaskConfig(tasks=["seq"], layout="all_positions", max_history=h))
+                   if s.task == "seq_all")
+    # the per-prefix supervision, by hand: every item after the first, after its (up to h) previous items
+    assert [t for t, _ in got] == train[1:]
+    for t, ctx in got:
+        assert ctx == train[max(0, t - len(ctx)) : t]  # the items right before the target, in order
+        assert len(ctx) <= h and (len(ctx) == t or len(ctx) >= h - h // 2 + 1)  # short only at the very start
+    # 'last': only the last window of h + 1 items
+    last = contexts(s for s in build_tasks(ds, TaskConfig(tasks=["seq"], layout="all_positions", max_history=h,
+                                                          long_histories="last")) if s.task == "seq_all")
+    assert last == [(t, train[9 : t]) for t in range(10, 14)]
+
+
+def test_task_fingerprint_names_long_histories_only_where_it_changes_a_corpus():
+    from genrec.llm.stages import task_fingerprint
+
+    assert task_fingerprint(TaskConfig()) == {}
+    assert task_fingerprint(TaskConfig(long_histories="last")) == {}  # per_prefix: no effect
+    # corpora built before the setting existed were built as 'last': their fingerprints stay
+    assert task_fingerprint(TaskConfig(layout="all_positions", long_histories="last")) == {"layout": "all_positions"}
+    assert task_fingerprint(TaskConfig(layout="all_positions")) == {"layout": "all_positions", "long_histories": "windows"}

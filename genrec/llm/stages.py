@@ -21,9 +21,7 @@ def stage_tasks(
     from genrec.index.base import ItemIndex
     from genrec.llm.backbone import add_tokens, load_tokenizer
 
-    # settings at their defaults stay out of the fingerprint: adding a setting later does not
-    # orphan existing artifacts and checkpoints
-    config = {"tasks": cfg.model_dump(exclude_defaults=True), "backbone": backbone, "valid_users": valid_users}
+    config = {"tasks": task_fingerprint(cfg), "backbone": backbone, "valid_users": valid_users}
 
     def build(tmp: Path) -> dict:
         ds = Dataset.load(data)
@@ -37,6 +35,18 @@ def stage_tasks(
                 "per_user": _per_user(train)}
 
     return run_stage(out, "tasks", config, {"data": data, "index": index}, build, force)
+
+
+def task_fingerprint(cfg: TaskConfig) -> dict:
+    """The task settings that name a corpus. Settings at their defaults stay out, so adding a
+    setting later does not orphan existing artifacts and checkpoints; ``long_histories`` arrived
+    with a new default ('windows'), so it is its old behaviour ('last') that stays out, and the
+    default is named wherever it changes a corpus (the all_positions layout)."""
+    config = cfg.model_dump(exclude_defaults=True)
+    config.pop("long_histories", None)
+    if cfg.layout == "all_positions" and cfg.long_histories != "last":
+        config["long_histories"] = cfg.long_histories
+    return config
 
 
 def _per_user(corpus) -> dict:

@@ -18,7 +18,8 @@ Tasks, each with several paraphrased templates:
 Only the training part of the split is used: no validation or test item is ever a target, and
 a review is used only for an interaction in the training part. Two layouts for ``seq``:
 ``per_prefix`` (the paper's: one sample per prefix) and ``all_positions`` (one sample per user,
-the loss on every item after the first: far fewer tokens for the same supervision). With
+the loss on every item after the first: far fewer tokens for the same supervision; a history
+longer than ``max_history`` + 1 items is covered by overlapping windows, see ``long_histories``). With
 ``all_positions`` the negative-behaviour samples are per user too (``negatives_per_positive``
 of them after the user's whole training history), keeping the paper's ratio of negative to
 sequential samples.
@@ -73,6 +74,13 @@ class TaskConfig(BaseModel):
     )
     layout: Literal["per_prefix", "all_positions"] = "per_prefix"
     max_history: int = Field(20, ge=1)
+    long_histories: Literal["windows", "last"] = Field(
+        "windows",
+        description="all_positions, a training sequence longer than max_history + 1: 'windows' covers it with "
+        "windows of max_history + 1 items, each item after the first a target exactly once with at least "
+        "max_history / 2 items before it (bar the first window's); 'last' keeps only the last window "
+        "(the original behaviour: fewer targets for long users)",
+    )
     negatives_per_positive: int = Field(3, ge=0, description="negative-behaviour samples per sequential sample (1:N)")
     max_description_chars: int = Field(300, ge=0)
     max_review_chars: int = Field(300, ge=1)
@@ -100,6 +108,25 @@ def _history_parts(items: np.ndarray) -> list[Part]:
             parts.append(("t", ", ", False))
         parts.append(("i", int(i), False))
     return parts
+
+
+def _windows(n: int, h: int, mode: str) -> list[tuple[int, int]]:
+    """(start, first target position in the window) of the ``all_positions`` windows of a training
+    sequence of ``n`` items, each window ``h + 1`` items (fewer at the end).
+
+    'last': the last window only. 'windows': starts 0, h/2, h, ...; a window's targets are the items
+    the windows before it did not reach, so every item after the first is a target exactly once and
+    sees at least ``h - h//2 + 1`` items of context outside the first window."""
+    if n <= h + 1:
+        return [(0, 1)]
+    if mode == "last":
+        return [(n - h - 1, 1)]
+    stride, out, covered, start = max(1, h // 2), [(0, 1)], h, 0
+    while covered < n - 1:
+        start += stride
+        out.append((start, covered + 1 - start))
+        covered = min(start + h, n - 1)
+    return out
 
 
 def _text(dataset: Dataset, i: int, max_desc: int) -> str:
@@ -133,15 +160,16 @@ def build_tasks(dataset: Dataset, cfg: TaskConfig | None = None) -> list[Sample]
                 continue
             seen = set(dataset.sequences[u].tolist())  # never a negative the user interacted with, at any time
             if "seq" in cfg.tasks and cfg.layout == "all_positions":
-                window = s[-(cfg.max_history + 1) :]
-                t = int(rng.integers(len(SEQ_TEMPLATES)))
-                head, tail = SEQ_TEMPLATES[t]
-                parts: list[Part] = [("t", head, False)]
-                for n, i in enumerate(window):
-                    if n:
-                        parts.append(("t", ", ", False))
-                    parts.append(("i", int(i), n > 0))
-                out.append(Sample("seq_all", t, parts, u, int(window[-1])))
+                for start, first in _windows(len(s), cfg.max_history, cfg.long_histories):
+                    window = s[start : start + cfg.max_history + 1]
+                    t = int(rng.integers(len(SEQ_TEMPLATES)))
+                    head, tail = SEQ_TEMPLATES[t]
+                    parts: list[Part] = [("t", head, False)]
+                    for n, i in enumerate(window):
+                        if n:
+                            parts.append(("t", ", ", False))
+                        parts.append(("i", int(i), n >= first))
+                    out.append(Sample("seq_all", t, parts, u, int(window[-1])))
             for pos in range(1, len(s)):
                 hist = s[max(0, pos - cfg.max_history) : pos]
                 if "seq" in cfg.tasks and cfg.layout == "per_prefix":
