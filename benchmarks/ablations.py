@@ -54,6 +54,9 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "L2": ([f"{ALIGN}.levels=2"], ["data", "cf"]),
     "L3": ([f"{ALIGN}.levels=3"], ["data", "cf"]),
     "L5": ([f"{ALIGN}.levels=5"], ["data", "cf"]),
+    # ours again with another training seed (initial weights, batch order): the run-to-run spread
+    # the other differences are to be read against
+    "ours-seed1": (["train.seed=1"], ["data", "cf", "index"]),
     # LC-Rec: RQ-VAE over the LLM text embedding, its tasks (sequential per prefix, item <-> text,
     # queries), no negative sampling
     "LC-Rec-style": (["index.method=rqvae", "index.config={input: llm, levels: 4, codebook_size: 256}",
@@ -68,7 +71,7 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
 
 #: the order they run in: the most telling first
 ORDER = ["ours", "wo-LA", "ED", "neg-1to0", "L3", "L2", "neg-1to1", "neg-1to5", "LC-Rec-style", "TIGER-style", "L1", "L5",
-         "neg-1to2", "neg-1to4"]
+         "neg-1to2", "neg-1to4", "ours-seed1"]
 assert sorted(ORDER) == sorted(VARIANTS)
 
 
@@ -172,7 +175,7 @@ NOTES = """Every number below is on the leave-one-out test split, full ranking o
 Llama of width 64 trained from scratch (`train.backbone=random:64x2`, 3.3M parameters, the
 SmolLM2 tokenizer, code-only softmax), 3 epochs over the variant's own corpus, lr 3e-3 with
 warm-up and cosine decay, batches of at most 32 samples / 4,096 tokens; decoding with 20 beams.
-The default backbone (SmolLM2-135M) needs ~22 h per epoch on this machine (table below), so the
+The default backbone (SmolLM2-135M) needs many hours per epoch on this machine (table below), so the
 ablations use this reduced budget; the full-budget run is reported separately as it progresses.
 What changes between variants: the index (ours: behaviour-aligned cascaded codebooks over DCCF
 embeddings with LLM alignment, L=4 x 256; `ED`: an RQ-VAE encoder-decoder over the same
@@ -181,6 +184,8 @@ negative-sampling ratio (`neg-1toN`: N negative-behaviour samples per user seque
 1:3; 1:0 is "w/o NS"), and the LC-Rec-style run (RQ-VAE over the LLM text embedding, per-prefix
 sequential samples, no negatives). TIGER-style: an encoder-decoder from scratch on ours' codes,
 trained like the classic baselines (early stopping on validation NDCG@10, at most 12 epochs).
+`ours-seed1` is ours with another training seed (initial weights and batch order; the same
+corpus): the gap between the two is the run-to-run spread the other differences compare with.
 Note that with a backbone trained from scratch, LLM alignment of the index cannot help the
 backbone read the codes (its purpose in the paper); here it only shapes which items share codes.
 
