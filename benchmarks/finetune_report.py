@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._machine import describe, machine  # noqa: E402
-from genrec.llm.train import training_seconds  # noqa: E402
+from genrec.llm.train import sessions, training_seconds  # noqa: E402
 
 
 def svg_curve(series: dict[str, list[tuple[float, float]]], width: int = 640, height: int = 320) -> str:
@@ -86,16 +86,20 @@ def main() -> None:
     val = [x for x in log if "val_loss" in x]
     cfg = json.loads((args.run / "tasks" / "manifest.json").read_text())
     corpus = cfg["metrics"]["train"]
-    train_seconds, sessions = training_seconds(train)
+    train_seconds, n_sessions = training_seconds(train)
+    parts = [{**p, "seconds_per_step": round(p["seconds"] / (p["last_step"] - p["first_step"] + 1), 2)} for p in sessions(train)]
     steps_done = train[-1]["step"] if train else 0
     epoch_done = train[-1]["epoch"] if train else 0.0
     mean_step = train_seconds / len(train) if train else None
+    # the projection uses the latest session: earlier ones ran with more jobs on the cores (one was paused for most of its wall time)
+    last_step = parts[-1]["seconds_per_step"] if parts else None
     steps_per_epoch = exact_steps_per_epoch(args.run, args.config)
     rates = [x["tokens_per_s"] for x in train if "tokens_per_s" in x]
     result = {
         "state": state, "steps": steps_done, "epochs": epoch_done, "steps_per_epoch": steps_per_epoch,
-        "sessions": sessions, "train_seconds": round(train_seconds, 1), "seconds_per_step": round(mean_step, 2) if mean_step else None,
-        "seconds_per_epoch": round(mean_step * steps_per_epoch, 0) if mean_step and steps_per_epoch else None,
+        "sessions": n_sessions, "per_session": parts, "train_seconds": round(train_seconds, 1), "seconds_per_step": last_step,
+        "seconds_per_step_mean": round(mean_step, 2) if mean_step else None,
+        "seconds_per_epoch": round(last_step * steps_per_epoch, 0) if last_step and steps_per_epoch else None,
         "tokens_per_s": rates[-1] if rates else None,
         "first_loss": train[0]["loss"] if train else None, "last_loss": train[-1]["loss"] if train else None,
         "val": [{k: x[k] for k in ("step", "val_loss", "val_acc")} for x in val],
@@ -111,13 +115,16 @@ def main() -> None:
     (args.out / f"{args.name}.svg").write_text(svg_curve(series))
     cmd = " ".join(["python benchmarks/finetune_report.py", *sys.argv[1:]])
     lines = [f"# Fine-tuning: {args.run.name}", "", f"Machine: {describe(result['machine'])}.", "", f"Command: `{cmd}`", "",
-             f"State: {state}; {steps_done} of {steps_per_epoch} steps per epoch ({epoch_done:.3f} epochs) in {sessions} session(s).",
+             f"State: {state}; {steps_done} of {steps_per_epoch} steps per epoch ({epoch_done:.3f} epochs) in {n_sessions} session(s).",
              "", f"![loss curve]({args.name}.svg)", "",
              f"- corpus: {corpus['samples']:,} samples, {corpus['tokens']:,} tokens ({corpus['target_tokens']:,} targets): "
              + ", ".join(f"{k} {v:,}" for k, v in corpus["tasks"].items()),
              f"- train loss: {result['first_loss']} at step 1 -> {result['last_loss']} at step {steps_done}",
-             f"- time: {result['seconds_per_step']} s per optimizer step, so about {result['seconds_per_epoch']} s "
-             f"({(result['seconds_per_epoch'] or 0) / 3600:.1f} h) per epoch on this machine; {result['tokens_per_s']} tokens/s",
+             f"- time: {result['seconds_per_step']} s per optimizer step in the latest session, so about {result['seconds_per_epoch']:,.0f} s "
+             f"({(result['seconds_per_epoch'] or 0) / 3600:.1f} h) per epoch on this machine at that rate; {result['tokens_per_s']} tokens/s; "
+             f"{result['seconds_per_step_mean']} s per step over every session ({train_seconds / 3600:.1f} h of wall time so far)",
+             "- time per step, session by session (how many other jobs shared the cores changed between them): "
+             + ", ".join(f"steps {p['first_step']}-{p['last_step']}: {p['seconds_per_step']} s" for p in parts),
              f"- peak memory: {result['peak_mem_mb']} MB" if result["peak_mem_mb"] else
              "- peak memory: see the run's manifest when finished (the process's maximum resident set size)"]
     if val:

@@ -18,7 +18,7 @@ from genrec.llm.backbone import add_tokens
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus, build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
-from genrec.llm.train import collate, lr_factor, make_batches, train, training_seconds
+from genrec.llm.train import collate, lr_factor, make_batches, sessions, train, training_seconds
 from tests.conftest import launch_two
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -293,6 +293,8 @@ def test_training_seconds_add_each_session_by_hand():
     log = [{"step": 1, "seconds": 5.0}, {"step": 2, "seconds": 9.0}, {"step": 2, "val_loss": 1.0},
            {"step": 3, "seconds": 4.0}, {"step": 4, "seconds": 7.5}, {"step": 5, "seconds": 1.0}]
     assert training_seconds(log) == (9.0 + 7.5 + 1.0, 3)
+    assert sessions(log) == [{"first_step": 1, "last_step": 2, "seconds": 9.0}, {"first_step": 3, "last_step": 4, "seconds": 7.5},
+                             {"first_step": 5, "last_step": 5, "seconds": 1.0}]
     assert training_seconds([]) == (0.0, 0)
 
 

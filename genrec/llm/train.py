@@ -337,21 +337,24 @@ def train(
     return metrics
 
 
-def training_seconds(log_lines: list[dict]) -> tuple[float, int]:
-    """(training seconds, sessions) of a log that may span resumed sessions.
-
-    Each entry's ``seconds`` counts from the start of its own process, so a drop marks a resume; the
-    total adds each session's last value. Steps lost to a kill after the last checkpoint are not in
-    the log and not counted."""
-    total, sessions, prev = 0.0, 0, None
+def sessions(log_lines: list[dict]) -> list[dict]:
+    """The training sessions of a log that may span resumes: ``{"first_step", "last_step", "seconds"}``
+    each. An entry's ``seconds`` counts from the start of its own process, so a drop marks a resume.
+    Steps lost to a kill after the last checkpoint are not in the log and not counted."""
+    out: list[dict] = []
     for x in log_lines:
         if "seconds" not in x:
             continue
-        if prev is None or x["seconds"] < prev:
-            sessions += 1
-            total += prev or 0.0
-        prev = x["seconds"]
-    return total + (prev or 0.0), sessions
+        if not out or x["seconds"] < out[-1]["seconds"]:
+            out.append({"first_step": x["step"], "last_step": x["step"], "seconds": x["seconds"]})
+        out[-1].update(last_step=x["step"], seconds=x["seconds"])
+    return out
+
+
+def training_seconds(log_lines: list[dict]) -> tuple[float, int]:
+    """(training seconds, sessions) of a log that may span resumed sessions (see ``sessions``)."""
+    parts = sessions(log_lines)
+    return sum(p["seconds"] for p in parts), len(parts)
 
 
 def _summary(log_lines, steps_per_epoch, total, steps_here, elapsed, tokens, targets, samples, peak_mb, n_trainable,
