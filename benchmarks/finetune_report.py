@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._machine import describe, machine  # noqa: E402
-from genrec.llm.train import sessions, training_seconds  # noqa: E402
+from genrec.llm.train import sessions  # noqa: E402
 
 
 def svg_curve(series: dict[str, list[tuple[float, float]]], width: int = 640, height: int = 320) -> str:
@@ -86,8 +86,8 @@ def main() -> None:
     val = [x for x in log if "val_loss" in x]
     cfg = json.loads((args.run / "tasks" / "manifest.json").read_text())
     corpus = cfg["metrics"]["train"]
-    train_seconds, n_sessions = training_seconds(train)
     parts = [{**p, "seconds_per_step": round(p["seconds"] / (p["last_step"] - p["first_step"] + 1), 2)} for p in sessions(train)]
+    train_seconds, n_sessions = sum(p["seconds"] for p in parts), len(parts)
     steps_done = train[-1]["step"] if train else 0
     epoch_done = train[-1]["epoch"] if train else 0.0
     mean_step = train_seconds / len(train) if train else None
