@@ -162,7 +162,7 @@ def pipeline_walls() -> list[str]:
     if ft.is_file():
         f = json.loads(ft.read_text())
         rows.append(f"| train (SmolLM2-135M LoRA, 1 epoch = {f['steps_per_epoch']:,} steps) | {f['seconds_per_step']:.0f} s/step "
-                    f"in its latest session (one thread, other jobs niced): {f['seconds_per_epoch'] / 3600:.1f} h per epoch; "
+                    f"in its latest session: {f['seconds_per_epoch'] / 3600:.1f} h per epoch at that rate; "
                     f"{f['steps']} steps done | [finetune-scientific.md](../finetune-scientific.md) |")
     return rows
 

@@ -363,7 +363,7 @@ def _summary(log_lines, steps_per_epoch, total, steps_here, elapsed, tokens, tar
     ``train_seconds`` over every session that led to the model."""
     train = [x for x in log_lines if "loss" in x]
     val = [x for x in log_lines if "val_loss" in x]
-    seconds, sessions = training_seconds(log_lines)
+    seconds, n_sessions = training_seconds(log_lines)
     return {
         "steps": total,
         "steps_per_epoch": steps_per_epoch,
@@ -373,7 +373,7 @@ def _summary(log_lines, steps_per_epoch, total, steps_here, elapsed, tokens, tar
         "val_acc": val[-1]["val_acc"] if val else None,
         "seconds_this_session": round(elapsed, 1),
         "train_seconds": round(seconds, 1),
-        "sessions": sessions,
+        "sessions": n_sessions,
         "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
         "target_tokens_per_s": round(targets / max(elapsed, 1e-9), 1),
         "samples_per_s": round(samples / max(elapsed, 1e-9), 2),
