@@ -47,8 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from genrec.baselines.trainer import NeuralBaseline
-from genrec.cf.graph import BipartiteGraph, GraphRecommender
+from genrec.cf.graph import BipartiteGraph, GraphBaseline, GraphRecommender
 
 
 class DCCFConfig(BaseModel):
@@ -133,16 +132,10 @@ class DCCF(GraphRecommender):
             return bpr + self.cfg.ssl_weight * ssl + self.cfg.emb_reg * ego + self.cfg.cen_reg * cen
 
 
-class DCCFBaseline(NeuralBaseline):
+class DCCFBaseline(GraphBaseline):
     """DCCF: intent-disentangled graph CF with adaptive augmentation (Ren et al., SIGIR 2023)."""
 
     name = "dccf"
     model_cls = DCCF
     config_cls = DCCFConfig
     train_defaults = {"lr": 1e-3, "batch_size": 4096, "epochs": 1000, "patience": 20, "grad_clip": None}
-
-    def item_embeddings(self):
-        """[n_items, dim] float32 final item representations."""
-        if self.model is None:
-            raise RuntimeError("dccf: item_embeddings called before fit or load")
-        return self.model.item_embeddings()

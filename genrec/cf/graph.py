@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from genrec.baselines.trainer import NeuralRecommender
+from genrec.baselines.trainer import NeuralBaseline, NeuralRecommender
 from genrec.data.dataset import Dataset
 
 
@@ -281,3 +281,13 @@ class GraphRecommender(NeuralRecommender):
         items = self.final_embeddings()[1].float().cpu().numpy()
         self.train(was_training)
         return items
+
+
+class GraphBaseline(NeuralBaseline):
+    """A :class:`NeuralBaseline` over a :class:`GraphRecommender`: also yields its item embeddings."""
+
+    def item_embeddings(self) -> np.ndarray:
+        """[n_items, dim] float32 final item representations."""
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: item_embeddings called before fit or load")
+        return self.model.item_embeddings()

@@ -21,8 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from genrec.baselines.trainer import NeuralBaseline
-from genrec.cf.graph import GraphRecommender
+from genrec.cf.graph import GraphBaseline, GraphRecommender
 
 
 class LightGCNConfig(BaseModel):
@@ -63,16 +62,10 @@ class LightGCN(GraphRecommender):
         return bpr + self.cfg.reg * 0.5 * ego / len(u)
 
 
-class LightGCNBaseline(NeuralBaseline):
+class LightGCNBaseline(GraphBaseline):
     """LightGCN: linear graph propagation, BPR (He et al., SIGIR 2020)."""
 
     name = "lightgcn"
     model_cls = LightGCN
     config_cls = LightGCNConfig
     train_defaults = {"lr": 1e-3, "batch_size": 2048, "epochs": 1000, "patience": 20, "grad_clip": None}
-
-    def item_embeddings(self):
-        """[n_items, dim] float32 final item representations."""
-        if self.model is None:
-            raise RuntimeError("lightgcn: item_embeddings called before fit or load")
-        return self.model.item_embeddings()

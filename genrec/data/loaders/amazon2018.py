@@ -318,18 +318,23 @@ def _read_meta(path: Path) -> pd.DataFrame:
     return items_frame(rows, path)
 
 
-def load(path: str | Path, reviews: str | None = None, meta: str | None = None) -> RawData:
-    """Read an Amazon 2018/2014 folder (or reviews file); ``reviews`` / ``meta`` name the files explicitly."""
-    review_path, meta_path = pick_files(Path(path), reviews, meta, SUFFIXES, ("reviewerID",), FORMAT)
-    interactions = _read_reviews(review_path)
-    items = _read_meta(meta_path) if meta_path is not None else None
+def load_review_folder(path, reviews, meta, suffixes, keys, fmt, read_reviews, read_meta) -> RawData:
+    """The shared body of the Amazon loaders: pick the files, read them, name them in the result."""
+    review_path, meta_path = pick_files(Path(path), reviews, meta, suffixes, keys, fmt)
+    interactions = read_reviews(review_path)
+    items = read_meta(meta_path) if meta_path is not None else None
     files = [str(review_path)] + ([str(meta_path)] if meta_path is not None else [])
     return RawData(
         interactions=interactions,
         items=items,
-        format=FORMAT,
+        format=fmt,
         interactions_path=str(review_path),
         items_path=str(meta_path) if meta_path is not None else None,
         record_kind="line",
         files=files,
     )
+
+
+def load(path: str | Path, reviews: str | None = None, meta: str | None = None) -> RawData:
+    """Read an Amazon 2018/2014 folder (or reviews file); ``reviews`` / ``meta`` name the files explicitly."""
+    return load_review_folder(path, reviews, meta, SUFFIXES, ("reviewerID",), FORMAT, _read_reviews, _read_meta)

@@ -17,7 +17,7 @@ from genrec.data.loaders.amazon2018 import (
     clean_text,
     first_object,
     interactions_frame,
-    pick_files,
+    load_review_folder,
     read_objects,
     require,
     review_text,
@@ -80,16 +80,4 @@ def _read_meta(path: Path) -> pd.DataFrame:
 
 def load(path: str | Path, reviews: str | None = None, meta: str | None = None) -> RawData:
     """Read an Amazon 2023 folder (or reviews file); ``reviews`` / ``meta`` name the files explicitly."""
-    review_path, meta_path = pick_files(Path(path), reviews, meta, SUFFIXES, REVIEW_KEYS, FORMAT)
-    interactions = _read_reviews(review_path)
-    items = _read_meta(meta_path) if meta_path is not None else None
-    files = [str(review_path)] + ([str(meta_path)] if meta_path is not None else [])
-    return RawData(
-        interactions=interactions,
-        items=items,
-        format=FORMAT,
-        interactions_path=str(review_path),
-        items_path=str(meta_path) if meta_path is not None else None,
-        record_kind="line",
-        files=files,
-    )
+    return load_review_folder(path, reviews, meta, SUFFIXES, REVIEW_KEYS, FORMAT, _read_reviews, _read_meta)
