@@ -56,11 +56,12 @@ def exact_steps_per_epoch(run: Path, config: Path) -> int:
     """Optimizer steps per epoch of the run's corpus under the config's batching (single process)."""
     from genrec.config import load_config
     from genrec.llm.corpus import load_corpus
-    from genrec.llm.train import make_batches
+    from genrec.llm.train import Units, make_batches
 
     cfg = load_config(config).train
     corpus, _, _ = load_corpus(run / "tasks")
-    return len(make_batches(corpus.lengths, cfg, 0)) // cfg.grad_accum
+    units = Units(corpus, cfg.share_prefixes, cfg.batch_tokens)
+    return len(make_batches(units.lengths, cfg, 0)) // cfg.grad_accum
 
 
 def main() -> None:

@@ -124,8 +124,47 @@ def test_all_positions_windows_make_every_training_item_a_target_once_with_its_r
 def test_task_fingerprint_names_long_histories_only_where_it_changes_a_corpus():
     from genrec.llm.stages import task_fingerprint
 
-    assert task_fingerprint(TaskConfig()) == {}
-    assert task_fingerprint(TaskConfig(long_histories="last")) == {}  # per_prefix: no effect
+    def fp(**kw):  # negative prompts as before that setting, so only long_histories is at stake
+        return task_fingerprint(TaskConfig(negative_prompts="independent", **kw))
+
+    assert fp() == {}
+    assert fp(long_histories="last") == {}  # per_prefix: no effect
     # corpora built before the setting existed were built as 'last': their fingerprints stay
-    assert task_fingerprint(TaskConfig(layout="all_positions", long_histories="last")) == {"layout": "all_positions"}
-    assert task_fingerprint(TaskConfig(layout="all_positions")) == {"layout": "all_positions", "long_histories": "windows"}
+    assert fp(layout="all_positions", long_histories="last") == {"layout": "all_positions"}
+    assert fp(layout="all_positions") == {"layout": "all_positions", "long_histories": "windows"}
+
+
+def test_shared_negative_prompts_take_one_template_per_history():
+    ds = tiny(with_reviews=False)
+    shared = build_tasks(ds, TaskConfig(tasks=["neg"], layout="all_positions", negatives_per_positive=4, seed=1))
+    by_user: dict[int, set[int]] = {}
+    for s in shared:
+        by_user.setdefault(s.user, set()).add(s.template)
+    histories = sum(len(s) >= 2 for s in ds.train_sequences())
+    assert histories == 1 and len(shared) == 4 * histories and all(len(t) == 1 for t in by_user.values())
+    # and each negative still comes after the whole history, never an item of the user
+    for s in shared:
+        assert s.item not in ds.sequences[s.user].tolist()
+    # one negative per history: nothing to share, the corpus is the original one
+    a = build_tasks(ds, TaskConfig(negatives_per_positive=1))
+    b = build_tasks(ds, TaskConfig(negatives_per_positive=1, negative_prompts="independent"))
+    assert [(x.task, x.template, x.item, x.parts) for x in a] == [(x.task, x.template, x.item, x.parts) for x in b]
+
+
+def test_task_fingerprint_names_negative_prompts_only_where_there_are_negatives_to_share():
+    from genrec.llm.stages import task_fingerprint
+
+    assert task_fingerprint(TaskConfig(negative_prompts="independent")) == {}  # the behaviour before the setting
+    assert task_fingerprint(TaskConfig()) == {"negative_prompts": "shared"}
+    assert task_fingerprint(TaskConfig(negatives_per_positive=1)) == {"negatives_per_positive": 1}
+    assert task_fingerprint(TaskConfig(tasks=["seq"])) == {"tasks": ["seq"]}
+
+
+def test_train_fingerprint_keeps_runs_started_before_shared_prompts(tmp_path):
+    from genrec.llm.config import LLMTrainConfig
+    from genrec.llm.stages import train_fingerprint
+
+    before = train_fingerprint(tmp_path, LLMTrainConfig(share_prefixes=False))
+    assert before[0] == {"train": {}}
+    now = train_fingerprint(tmp_path, LLMTrainConfig())
+    assert now[0] == {"train": {"share_prefixes": True}} and now[2] != before[2]

@@ -423,3 +423,92 @@ def test_packed_sequences_take_exactly_the_losses_of_their_unpacked_per_prefix_s
         whole = float(lm(**collate(packed, np.arange(len(packed)), 0, torch.device("cpu")))[0])
         parts = sum(float(lm(**collate(unpacked, np.array([i]), 0, torch.device("cpu")))[0]) for i in range(len(unpacked)))
     assert whole == pytest.approx(parts, rel=1e-5)
+
+
+def _corpus(samples: list[tuple[list[int], list[int]]]) -> Corpus:
+    ids = np.concatenate([np.array(x, dtype=np.int32) for x, _ in samples])
+    mask = np.concatenate([np.array(m, dtype=np.uint8) for _, m in samples])
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x, _ in samples])]).astype(np.int64)
+    n = len(samples)
+    return Corpus(ids, mask, offsets, np.zeros(n, np.int16), np.zeros(n, np.int32), np.zeros(n, np.int32), ["t"])
+
+
+def test_units_group_samples_that_share_their_prompt_by_hand():
+    from genrec.llm.train import Units
+
+    corpus = _corpus([
+        ([5, 6, 7, 100, 101], [0, 0, 0, 1, 1]),  # prompt 5 6 7
+        ([5, 6, 7, 102, 103], [0, 0, 0, 1, 1]),  # the same prompt
+        ([5, 6, 8, 100, 101], [0, 0, 0, 1, 1]),  # another prompt
+        ([5, 6, 7, 104], [0, 0, 0, 1]),          # the first prompt again
+        ([9, 100, 3, 101], [0, 1, 0, 1]),        # two target runs: the rest after the first is its branch
+        ([9, 100, 4, 102], [0, 1, 0, 1]),
+    ])
+    u = Units(corpus)
+    assert [g.tolist() for g in u.groups] == [[0, 1, 3], [2], [4, 5]]
+    assert u.prompt == [3, 0, 1]
+    assert u.lengths.tolist() == [3 + 2 + 2 + 1, 5, 1 + 3 + 3]
+    assert u.targets.tolist() == [5, 2, 4] and u.samples.tolist() == [3, 1, 2]
+    # a group is cut so that a unit stays within the token budget (or its longest sample)
+    cut = Units(corpus, max_tokens=6)
+    assert [g.tolist() for g in cut.groups] == [[0], [1, 3], [2], [4], [5]]
+    assert cut.prompt == [0, 3, 0, 0, 0] and cut.lengths.tolist() == [5, 6, 5, 4, 4]
+    off = Units(corpus, share=False)
+    assert [g.tolist() for g in off.groups] == [[i] for i in range(6)] and off.lengths.tolist() == corpus.lengths.tolist()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompts_take_exactly_the_losses_of_their_samples(setup, tiny_backbone, real_tokenizer, attn):
+    """A batch of shared prompts (one prompt, a branch per sample) gives the summed NLL, target
+    count and correct count of its samples computed one at a time, each padded on its own."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genrec.llm.model import CodeLM
+    from genrec.llm.train import Units, collate_units
+
+    _, ds, index = setup
+    tok = AutoTokenizer.from_pretrained(real_tokenizer)
+    add_tokens(tok, None, index.new_tokens)
+    corpus, _, _ = build_corpus(ds, index, tok, TaskConfig(tasks=["seq", "neg"], layout="all_positions",
+                                                           negatives_per_positive=3), valid_users=2)
+    corpus = corpus.subset(np.arange(16))
+    units = Units(corpus, max_tokens=10_000)
+    assert (units.samples > 1).sum() >= 3  # the negatives of a user share one prompt
+    model = AutoModelForCausalLM.from_pretrained(tiny_backbone, dtype=torch.float32, attn_implementation=attn)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    lm = CodeLM(model, len(index.new_tokens), "full").eval()
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        lm.embed.new.normal_(0, 0.3)
+        batch = collate_units(corpus, units, np.arange(len(units)), 0, cpu)
+        assert batch["attention_mask"].dim() == 4
+        tree = [float(x) for x in lm(**batch)]
+        one = [lm(**collate(corpus, np.array([i]), 0, cpu)) for i in range(len(corpus))]
+    assert tree[0] == pytest.approx(sum(float(x[0]) for x in one), rel=1e-5)
+    assert tree[1] == sum(int(x[1]) for x in one) == int(corpus.mask.sum() - corpus.mask[corpus.offsets[:-1]].sum())
+    assert tree[2] == sum(int(x[2]) for x in one)
+
+
+def test_sharing_prompts_trains_like_padding_every_sample(setup, tiny_backbone, real_tokenizer, tmp_path):
+    """One optimizer step over the whole corpus in one micro-batch: the same loss and the same
+    trained weights with and without shared prompts."""
+    from transformers import AutoTokenizer
+
+    from genrec.llm.train import Units
+
+    root, ds, index = setup
+    tok = AutoTokenizer.from_pretrained(real_tokenizer)
+    add_tokens(tok, None, index.new_tokens)
+    corpus, _, info = build_corpus(ds, index, tok, TaskConfig(tasks=["seq", "neg"], layout="all_positions"), valid_users=2)
+    corpus = corpus.subset(np.arange(40))
+    assert len(Units(corpus)) < len(corpus)
+    out = {}
+    for share in (False, True):
+        c = cfg(tiny_backbone, max_steps=1, batch_size=10_000, batch_tokens=10**7, share_prefixes=share, warmup_ratio=0.0)
+        m = train(c, str(tiny_backbone), corpus, None, index.new_tokens, tmp_path / f"o{share}", tmp_path / f"c{share}",
+                  info["vocab_size"], progress=False)
+        out[share] = (losses(tmp_path / f"o{share}"), torch.load(tmp_path / f"o{share}" / "trainable.pt"), m)
+    assert out[True][2]["tokens_per_s"] > 0
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5)
+    for k, v in out[False][1].items():
+        torch.testing.assert_close(out[True][1][k], v, rtol=1e-4, atol=1e-6)

@@ -33,6 +33,9 @@ class LLMTrainConfig(BaseModel):
     batch_tokens: int = Field(4096, ge=16, description="padded tokens per micro-batch (length grouping)")
     batch_size: int = Field(32, ge=1, description="samples per micro-batch at most")
     grouping: Literal["length", "random"] = "length"
+    share_prefixes: bool = Field(True, description="samples with the same prompt (a user's negative-behaviour samples) are "
+                                                   "batched as one prompt with a branch per target: the same losses, the "
+                                                   "prompt computed once")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: far less memory, ~1/3 more compute")
     grad_accum: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.03, ge=0, le=1)

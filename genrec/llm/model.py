@@ -92,18 +92,40 @@ class CodeLM(nn.Module):
         return torch.cat([old.to(dtype), new.to(dtype)])
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = self._mask_4d(attention_mask)
         return self.body(input_ids=input_ids, attention_mask=attention_mask, **kw)
 
+    def _mask_4d(self, allowed: torch.Tensor) -> torch.Tensor:
+        """A [batch, 1, T, T] boolean mask (True = may attend) in the form the attention kernel
+        takes: SDPA and flex take it as is, eager adds it to the scores."""
+        impl = getattr(self.model.config, "_attn_implementation", "sdpa") or "sdpa"
+        if impl in ("sdpa", "flex_attention"):
+            return allowed
+        if impl == "eager":
+            dtype = self.embed.old.dtype
+            return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        raise GenrecError(f"attention implementation {impl!r} takes no custom attention mask: train with share_prefixes=false")
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None, pred_from: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sum of target-token NLL, number of target tokens, number correct at argmax).
 
-        ``target_mask[b, t]`` marks token t of row b as a target; it is predicted from position t-1.
+        ``target_mask[b, t]`` marks token t of row b as a target; it is predicted from position
+        ``pred_from[b, t]``, t-1 when not given. A 4D ``attention_mask`` with ``position_ids`` is
+        a batch of shared prompts (see :func:`genrec.llm.train.collate_units`).
         """
-        h = self.hidden(input_ids, attention_mask).last_hidden_state
-        pred_at = target_mask[:, 1:].bool()
-        states = h[:, :-1][pred_at]
-        targets = input_ids[:, 1:][pred_at]
+        kw = {} if position_ids is None else {"position_ids": position_ids}
+        h = self.hidden(input_ids, attention_mask, **kw).last_hidden_state
+        if pred_from is None:
+            pred_at = target_mask[:, 1:].bool()
+            states = h[:, :-1][pred_at]
+            targets = input_ids[:, 1:][pred_at]
+        else:
+            rows, cols = target_mask.bool().nonzero(as_tuple=True)
+            states = h[rows, pred_from[rows, cols]]
+            targets = input_ids[rows, cols]
         n = torch.tensor(targets.numel(), device=states.device)
         if self.softmax == "full":
             logits = (states @ self.head_weight(states.dtype).T).float()

@@ -41,11 +41,15 @@ def task_fingerprint(cfg: TaskConfig) -> dict:
     """The task settings that name a corpus. Settings at their defaults stay out, so adding a
     setting later does not orphan existing artifacts and checkpoints; ``long_histories`` arrived
     with a new default ('windows'), so it is its old behaviour ('last') that stays out, and the
-    default is named wherever it changes a corpus (the all_positions layout)."""
+    default is named wherever it changes a corpus (the all_positions layout). ``negative_prompts``
+    the same way: its old behaviour stays out, the default is named where there are negatives to share."""
     config = cfg.model_dump(exclude_defaults=True)
     config.pop("long_histories", None)
     if cfg.layout == "all_positions" and cfg.long_histories != "last":
         config["long_histories"] = cfg.long_histories
+    config.pop("negative_prompts", None)  # likewise: 'independent' was the behaviour before the setting
+    if "neg" in cfg.tasks and cfg.negatives_per_positive > 1 and cfg.negative_prompts != "independent":
+        config["negative_prompts"] = cfg.negative_prompts
     return config
 
 
@@ -61,8 +65,14 @@ def _per_user(corpus) -> dict:
 
 
 def train_fingerprint(corpus: Path, cfg: LLMTrainConfig) -> tuple[dict, dict, str]:
-    """(config, inputs, fingerprint) of a train stage; the checkpoint folder is named after it."""
-    config = {"train": cfg.model_dump(exclude_defaults=True)}
+    """(config, inputs, fingerprint) of a train stage; the checkpoint folder is named after it.
+    ``share_prefixes`` arrived with a new default (true): it is the old behaviour (false) that
+    stays out, so runs started before it keep their checkpoints when they pin it."""
+    train = cfg.model_dump(exclude_defaults=True)
+    train.pop("share_prefixes", None)
+    if cfg.share_prefixes:
+        train["share_prefixes"] = True
+    config = {"train": train}
     inputs = {"corpus": corpus}
     return config, inputs, config_hash(config, {k: fingerprint(v) for k, v in inputs.items()})
 

@@ -82,6 +82,12 @@ class TaskConfig(BaseModel):
         "(the original behaviour: fewer targets for long users)",
     )
     negatives_per_positive: int = Field(3, ge=0, description="negative-behaviour samples per sequential sample (1:N)")
+    negative_prompts: Literal["shared", "independent"] = Field(
+        "shared",
+        description="'shared': the N negatives of one history take one template, so they share their whole prompt "
+        "and the trainer computes it once (train.share_prefixes); 'independent': a template drawn per negative "
+        "(the original behaviour)",
+    )
     max_description_chars: int = Field(300, ge=0)
     max_review_chars: int = Field(300, ge=1)
     seed: int = 0
@@ -181,11 +187,13 @@ def build_tasks(dataset: Dataset, cfg: TaskConfig | None = None) -> list[Sample]
                 if "neg" in cfg.tasks and (cfg.layout == "per_prefix" or pos == len(s) - 1):
                     if cfg.layout == "all_positions":
                         hist = s[max(0, len(s) - cfg.max_history) :]
+                    shared = (int(rng.integers(len(NEG_TEMPLATES)))
+                              if cfg.negative_prompts == "shared" and cfg.negatives_per_positive > 1 else None)
                     for _ in range(cfg.negatives_per_positive):
                         neg = int(rng.integers(n_items))
                         while neg in seen and len(seen) < n_items:
                             neg = int(rng.integers(n_items))
-                        t = int(rng.integers(len(NEG_TEMPLATES)))
+                        t = shared if shared is not None else int(rng.integers(len(NEG_TEMPLATES)))
                         head, tail = NEG_TEMPLATES[t]
                         parts = [("t", head, False), *_history_parts(hist), ("t", ". " + tail, False), ("i", neg, True)]
                         out.append(Sample("neg", t, parts, u, neg))

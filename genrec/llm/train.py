@@ -9,6 +9,9 @@ accumulation 2A, and the loss is a true per-target-token mean however the batche
 
 Batches are length-grouped (``grouping="length"``): samples of similar length, as many as fit a
 budget of padded tokens, so short samples are not padded to the longest of a random batch.
+Samples with the same prompt (a user's negative-behaviour samples) are batched as one unit,
+the prompt once and a branch per sample (:class:`Units`, ``share_prefixes``): the same losses,
+fewer tokens.
 
 A checkpoint (every ``save_every`` steps and at each epoch end) holds the trainable weights,
 the optimizer, the step and every rank's RNG state: a killed run resumed from it takes the
@@ -65,6 +68,59 @@ def make_batches(lengths: np.ndarray, cfg: LLMTrainConfig, epoch: int) -> list[n
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+class Units:
+    """What micro-batches are cut from: single samples, or groups of samples that share a prompt.
+
+    Samples whose tokens before the first target token are identical (the negative-behaviour
+    samples of one user, say) form one unit: the prompt once, then each sample's remainder as a
+    branch that attends to the prompt and to itself only, at the positions it would have alone
+    (:func:`collate_units`). Every target token then sees exactly the context it sees in its own
+    sample, so the losses are the same and the prompt is computed once instead of once per
+    sample. A group is split so that no unit is longer than ``max_tokens`` (or its longest
+    sample). With ``share=False`` every sample is its own unit.
+    """
+
+    def __init__(self, corpus: Corpus, share: bool = True, max_tokens: int | None = None):
+        lengths, targets = corpus.lengths, corpus.n_targets
+        first = np.zeros(len(corpus), dtype=np.int64)  # tokens before each sample's first target token
+        if share and len(corpus):
+            starts = corpus.offsets[:-1]
+            hits = np.flatnonzero(corpus.mask)
+            at = np.searchsorted(hits, starts)  # the first target token at or after each sample's start
+            ok = at < len(hits)
+            first[ok] = np.minimum(hits[np.minimum(at, len(hits) - 1)][ok] - starts[ok], lengths[ok])
+        groups: dict[bytes, list[int]] = {}
+        for r in range(len(corpus)):
+            a = int(corpus.offsets[r])
+            shared = share and 0 < first[r] < lengths[r]
+            key = corpus.ids[a : a + first[r]].tobytes() if shared else r.to_bytes(8, "little") + b"#"
+            groups.setdefault(key, []).append(r)
+        self.groups: list[np.ndarray] = []
+        self.prompt: list[int] = []
+        for rows in groups.values():
+            p = int(first[rows[0]]) if len(rows) > 1 else 0
+            cap = max(max_tokens or sys.maxsize, int(lengths[rows].max()))
+            cur, size = [], p
+            for r in rows:
+                if cur and size + int(lengths[r]) - p > cap:
+                    self._add(cur, p)
+                    cur, size = [], p
+                cur.append(r)
+                size += int(lengths[r]) - p
+            self._add(cur, p)
+        self.lengths = np.array([int(lengths[g].sum()) - (len(g) - 1) * p for g, p in zip(self.groups, self.prompt,
+                                                                                          strict=True)], dtype=np.int64)
+        self.targets = np.array([int(targets[g].sum()) for g in self.groups], dtype=np.int64)
+        self.samples = np.array([len(g) for g in self.groups], dtype=np.int64)
+
+    def _add(self, rows: list[int], prompt: int) -> None:
+        self.groups.append(np.asarray(rows, dtype=np.int64))
+        self.prompt.append(prompt if len(rows) > 1 else 0)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
 def collate(corpus: Corpus, rows: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and target mask of some samples."""
     n = max(int(corpus.offsets[r + 1] - corpus.offsets[r]) for r in rows)
@@ -78,6 +134,46 @@ def collate(corpus: Corpus, rows: np.ndarray, pad_id: int, device: torch.device)
         "input_ids": torch.from_numpy(ids).to(device),
         "attention_mask": torch.from_numpy(att).to(device),
         "target_mask": torch.from_numpy(tgt).to(device),
+    }
+
+def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The micro-batch of some units. A batch of single samples is :func:`collate`'s. A batch with a
+    shared prompt lays each unit out as prompt, then every branch, with a 4D attention mask
+    ([batch, 1, T, T], True = may attend: the prompt causally, each branch to the prompt and
+    causally to itself), the positions each token has in its own sample, and ``pred_from``: the
+    position whose hidden state predicts each token (a branch's first token is predicted from
+    the prompt's last one)."""
+    if all(units.prompt[int(u)] == 0 and len(units.groups[int(u)]) == 1 for u in picked):
+        return collate(corpus, np.array([units.groups[int(u)][0] for u in picked]), pad_id, device)
+    n = int(units.lengths[picked].max())
+    ids = np.full((len(picked), n), pad_id, dtype=np.int64)
+    tgt = np.zeros((len(picked), n), dtype=np.bool_)
+    pos = np.zeros((len(picked), n), dtype=np.int64)
+    src = np.tile(np.arange(-1, n - 1, dtype=np.int64), (len(picked), 1))
+    att = np.zeros((len(picked), 1, n, n), dtype=np.bool_)
+    att[:, 0, np.arange(n), np.arange(n)] = True  # padding attends to itself (no empty softmax rows)
+    causal = np.tril(np.ones((n, n), dtype=np.bool_))
+    for b, u in enumerate(picked):
+        rows, p = units.groups[int(u)], units.prompt[int(u)]
+        x, m = corpus.sample(int(rows[0]))
+        ids[b, :p], tgt[b, :p], pos[b, :p] = x[:p], m[:p], np.arange(p)
+        att[b, 0, :p, :p] = causal[:p, :p]
+        at = p
+        for r in rows:
+            x, m = corpus.sample(int(r))
+            k = len(x) - p
+            ids[b, at : at + k], tgt[b, at : at + k], pos[b, at : at + k] = x[p:], m[p:], np.arange(p, p + k)
+            att[b, 0, at : at + k, :p] = True
+            att[b, 0, at : at + k, at : at + k] = causal[:k, :k]
+            if p:
+                src[b, at] = p - 1
+            at += k
+    return {
+        "input_ids": torch.from_numpy(ids).to(device),
+        "attention_mask": torch.from_numpy(att).to(device),
+        "target_mask": torch.from_numpy(tgt).to(device),
+        "position_ids": torch.from_numpy(pos).to(device),
+        "pred_from": torch.from_numpy(src).to(device),
     }
 
 
@@ -248,8 +344,8 @@ def train(
 
     world, accum = acc.num_processes, cfg.grad_accum
     group = world * accum
-    lengths, targets = corpus.lengths, corpus.n_targets
-    steps_per_epoch = len(make_batches(lengths, cfg, 0)) // group
+    units = Units(corpus, cfg.share_prefixes, cfg.batch_tokens)
+    steps_per_epoch = len(make_batches(units.lengths, cfg, 0)) // group
     if steps_per_epoch == 0:
         raise GenrecError(f"the corpus ({len(corpus)} samples) makes fewer than {group} micro-batches: one optimizer step needs {group}")
     total = math.ceil(cfg.epochs * steps_per_epoch)
@@ -264,7 +360,8 @@ def train(
     n_trainable = sum(p.numel() for p in params)
     if acc.is_main_process:
         log(f"training {n_trainable:,} parameters ({cfg.mode}, {dtype}) on {world} x {device}: {len(corpus):,} samples, "
-            f"{steps_per_epoch:,} steps per epoch, {total:,} steps")
+            f"{steps_per_epoch:,} steps per epoch, {total:,} steps"
+            + (f" ({len(corpus) - len(units):,} prompts shared)" if len(units) < len(corpus) else ""))
 
     first_step = step
     bar = tqdm(total=total, initial=step, disable=not (progress and acc.is_main_process), unit="step", dynamic_ncols=True)
@@ -274,24 +371,24 @@ def train(
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch_batches is None or epoch_batches[0] != epoch:
-            epoch_batches = (epoch, make_batches(lengths, cfg, epoch))
+            epoch_batches = (epoch, make_batches(units.lengths, cfg, epoch))
         batches = epoch_batches[1]
         mine = step_batches(batches, pos, group)
-        step_targets = float(sum(targets[b].sum() for b in mine))
+        step_targets = float(sum(units.targets[b].sum() for b in mine))
         for g in optimizer.param_groups:
             g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_ratio)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for j, rows in enumerate(mine[acc.process_index :: world]):
-            batch = collate(corpus, rows, pad_id, device)
+            batch = collate_units(corpus, units, rows, pad_id, device)
             sync = j == accum - 1
             with acc.no_sync(lm) if not sync else contextlib.nullcontext():
                 with autocast(device, dtype):
                     nll, _, _ = lm(**batch)
                 acc.backward(nll * (world / step_targets))
             loss_sum += nll.detach().double()
-            tokens_seen += int(batch["attention_mask"].sum())
-            targets_seen += int(targets[rows].sum())
-            samples_seen += len(rows)
+            tokens_seen += int(units.lengths[rows].sum())
+            targets_seen += int(units.targets[rows].sum())
+            samples_seen += int(units.samples[rows].sum())
         if cfg.max_grad_norm:
             acc.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
