@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -510,7 +511,8 @@ def evaluate_cmd(
     users: Annotated[int | None, typer.Option(help="evaluate a random sample of this many users (seeded); default all")] = None,
     batch_users: Annotated[int, typer.Option(help="users decoded together")] = 8,
     seed: Annotated[int, typer.Option(help="seed of the user sample")] = 0,
-    out: Annotated[Path | None, typer.Option(help="write metrics.json and per-user rows here")] = None,
+    out: Annotated[Path | None, typer.Option(help="write metrics.json and per-user rows here; the decoded lists are "
+                                                  "kept there as they come, so a killed run resumes when rerun")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
 ) -> None:
     """Evaluate a fine-tuned generative model with constrained beam search through the shared evaluator.
@@ -537,16 +539,21 @@ def evaluate_cmd(
     if users is not None:
         chosen = np.sort(np.random.default_rng(seed).choice(ds.n_users, size=min(users, ds.n_users), replace=False))
     ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=True)
-    dump = None
+    dump, partial, key = None, None, None
     if out is not None:
+        from genrec.artifacts import fingerprint
+
         out.mkdir(parents=True, exist_ok=True)
         dump = out / f"{stage}_users.parquet"
-    res = evaluate_generative(rec, ev, stage, chosen, dump)
+        partial = out / f".partial-{stage}"  # the lists decoded so far: rerun the same command to resume
+        key = {"model": fingerprint(model), "index": fingerprint(index), "data": fingerprint(data), "beams": beams}
+    res = evaluate_generative(rec, ev, stage, chosen, dump, resume_dir=partial, key=key)
     if res is None:  # not rank 0 of a launch
         return
     result = {**res.to_dict(), "beams": beams, "users_sampled": users, "seed": seed, "model": str(model)}
     if out is not None:
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        shutil.rmtree(partial, ignore_errors=True)
     typer.echo(json.dumps(result, indent=2) if as_json else res.table())
 
 

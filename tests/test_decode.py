@@ -140,3 +140,50 @@ def test_shared_prompt_steps_equal_the_per_beam_cache(model, beams, k):
     slow = beam_search(slow_dec, ps, Trie(items), beams=beams, k=k)
     assert fast.items.tolist() == slow.items.tolist()
     np.testing.assert_allclose(fast.scores, slow.scores, rtol=1e-5, atol=1e-5)
+
+
+class _Ranker:
+    """A stand-in for the generative recommender: a fixed list per user, the calls counted, and a
+    simulated kill after ``die_after`` calls."""
+
+    def __init__(self, n_items: int, die_after: int | None = None):
+        from types import SimpleNamespace
+
+        self.decoder = SimpleNamespace(device=torch.device("cpu"))
+        self.n_items, self.die_after, self.users = n_items, die_after, []
+
+    def rank(self, histories, users, k):
+        if self.die_after is not None and len(self.users) >= self.die_after:
+            raise KeyboardInterrupt("killed")
+        self.users.append([int(u) for u in users])
+        return np.array([[(7 * int(u) + 3 * j) % self.n_items for j in range(k)] for u in users])
+
+
+def test_a_killed_evaluation_resumes_where_it_stopped_with_the_same_result(tmp_path):
+    import json
+
+    from genrec.data.loaders import load_raw
+    from genrec.data.preprocess import PrepareConfig, preprocess
+    from genrec.data.synth import SynthConfig, write
+    from genrec.decode.recommender import evaluate_generative, partial_seconds
+    from genrec.evaluate import Evaluator
+
+    write(SynthConfig(n_users=50, n_items=40, seed=1, mean_length=6), tmp_path / "raw")
+    ds = preprocess(load_raw(tmp_path / "raw"), PrepareConfig(kcore=2))
+    ev = Evaluator(ds, ks=(1, 5, 10), progress=False)
+    whole = evaluate_generative(_Ranker(ds.n_items), ev, "test")
+    partial, key = tmp_path / "partial", {"model": "m1"}
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_generative(_Ranker(ds.n_items, die_after=2), ev, "test", resume_dir=partial, key=key, chunk_users=8)
+    assert partial_seconds(partial, key, "test", 10) >= 0 and len((partial / "part-0.jsonl").read_text().splitlines()) == 2
+    with open(partial / "part-0.jsonl", "a") as f:  # the chunk being written when it was killed
+        f.write('{"users": [1, 2], "ite')
+    again = _Ranker(ds.n_items)
+    res = evaluate_generative(again, ev, "test", resume_dir=partial, key=key, chunk_users=8)
+    decoded = sum(again.users, [])
+    assert len(decoded) == ds.n_users - 16 and not set(decoded) & set(range(16))  # only the users left
+    assert json.dumps(res.metrics, sort_keys=True) == json.dumps(whole.metrics, sort_keys=True)
+    # lists kept for another model are not reused
+    other = _Ranker(ds.n_items)
+    evaluate_generative(other, ev, "test", resume_dir=partial, key={"model": "m2"}, chunk_users=8)
+    assert len(sum(other.users, [])) == ds.n_users and partial_seconds(partial, key, "test", 10) == 0.0

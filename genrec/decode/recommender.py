@@ -99,30 +99,117 @@ class PrecomputedRanker:
 
 
 def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "test", users: np.ndarray | None = None,
-                        dump_path: Path | None = None):
+                        dump_path: Path | None = None, resume_dir: Path | None = None, key: dict | None = None,
+                        chunk_users: int = 256):
     """Evaluate through the shared evaluator. Under a multi-process launch every rank decodes a
     shard of the users, the lists are gathered, and rank 0 evaluates them (same result as one
-    process, its ``seconds`` the wall time of the whole sharded run); the other ranks return None."""
+    process); the other ranks return None.
+
+    With ``resume_dir`` the decoded lists are written there ``chunk_users`` users at a time, so a
+    killed evaluation resumes where it stopped (decoding is deterministic: the result is the one
+    an uninterrupted run gives). ``key`` names what was decoded (model, index, beams, ...); lists
+    kept under another key are discarded. ``seconds`` is the wall time of the decoding over every
+    session plus this session's evaluation."""
     import dataclasses
     import time
 
     from genrec.device import launch_rank
 
-    if launch_rank()[1] == 1:
+    if resume_dir is None and launch_rank()[1] == 1:
         return evaluator.evaluate(rec, stage=stage, dump_path=dump_path, users=users)
     from accelerate import PartialState
     from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
 
     state = PartialState(cpu=rec.decoder.device.type == "cpu")
     start = time.perf_counter()
     split = evaluator.split(stage)
     todo = np.arange(evaluator.dataset.n_users) if users is None else np.asarray(users)
     todo = todo[split.targets[todo] >= 0]
-    mine = todo[state.process_index :: state.num_processes]
     k = max(evaluator.ks)
-    lists = rec.rank([split.histories[u] for u in mine], mine, k) if len(mine) else np.zeros((0, k), np.int64)
-    gathered = gather_object([(int(u), [int(i) for i in row if i >= 0]) for u, row in zip(mine, lists, strict=True)])
+    lists, spent = {}, 0.0
+    if resume_dir is not None:
+        key = _partial_key(key or {}, stage, k, users)
+        if state.is_main_process:
+            partial_open(resume_dir, key)
+        state.wait_for_everyone()
+        lists, spent = partial_read(resume_dir)
+        wanted = set(todo.tolist())
+        lists = {u: x for u, x in lists.items() if u in wanted}
+    left = np.array([u for u in todo if int(u) not in lists], dtype=np.int64)
+    mine = left[state.process_index :: state.num_processes]
+    step = chunk_users if resume_dir is not None else max(1, len(mine))
+    bar = tqdm(total=len(todo), initial=len(lists), unit="user", dynamic_ncols=True,
+               disable=not (evaluator.progress and state.is_main_process and resume_dir is not None))
+    decoded = []
+    for a in range(0, len(mine), step):
+        part = mine[a : a + step]
+        t = time.perf_counter()
+        ranked = rec.rank([split.histories[u] for u in part], part, k)
+        rows = [(int(u), [int(i) for i in row if i >= 0]) for u, row in zip(part, ranked, strict=True)]
+        decoded += rows
+        if resume_dir is not None:
+            partial_append(resume_dir, state.process_index, rows, time.perf_counter() - t)
+        bar.update(len(part) * state.num_processes)
+    bar.close()
+    gathered = gather_object(decoded)
     if not state.is_main_process:
         return None
-    res = evaluator.evaluate(PrecomputedRanker(dict(gathered)), stage=stage, dump_path=dump_path, users=users)
-    return dataclasses.replace(res, seconds=time.perf_counter() - start)
+    lists.update(dict(gathered))
+    res = evaluator.evaluate(PrecomputedRanker(lists), stage=stage, dump_path=dump_path, users=users)
+    return dataclasses.replace(res, seconds=spent + time.perf_counter() - start)
+
+
+def _partial_key(key: dict, stage: str, k: int, users: np.ndarray | None) -> dict:
+    """What a folder of decoded lists holds, as JSON would give it back."""
+    users = None if users is None else [int(u) for u in users]
+    return json.loads(json.dumps({**key, "stage": stage, "k": k, "users": users}, sort_keys=True))
+
+
+def _holds(folder: Path, key: dict) -> bool:
+    kf = Path(folder) / "key.json"
+    try:
+        return kf.is_file() and json.loads(kf.read_text()) == key
+    except json.JSONDecodeError:
+        return False
+
+
+def partial_open(folder: Path, key: dict) -> None:
+    """Make ``folder`` hold decoded lists of ``key``: kept if it already does, emptied otherwise."""
+    import shutil
+
+    if _holds(folder, key):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    Path(folder).mkdir(parents=True)
+    (Path(folder) / "key.json").write_text(json.dumps(key, sort_keys=True))
+
+
+def partial_seconds(folder: Path, key: dict, stage: str, k: int, users: np.ndarray | None = None) -> float:
+    """Decoding seconds already spent on the lists ``folder`` holds for this evaluation (0 if none)."""
+    return partial_read(folder)[1] if _holds(folder, _partial_key(key, stage, k, users)) else 0.0
+
+
+def partial_append(folder: Path, rank: int, rows: list[tuple[int, list[int]]], seconds: float) -> None:
+    """One chunk of decoded lists, appended as one JSON line (a line cut short by a kill is ignored)."""
+    import os
+
+    line = json.dumps({"users": [u for u, _ in rows], "items": [x for _, x in rows], "seconds": round(seconds, 3)})
+    with open(Path(folder) / f"part-{rank}.jsonl", "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def partial_read(folder: Path) -> tuple[dict[int, list[int]], float]:
+    """(user -> decoded list, decoding seconds) of every complete chunk in ``folder``, any rank's."""
+    lists, seconds = {}, 0.0
+    for p in sorted(Path(folder).glob("part-*.jsonl")):
+        for line in p.read_text().splitlines():
+            try:
+                chunk = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the chunk being written when the run was killed
+            lists.update(zip(chunk["users"], chunk["items"], strict=True))
+            seconds += chunk["seconds"]
+    return lists, seconds
