@@ -73,6 +73,7 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
 ORDER = ["ours", "wo-LA", "ED", "neg-1to0", "L3", "L2", "neg-1to1", "neg-1to5", "LC-Rec-style", "TIGER-style", "L1", "L5",
          "neg-1to2", "neg-1to4", "ours-seed1"]
 assert sorted(ORDER) == sorted(VARIANTS)
+FULL = "ours-135M-full-budget"  # the light copy of runs/scientific once it is evaluated
 
 
 def seed(run: Path, stages: list[str]) -> None:
@@ -154,12 +155,18 @@ def pipeline_walls() -> list[str]:
     import json
 
     rows = ["| stage | wall time | source |", "|---|---|---|"]
-    for stage in ("data", "cf/dccf", "index", "tasks"):
+    for stage in ("data", "cf/dccf", "index", "tasks", "model", "evaluate"):
         m = BASE / stage / "manifest.json"
         if m.is_file():
-            rows.append(f"| {stage} | {json.loads(m.read_text())['wall_seconds']:,.0f} s | runs/scientific/{stage}/manifest.json |")
+            m = json.loads(m.read_text())
+            label = {"model": f"train (SmolLM2-135M LoRA, {m['metrics'].get('epochs', '?')} epoch(s), "
+                              f"{m['metrics'].get('sessions', 1)} session(s))",
+                     "evaluate": f"evaluate (beam search, {m['metrics']['test']['n_users']:,} test users)"
+                     if "test" in m.get("metrics", {}) else "evaluate"}.get(stage, stage)
+            rows.append(f"| {label} | {m['wall_seconds']:,.0f} s ({m['wall_seconds'] / 3600:.1f} h) | "
+                        f"runs/scientific/{stage}/manifest.json |")
     ft = ROOT / "benchmarks" / "results" / "finetune-scientific.json"  # per-session step times: finetune_report.py
-    if ft.is_file():
+    if ft.is_file() and not (BASE / "model" / "manifest.json").is_file():
         f = json.loads(ft.read_text())
         rows.append(f"| train (SmolLM2-135M LoRA, 1 epoch = {f['steps_per_epoch']:,} steps) | {f['seconds_per_step']:.0f} s/step "
                     f"in its latest session: {f['seconds_per_epoch'] / 3600:.1f} h per epoch at that rate; "
@@ -185,7 +192,10 @@ negative-sampling ratio (`neg-1toN`: N negative-behaviour samples per user seque
 sequential samples, no negatives). TIGER-style: an encoder-decoder from scratch on ours' codes,
 trained like the classic baselines (early stopping on validation NDCG@10, at most 12 epochs).
 `ours-seed1` is ours with another training seed (initial weights and batch order; the same
-corpus): the gap between the two is the run-to-run spread the other differences compare with.
+corpus): the gap between the two is the run-to-run spread the other differences compare with
+(the sweeps plot the mean of the two at L=4 and 1:3). `ours-135M-full-budget`, once evaluated,
+is runs/scientific: configs/scientific.yaml as it is, the default backbone (SmolLM2-135M) with
+LoRA for one epoch of ours' corpus.
 Note that with a backbone trained from scratch, LLM alignment of the index cannot help the
 backbone read the codes (its purpose in the paper); here it only shapes which items share codes.
 
@@ -222,7 +232,9 @@ def main() -> None:
             for name, code, secs in pool.map(lambda n: run_variant(n, args.out, keep), names):
                 print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code}, see its run.log)'} in {secs / 60:.1f} min",
                       flush=True)
-    runs = [str(keep / n) for n in ORDER if finished(keep / n)]
+    if finished(BASE) and not finished(keep / FULL):  # ours with the full budget: the default backbone's run
+        keep_light(BASE, keep / FULL)
+    runs = [str(keep / n) for n in [*ORDER, FULL] if finished(keep / n)]
     missing = [n for n in ORDER if not finished(keep / n)]
     args.report.mkdir(parents=True, exist_ok=True)
     notes = NOTES + "\n".join(pipeline_walls()) + "\n"

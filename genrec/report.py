@@ -37,6 +37,7 @@ class Run:
     index: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    train_config: dict = field(default_factory=dict)
     log: list[dict] = field(default_factory=list)
     walls: dict[str, float] = field(default_factory=dict)
 
@@ -50,14 +51,16 @@ class Run:
         return tasks.get("negatives_per_positive", 3) if self.tasks else None
 
     def settings_but(self, key: str) -> str:
-        """The index and task settings except ``key`` (levels or negatives): runs that agree on it
-        form one sweep over ``key``."""
+        """The index, task and training settings except ``key`` (levels or negatives) and the
+        training seed: runs that agree on them form one sweep over ``key`` (runs that differ only
+        in the seed are repeats of one point)."""
         index_cfg, tasks_cfg = dict(self.index.get("config") or {}), dict(self.tasks.get("tasks") or {})
         if key == "levels":
             index_cfg.pop("levels", None)
         else:
             tasks_cfg.pop("negatives_per_positive", None)
-        return json.dumps([{**self.index, "config": index_cfg}, {**self.tasks, "tasks": tasks_cfg}], sort_keys=True)
+        train = {k: v for k, v in self.train_config.items() if k != "seed"}
+        return json.dumps([{**self.index, "config": index_cfg}, {**self.tasks, "tasks": tasks_cfg}, train], sort_keys=True)
 
 
 def _json(path: Path) -> dict:
@@ -81,6 +84,7 @@ def read_run(path: str | Path) -> Run:
     run.index = index["config"] if index else {}  # method, config (levels, ...)
     run.tasks = tasks["config"] if tasks else {}  # tasks (negatives_per_positive, ...)
     run.train = model.get("metrics", {}) if model else {}  # steps, losses
+    run.train_config = (model.get("config") or {}).get("train", {}) if model else {}
     if (path / "model" / "log.jsonl").is_file():
         run.log = [json.loads(x) for x in (path / "model" / "log.jsonl").read_text().splitlines() if x.strip()]
     for m_path in sorted(path.glob("*/manifest.json")) + sorted(path.glob("*/*/manifest.json")):
@@ -166,17 +170,15 @@ def _plot_against(runs: list[Run], key: str, xlabel: str, fname: str, out: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[Run]] = {}
-    for r in runs:
-        if r.ours is not None and getattr(r, key) is not None:
-            groups.setdefault(r.settings_but(key), []).append(r)
-    sweep = max(groups.values(), key=lambda g: len({getattr(r, key) for r in g}), default=[])
-    pts = sorted(((getattr(r, key), r.ours) for r in sweep), key=lambda p: p[0])
-    if len({x for x, _ in pts}) < 2:
+    sweep, pts = sweep_points(runs, key)
+    if len(pts) < 2:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for c in ("HR@10", "NDCG@10"):
-        ax.plot([x for x, _ in pts], [m[c] for _, m in pts], "o-", label=c)
+        line = ax.plot([x for x, _, _ in pts], [m[c] for _, m, _ in pts], "o-", label=c)[0]
+        repeats = [(getattr(r, key), r.ours[c]) for r in sweep]
+        if len(repeats) > len(pts):  # every run of a repeated point, around the mean the line goes through
+            ax.plot([x for x, _ in repeats], [y for _, y in repeats], "x", color=line.get_color(), alpha=0.6)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test metric")
     ax.legend()
@@ -184,9 +186,27 @@ def _plot_against(runs: list[Run], key: str, xlabel: str, fname: str, out: Path)
     fig.savefig(out / fname, dpi=120)
     plt.close(fig)
     rows = [f"| {xlabel} | run | HR@10 | NDCG@10 |", "|---|---|---|---|"]
-    rows += [f"| {getattr(r, key)} | {r.name} | {r.ours['HR@10']:.4f} | {r.ours['NDCG@10']:.4f} |"
-             for r in sorted(sweep, key=lambda r: getattr(r, key))]
+    for x, mean, group in pts:
+        rows += [f"| {x} | {r.name} | {r.ours['HR@10']:.4f} | {r.ours['NDCG@10']:.4f} |" for r in group]
+        if len(group) > 1:
+            rows.append(f"| {x} | mean of the {len(group)} runs above (the plotted point) | {mean['HR@10']:.4f} | "
+                        f"{mean['NDCG@10']:.4f} |")
     return fname, rows
+
+
+def sweep_points(runs: list[Run], key: str) -> tuple[list[Run], list[tuple[object, dict, list[Run]]]]:
+    """(runs, points) of the largest sweep over ``key``: runs that differ only in it (and in the
+    training seed). A point is (value, mean HR@10 / NDCG@10 over its runs, its runs), by value."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.ours is not None and getattr(r, key) is not None:
+            groups.setdefault(r.settings_but(key), []).append(r)
+    sweep = max(groups.values(), key=lambda g: len({getattr(r, key) for r in g}), default=[])
+    by_x: dict[object, list[Run]] = {}
+    for r in sweep:
+        by_x.setdefault(getattr(r, key), []).append(r)
+    pts = [(x, {c: sum(r.ours[c] for r in g) / len(g) for c in ("HR@10", "NDCG@10")}, g) for x, g in sorted(by_x.items())]
+    return sweep, pts
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "genrec report", notes: str = "",

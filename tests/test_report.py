@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 
-def fake_run(root: Path, name: str, levels: int, negatives: int, ours: dict, pop: dict) -> Path:
+def fake_run(root: Path, name: str, levels: int, negatives: int, ours: dict, pop: dict, train: dict | None = None) -> Path:
     run = root / name
     for stage, config in (("data", {}), ("index", {"method": "alignment", "config": {"levels": levels}}),
-                          ("tasks", {"tasks": {"negatives_per_positive": negatives}}), ("model", {"train": {}})):
+                          ("tasks", {"tasks": {"negatives_per_positive": negatives}}), ("model", {"train": train or {}})):
         (run / stage).mkdir(parents=True)
         metrics = {"steps": 10, "final_train_loss": 2.5, "val_loss": 3.0, "seconds_this_session": 12.0} if stage == "model" else {}
         (run / stage / "manifest.json").write_text(json.dumps({"config": config, "metrics": metrics, "wall_seconds": 1.5}))
@@ -76,3 +76,16 @@ def test_sweeps_hold_only_runs_that_differ_in_the_swept_setting_and_baselines_co
     assert "| improvement of the best of ours over the best baseline | -20.0% |" in text
     code, _, err = cli("report", *runs, "--out", tmp_path / "rep2", "--baselines", tmp_path / "b.json", "--dataset", "nope")
     assert code == 2 and "no rows of dataset 'nope'" in err
+
+
+def test_runs_that_differ_only_in_the_seed_are_one_point_and_another_budget_is_another_sweep(tmp_path, cli):
+    runs = [fake_run(tmp_path, "L2", 2, 3, metrics(0.02), metrics(0.01)),
+            fake_run(tmp_path, "L4", 4, 3, metrics(0.04), metrics(0.01)),
+            fake_run(tmp_path, "L4-seed1", 4, 3, metrics(0.01), metrics(0.01), {"seed": 1}),
+            fake_run(tmp_path, "L4-big", 4, 3, metrics(0.09), metrics(0.01), {"backbone": "default", "epochs": 1})]
+    code, _, err = cli("report", *runs, "--out", tmp_path / "rep")
+    assert code == 0, err
+    codebooks = (tmp_path / "rep" / "report.md").read_text().split("## Metrics against the number of codebooks")[1].split("##")[0]
+    # L=4 is the mean of L4 and L4-seed1: HR@10 (0.12 + 0.03) / 2, NDCG@10 (0.06 + 0.015) / 2
+    assert "| 4 | mean of the 2 runs above (the plotted point) | 0.0750 | 0.0375 |" in codebooks
+    assert "| 4 | L4-seed1 | 0.0300 | 0.0150 |" in codebooks and "L4-big" not in codebooks
