@@ -16,13 +16,14 @@ full cross-entropy; its item embedding table without the padding row).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from genrec.artifacts import StageResult, run_stage
+from genrec.artifacts import StageResult, config_hash, fingerprint, run_stage
 
 #: model name -> (module, class) of its NeuralBaseline, imported on use
 EMBEDDING_MODELS: dict[str, tuple[str, str]] = {
@@ -68,6 +69,9 @@ def train_embeddings(
     train = dict(train or {})
     model_config = {**(config or {}), "dim": int(dim)}
     stage_config = {"model": name, "dim": int(dim), "seed": int(seed), "train": train, "config": model_config}
+    # checkpoints next to the stage folder, keyed by config and data: a killed stage resumes
+    out_folder = Path(out_folder)
+    ckpt = out_folder.parent / f".ckpt-{out_folder.name}-{config_hash(stage_config, {'data': fingerprint(data_folder)})[:12]}"
 
     def build(tmp: Path) -> dict:
         import importlib
@@ -86,7 +90,7 @@ def train_embeddings(
                 log(line)
 
         model = cls(model_config, train)
-        fit_info = model.fit(ds, seed=seed, log=keep)
+        fit_info = model.fit(ds, seed=seed, log=keep, checkpoint_dir=ckpt)
         emb = item_embedding_matrix(name, model)
         if emb.shape != (ds.n_items, dim):
             raise RuntimeError(f"{name}: item embeddings have shape {emb.shape}, expected {(ds.n_items, dim)}")
@@ -106,4 +110,6 @@ def train_embeddings(
             "dim": int(dim),
         }
 
-    return run_stage(out_folder, f"cf:{name}", stage_config, {"data": data_folder}, build, force)
+    res = run_stage(out_folder, f"cf:{name}", stage_config, {"data": data_folder}, build, force)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return res
