@@ -10,7 +10,9 @@ Tasks, each with several paraphrased templates:
 
 - ``seq``: history items in order -> next item (the recommendation task itself);
 - ``neg``: history -> an item the user is unlikely to want (a random item the user never
-  interacted with), ``negatives_per_positive`` per sequential sample (the paper's best 1:3-1:4);
+  interacted with), ``negatives_per_positive`` per sequential sample (the paper's best 1:3-1:4),
+  the negatives of one history under one template (``negative_prompts``), so the trainer can
+  compute their shared prompt once;
 - ``title2item`` / ``item2title``: an item's title and description -> its codes, and back;
 - ``query``: a user's review of an item -> the item (``query-review``), or, where the data has no
   reviews, a query built from the item's attributes (``query-attr``, labelled as such).
