@@ -159,11 +159,13 @@ def pipeline_walls() -> list[str]:
         m = BASE / stage / "manifest.json"
         if m.is_file():
             m = json.loads(m.read_text())
-            label = {"model": f"train (SmolLM2-135M LoRA, {m['metrics'].get('epochs', '?')} epoch(s), "
-                              f"{m['metrics'].get('sessions', 1)} session(s))",
-                     "evaluate": f"evaluate (beam search, {m['metrics']['test']['n_users']:,} test users)"
-                     if "test" in m.get("metrics", {}) else "evaluate"}.get(stage, stage)
-            rows.append(f"| {label} | {m['wall_seconds']:,.0f} s ({m['wall_seconds'] / 3600:.1f} h) | "
+            fit, label = m.get("metrics", {}), stage
+            if stage == "model":
+                label = f"train (SmolLM2-135M LoRA, {fit.get('epochs', '?')} epoch(s), {fit.get('sessions', 1)} session(s))"
+            elif stage == "evaluate":
+                label = f"evaluate (beam search, {fit['test']['n_users']:,} test users)"
+            wall = m["wall_seconds"]
+            rows.append(f"| {label} | {wall:,.0f} s{f' ({wall / 3600:.1f} h)' if wall >= 3600 else ''} | "
                         f"runs/scientific/{stage}/manifest.json |")
     ft = ROOT / "benchmarks" / "results" / "finetune-scientific.json"  # per-session step times: finetune_report.py
     if ft.is_file() and not (BASE / "model" / "manifest.json").is_file():
