@@ -176,9 +176,10 @@ def _plot_against(runs: list[Run], key: str, xlabel: str, fname: str, out: Path)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for c in ("HR@10", "NDCG@10"):
         line = ax.plot([x for x, _, _ in pts], [m[c] for _, m, _ in pts], "o-", label=c)[0]
-        repeats = [(getattr(r, key), r.ours[c]) for r in sweep]
-        if len(repeats) > len(pts):  # every run of a repeated point, around the mean the line goes through
+        repeats = [(x, r.ours[c]) for x, _, group in pts if len(group) > 1 for r in group]
+        if repeats:  # every run of a repeated point, around the mean the line goes through
             ax.plot([x for x, _ in repeats], [y for _, y in repeats], "x", color=line.get_color(), alpha=0.6)
+    ax.set_xticks([x for x, _, _ in pts])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test metric")
     ax.legend()
