@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._child import report, run_child  # noqa: E402
 from benchmarks._machine import describe, machine  # noqa: E402
 
 
@@ -69,18 +69,14 @@ def child(args) -> None:
          "steps": m["steps"], "train_seconds": m["seconds_this_session"], "wall_seconds": round(seconds, 1),
          "final_loss": m["final_train_loss"],
          "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    print("RESULT " + json.dumps(r), flush=True)
+    report(r)
 
 
 def spawn(which: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--run", str(args.run), "--users", str(args.users),
+    cmd = [__file__, "--child", which, "--run", str(args.run), "--users", str(args.users),
            "--seed", str(args.seed), "--backbone", args.backbone, "--batch", str(args.batch),
            "--batch-tokens", str(args.batch_tokens)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"{which} failed:\n{proc.stderr[-4000:]}")
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = run_child(cmd, which)
     r["target_tokens_per_s"] = round(r["target_tokens"] / r["train_seconds"], 2)
     print(f"{which:<7} {r['samples']} samples as {r['units']} rows, {r['tokens']:,} tokens, {r['steps']} steps in "
           f"{r['train_seconds']:.1f}s: {r['target_tokens_per_s']:.1f} target tokens/s, peak {r['peak_mem_mb']:.0f} MB",

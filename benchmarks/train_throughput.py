@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._child import report, run_child  # noqa: E402
 from benchmarks._machine import describe, machine  # noqa: E402
 
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.0,
@@ -132,18 +132,14 @@ def child(args) -> None:
         form = "packed" if args.which == "ours" else "unpacked"
         r = run_ours(args.corpus, args.users, args.seed, args.dtype, args.lr, args.batch, args.batch_tokens, form)
     r["peak_mem_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print("RESULT " + json.dumps(r), flush=True)
+    report(r)
 
 
 def spawn(which: str, corpus: Path, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", which, "--corpus", str(corpus), "--users", str(args.users),
+    cmd = [__file__, "--child", which, "--corpus", str(corpus), "--users", str(args.users),
            "--seed", str(args.seed), "--dtype", args.dtype, "--lr", str(args.lr), "--batch", str(args.batch),
            "--batch-tokens", str(args.batch_tokens)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.exit(f"{which} failed:\n{proc.stderr[-4000:]}")
-    r = json.loads(lines[-1][len("RESULT ") :])
+    r = run_child(cmd, which)
     r["tokens_per_s"] = round(r["tokens"] / r["seconds"], 1)
     r["target_tokens_per_s"] = round(r["target_tokens"] / r["seconds"], 2)
     r["samples_per_s"] = round(r["samples"] / r["seconds"], 3)
