@@ -252,6 +252,13 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
     assert sharded["n_users"] == result["n_users"]
     for key, value in result["metrics"].items():
         assert sharded["metrics"][key] == pytest.approx(value, abs=1e-9), key
+    # sharded with --out: each rank keeps its decoded lists as it goes; the same metrics, and the lists go at the end
+    proc = launch_two("evaluate", "--model", tmp_path / "m", "--index", root / "index", "--data", root / "data",
+                      "--beams", "5", "--json", "--out", tmp_path / "eval2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kept = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert kept["metrics"] == pytest.approx(result["metrics"], abs=1e-9)
+    assert not (tmp_path / "eval2" / ".partial-test").exists()
 
     rec = GenerativeRecommender.load(tmp_path / "m", root / "index", beams=ds.n_items, device="cpu")
     split = ds.eval_split("test")
