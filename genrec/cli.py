@@ -546,7 +546,8 @@ def evaluate_cmd(
         out.mkdir(parents=True, exist_ok=True)
         dump = out / f"{stage}_users.parquet"
         partial = out / f".partial-{stage}"  # the lists decoded so far: rerun the same command to resume
-        key = {"model": fingerprint(model), "index": fingerprint(index), "data": fingerprint(data), "beams": beams}
+        key = {"model": fingerprint(model), "index": fingerprint(index), "data": fingerprint(data), "beams": beams,
+               "users": users, "seed": seed}
     res = evaluate_generative(rec, ev, stage, chosen, dump, resume_dir=partial, key=key)
     if res is None:  # not rank 0 of a launch
         return

@@ -203,21 +203,21 @@ def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress:
     config = {"decode": dec.model_dump(), "evaluate": cfg.evaluate.model_dump(), "seed": cfg.seed}
     inputs = {"model": run_dir / "model", "index": run_dir / "index", "data": run_dir / "data"}
     partial = run_dir / ".evaluate-partial"  # the lists decoded so far: a killed evaluation resumes
-    key = {"config": config, "inputs": {k: fingerprint(v) for k, v in inputs.items()}}
-    ds = Dataset.load(run_dir / "data")
-    users = None
-    if dec.users is not None:
-        users = np.sort(np.random.default_rng(cfg.seed).choice(ds.n_users, size=min(dec.users, ds.n_users), replace=False))
+    key = {"config": config, "inputs": {k: fingerprint(v) for k, v in inputs.items()}}  # config holds the user sample
 
     def build(tmp: Path) -> dict:
+        ds = Dataset.load(run_dir / "data")
         rec = GenerativeRecommender.load(run_dir / "model", run_dir / "index", beams=dec.beams, batch_users=dec.batch_users)
+        users = None
+        if dec.users is not None:
+            users = np.sort(np.random.default_rng(cfg.seed).choice(ds.n_users, size=min(dec.users, ds.n_users), replace=False))
         ev = Evaluator(ds, ks=tuple(cfg.evaluate.ks), mask_history=cfg.evaluate.mask_history, progress=progress)
         res = evaluate_generative(rec, ev, "test", users, tmp / "test_users.parquet", resume_dir=partial, key=key)
         out = {"test": res.to_dict(), "beams": dec.beams, "users_sampled": dec.users}
         (tmp / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True))
         return out
 
-    spent = partial_seconds(partial, key, "test", max(cfg.evaluate.ks), users)
+    spent = partial_seconds(partial, key, "test", max(cfg.evaluate.ks))
     res = run_stage(run_dir / "evaluate", "evaluate", config, inputs, build, force, spent=spent)
     shutil.rmtree(partial, ignore_errors=True)
     return res

@@ -107,8 +107,8 @@ def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "tes
 
     With ``resume_dir`` the decoded lists are written there ``chunk_users`` users at a time, so a
     killed evaluation resumes where it stopped (decoding is deterministic: the result is the one
-    an uninterrupted run gives). ``key`` names what was decoded (model, index, beams, ...); lists
-    kept under another key are discarded. ``seconds`` is the wall time of the decoding over every
+    an uninterrupted run gives). ``key`` names what was decoded (model, index, beams, the user
+    sample, ...); lists kept under another key are discarded. ``seconds`` is the wall time of the decoding over every
     session plus this session's evaluation."""
     import dataclasses
     import time
@@ -129,7 +129,7 @@ def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "tes
     k = max(evaluator.ks)
     lists, spent = {}, 0.0
     if resume_dir is not None:
-        key = _partial_key(key or {}, stage, k, users)
+        key = _partial_key(key or {}, stage, k)
         if state.is_main_process:
             partial_open(resume_dir, key)
         state.wait_for_everyone()
@@ -160,10 +160,10 @@ def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "tes
     return dataclasses.replace(res, seconds=spent + time.perf_counter() - start)
 
 
-def _partial_key(key: dict, stage: str, k: int, users: np.ndarray | None) -> dict:
-    """What a folder of decoded lists holds, as JSON would give it back."""
-    users = None if users is None else [int(u) for u in users]
-    return json.loads(json.dumps({**key, "stage": stage, "k": k, "users": users}, sort_keys=True))
+def _partial_key(key: dict, stage: str, k: int) -> dict:
+    """What a folder of decoded lists holds, as JSON would give it back. A user's list depends on
+    the model and settings only, so lists kept for one set of users serve any other set."""
+    return json.loads(json.dumps({**key, "stage": stage, "k": k}, sort_keys=True))
 
 
 def _holds(folder: Path, key: dict) -> bool:
@@ -185,9 +185,9 @@ def partial_open(folder: Path, key: dict) -> None:
     (Path(folder) / "key.json").write_text(json.dumps(key, sort_keys=True))
 
 
-def partial_seconds(folder: Path, key: dict, stage: str, k: int, users: np.ndarray | None = None) -> float:
+def partial_seconds(folder: Path, key: dict, stage: str, k: int) -> float:
     """Decoding seconds already spent on the lists ``folder`` holds for this evaluation (0 if none)."""
-    return partial_read(folder)[1] if _holds(folder, _partial_key(key, stage, k, users)) else 0.0
+    return partial_read(folder)[1] if _holds(folder, _partial_key(key, stage, k)) else 0.0
 
 
 def partial_append(folder: Path, rank: int, rows: list[tuple[int, list[int]]], seconds: float) -> None:

@@ -83,17 +83,12 @@ class Units:
     def __init__(self, corpus: Corpus, share: bool = True, max_tokens: int | None = None):
         lengths, targets = corpus.lengths, corpus.n_targets
         first = np.zeros(len(corpus), dtype=np.int64)  # tokens before each sample's first target token
-        if share and len(corpus):
-            starts = corpus.offsets[:-1]
-            hits = np.flatnonzero(corpus.mask)
-            at = np.searchsorted(hits, starts)  # the first target token at or after each sample's start
-            ok = at < len(hits)
-            first[ok] = np.minimum(hits[np.minimum(at, len(hits) - 1)][ok] - starts[ok], lengths[ok])
         groups: dict[bytes, list[int]] = {}
         for r in range(len(corpus)):
-            a = int(corpus.offsets[r])
-            shared = share and 0 < first[r] < lengths[r]
-            key = corpus.ids[a : a + first[r]].tobytes() if shared else r.to_bytes(8, "little") + b"#"
+            x, m = corpus.sample(r)
+            first[r] = int(np.argmax(m))
+            shared = share and first[r] > 0 and m[first[r]]
+            key = x[: first[r]].tobytes() if shared else r.to_bytes(8, "little") + b"#"
             groups.setdefault(key, []).append(r)
         self.groups: list[np.ndarray] = []
         self.prompt: list[int] = []
@@ -136,6 +131,7 @@ def collate(corpus: Corpus, rows: np.ndarray, pad_id: int, device: torch.device)
         "target_mask": torch.from_numpy(tgt).to(device),
     }
 
+
 def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The micro-batch of some units. A batch of single samples is :func:`collate`'s. A batch with a
     shared prompt lays each unit out as prompt, then every branch, with a 4D attention mask
@@ -143,7 +139,7 @@ def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int,
     causally to itself), the positions each token has in its own sample, and ``pred_from``: the
     position whose hidden state predicts each token (a branch's first token is predicted from
     the prompt's last one)."""
-    if all(units.prompt[int(u)] == 0 and len(units.groups[int(u)]) == 1 for u in picked):
+    if all(units.prompt[int(u)] == 0 for u in picked):  # single samples only
         return collate(corpus, np.array([units.groups[int(u)][0] for u in picked]), pad_id, device)
     n = int(units.lengths[picked].max())
     ids = np.full((len(picked), n), pad_id, dtype=np.int64)
