@@ -234,7 +234,8 @@ def main() -> None:
             for name, code, secs in pool.map(lambda n: run_variant(n, args.out, keep), names):
                 print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code}, see its run.log)'} in {secs / 60:.1f} min",
                       flush=True)
-    if finished(BASE) and not finished(keep / FULL):  # ours with the full budget: the default backbone's run
+    # ours with the full budget: the default backbone's run, once its own evaluation (not only its Pop row) exists
+    if (BASE / "evaluate" / "metrics.json").is_file() and not finished(keep / FULL):
         keep_light(BASE, keep / FULL)
     runs = [str(keep / n) for n in [*ORDER, FULL] if finished(keep / n)]
     missing = [n for n in ORDER if not finished(keep / n)]

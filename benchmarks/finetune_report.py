@@ -123,7 +123,8 @@ def main() -> None:
              f"- train loss: {result['first_loss']} at step 1 -> {result['last_loss']} at step {steps_done}",
              f"- time: {result['seconds_per_step']} s per optimizer step in the latest session, so about {result['seconds_per_epoch']:,.0f} s "
              f"({(result['seconds_per_epoch'] or 0) / 3600:.1f} h) per epoch on this machine at that rate; {result['tokens_per_s']} tokens/s; "
-             f"{result['seconds_per_step_mean']} s per step over every session ({train_seconds / 3600:.1f} h of wall time so far)",
+             f"{result['seconds_per_step_mean']} s per step over every session ({train_seconds / 3600:.1f} h of training wall time "
+             f"{'in all' if state == 'finished' else 'so far'})",
              "- time per step, session by session (how many other jobs shared the cores changed between them): "
              + ", ".join(f"steps {p['first_step']}-{p['last_step']}: {p['seconds_per_step']} s" for p in parts),
              f"- peak memory: {result['peak_mem_mb']} MB" if result["peak_mem_mb"] else
