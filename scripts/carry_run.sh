@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Carry a long run between sessions on machines that keep only the git checkout.
-#   scripts/carry_run.sh save    runs/scientific   # copy cf, index and checkpoints into carry/
+#   scripts/carry_run.sh save    runs/scientific   # copy cf, index, a finished LoRA model, checkpoints
+#                                                   # and a partial evaluation's lists into carry/
 #   scripts/carry_run.sh restore runs/scientific   # copy them back; `genrec train --config ...` then resumes
 # Stage fingerprints are content hashes of configs and inputs, so restored stages are "up to date"
 # and the checkpoint folder keeps its name. The corpus (tasks) is rebuilt, deterministically.
@@ -11,7 +12,9 @@ case "$what" in
   save)
     rm -rf "$store.tmp" && mkdir -p "$store.tmp"
     # data is not carried: it is derived from ../shared/data and rebuilt identically (same fingerprint)
-    for d in cf index; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
+    for d in cf index .evaluate-partial; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
+    # a finished fine-tune when it is small (LoRA and the code-token rows), not a fully trained backbone
+    if [ -f "$run/model/manifest.json" ] && [ "$(du -sm "$run/model" | cut -f1)" -le 50 ]; then cp -r "$run/model" "$store.tmp/"; fi
     # every checkpoint folder of an unfinished stage (fine-tuning, neural baselines), at its relative path
     (cd "$run" && find . -maxdepth 2 -type d -name '.ckpt-*') | while read -r c; do
       mkdir -p "$store.tmp/$(dirname "$c")" && cp -r "$run/$c" "$store.tmp/$c"
