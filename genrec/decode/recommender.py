@@ -161,8 +161,9 @@ def evaluate_generative(rec: GenerativeRecommender, evaluator, stage: str = "tes
 
 
 def _partial_key(key: dict, stage: str, k: int) -> dict:
-    """What a folder of decoded lists holds, as JSON would give it back. A user's list depends on
-    the model and settings only, so lists kept for one set of users serve any other set."""
+    """What a folder of decoded lists holds, as JSON would give it back. The callers' keys name the
+    user sample too, so the seconds a folder records are those of this evaluation's users only;
+    under a key without it, lists of users not asked for are skipped on reading."""
     return json.loads(json.dumps({**key, "stage": stage, "k": k}, sort_keys=True))
 
 
