@@ -74,6 +74,7 @@ ORDER = ["ours", "wo-LA", "ED", "neg-1to0", "L3", "L2", "neg-1to1", "neg-1to5", 
          "neg-1to2", "neg-1to4", "ours-seed1"]
 assert sorted(ORDER) == sorted(VARIANTS)
 FULL = "ours-135M-full-budget"  # the light copy of runs/scientific once it is evaluated
+FULL_BUDGET = "configs/scientific.yaml as it is: SmolLM2-135M, LoRA r=8 + code-token rows, lr 1e-3, 1 epoch (1,491 steps)"
 
 
 def seed(run: Path, stages: list[str]) -> None:
@@ -144,8 +145,10 @@ def write_json(runs: list[str], path: Path) -> None:
     for folder in runs:
         run = read_run(folder)
         metrics = run.ours if run.ours is not None else next(iter(run.baselines.values()))
+        budget = ("TIGER-style: early stopping, at most 12 epochs" if run.ours is None
+                  else FULL_BUDGET if Path(folder).name == FULL else " ".join(BUDGET))
         rows.append({"dataset": "scientific", "method": run.name, **{c: round(metrics[c], 4) for c in COLS},
-                     "budget": "TIGER-style: early stopping, at most 12 epochs" if run.ours is None else " ".join(BUDGET)})
+                     "budget": budget})
     path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
@@ -154,20 +157,29 @@ def pipeline_walls() -> list[str]:
     fine-tune report (the full-budget run: SmolLM2-135M, LoRA, all tasks)."""
     import json
 
-    rows = ["| stage | wall time | source |", "|---|---|---|"]
+    def hours(wall: float) -> str:
+        return f"{wall:,.0f} s{f' ({wall / 3600:.1f} h)' if wall >= 3600 else ''}"
+
+    rows, total = ["| stage | wall time | source |", "|---|---|---|"], 0.0
+    ft = ROOT / "benchmarks" / "results" / "finetune-scientific.json"  # per-session step times: finetune_report.py
     for stage in ("data", "cf/dccf", "index", "tasks", "model", "evaluate"):
         m = BASE / stage / "manifest.json"
         if m.is_file():
             m = json.loads(m.read_text())
-            fit, label = m.get("metrics", {}), stage
+            fit, label, source = m.get("metrics", {}), stage, f"runs/scientific/{stage}/manifest.json"
             if stage == "model":
-                label = f"train (SmolLM2-135M LoRA, {fit.get('epochs', '?')} epoch(s), {fit.get('sessions', 1)} session(s))"
+                label = f"train (SmolLM2-135M LoRA, {fit.get('epochs', '?')} epoch(s), {fit.get('sessions', 1)} process(es))"
+                if ft.is_file():
+                    f = json.loads(ft.read_text())
+                    label += (f"; {f['seconds_per_step']:.1f} s/step in its last session, {f['seconds_per_epoch'] / 3600:.1f} h "
+                              "per epoch at that rate")
+                    source += ", [finetune-scientific.md](../finetune-scientific.md)"
             elif stage == "evaluate":
                 label = f"evaluate (beam search, {fit['test']['n_users']:,} test users)"
-            wall = m["wall_seconds"]
-            rows.append(f"| {label} | {wall:,.0f} s{f' ({wall / 3600:.1f} h)' if wall >= 3600 else ''} | "
-                        f"runs/scientific/{stage}/manifest.json |")
-    ft = ROOT / "benchmarks" / "results" / "finetune-scientific.json"  # per-session step times: finetune_report.py
+            total += m["wall_seconds"]
+            rows.append(f"| {label} | {hours(m['wall_seconds'])} | {source} |")
+    if (BASE / "evaluate" / "manifest.json").is_file():
+        rows.append(f"| the whole pipeline (sum of the stages) | {hours(total)} | the rows above |")
     if ft.is_file() and not (BASE / "model" / "manifest.json").is_file():
         f = json.loads(ft.read_text())
         rows.append(f"| train (SmolLM2-135M LoRA, 1 epoch = {f['steps_per_epoch']:,} steps) | {f['seconds_per_step']:.0f} s/step "
@@ -185,7 +197,7 @@ Llama of width 64 trained from scratch (`train.backbone=random:64x2`, 3.3M param
 SmolLM2 tokenizer, code-only softmax), 3 epochs over the variant's own corpus, lr 3e-3 with
 warm-up and cosine decay, batches of at most 32 samples / 4,096 tokens; decoding with 20 beams.
 The default backbone (SmolLM2-135M) needs many hours per epoch on this machine (table below), so the
-ablations use this reduced budget; the full-budget run is reported separately as it progresses.
+ablations use this reduced budget; ours also has the full budget (`ours-135M-full-budget`, below).
 What changes between variants: the index (ours: behaviour-aligned cascaded codebooks over DCCF
 embeddings with LLM alignment, L=4 x 256; `ED`: an RQ-VAE encoder-decoder over the same
 behaviour embeddings; `wo-LA`: LLM alignment weight 0; `L1`..`L5`: codebook levels), the
@@ -195,9 +207,10 @@ sequential samples, no negatives). TIGER-style: an encoder-decoder from scratch 
 trained like the classic baselines (early stopping on validation NDCG@10, at most 12 epochs).
 `ours-seed1` is ours with another training seed (initial weights and batch order; the same
 corpus): the gap between the two is the run-to-run spread the other differences compare with
-(the sweeps plot the mean of the two at L=4 and 1:3). `ours-135M-full-budget`, once evaluated,
-is runs/scientific: configs/scientific.yaml as it is, the default backbone (SmolLM2-135M) with
-LoRA for one epoch of ours' corpus.
+(the sweeps plot the mean of the two at L=4 and 1:3). `ours-135M-full-budget` is runs/scientific:
+configs/scientific.yaml as it is, the default backbone (SmolLM2-135M) with LoRA (r=8 on every
+projection + trainable code-token rows, lr 1e-3) for one epoch (1,491 steps) of ours' corpus, the
+same index and corpus as `ours`; its training curve is in [../finetune-scientific.md](../finetune-scientific.md).
 Note that with a backbone trained from scratch, LLM alignment of the index cannot help the
 backbone read the codes (its purpose in the paper); here it only shapes which items share codes.
 

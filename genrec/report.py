@@ -137,6 +137,8 @@ def improvement(base: list[tuple[str, dict]], ours: list[tuple[str, dict]]) -> d
 
 
 def _plot_losses(runs: list[Run], out: Path) -> str | None:
+    """Every run's training loss (a thin line) and validation loss (dots on a line, the same colour),
+    one legend entry per run outside the axes, so a dozen runs stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,20 +147,22 @@ def _plot_losses(runs: list[Run], out: Path) -> str | None:
     runs = [r for r in runs if r.log]
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for r in runs:
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, r in enumerate(runs):
+        colour = colours(i % colours.N)
         tr = [(x["step"], x["loss"]) for x in r.log if "loss" in x]
         va = [(x["step"], x["val_loss"]) for x in r.log if "val_loss" in x]
         if tr:
-            ax.plot(*zip(*tr, strict=True), label=f"{r.name} train", lw=1)
+            ax.plot(*zip(*tr, strict=True), color=colour, lw=0.7, alpha=0.45, label=None if va else r.name)
         if va:
-            ax.plot(*zip(*va, strict=True), "o--", label=f"{r.name} validation", ms=3)
+            ax.plot(*zip(*va, strict=True), "o-", color=colour, ms=3, lw=1.2, label=r.name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per target token")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="thin: train; dots: validation",
+              title_fontsize=7, ncol=1 if len(runs) <= 18 else 2)
+    fig.savefig(out / "loss.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return "loss.png"
 
