@@ -547,7 +547,7 @@ def evaluate_cmd(
         dump = out / f"{stage}_users.parquet"
         partial = out / f".partial-{stage}"  # the lists decoded so far: rerun the same command to resume
         key = {"model": fingerprint(model), "index": fingerprint(index), "data": fingerprint(data), "beams": beams,
-               "users": users, "seed": seed}
+               "users": users, "seed": seed if users is not None else None}  # the seed only draws the user sample
     res = evaluate_generative(rec, ev, stage, chosen, dump, resume_dir=partial, key=key)
     if res is None:  # not rank 0 of a launch
         return

@@ -260,6 +260,23 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
     assert kept["metrics"] == pytest.approx(result["metrics"], abs=1e-9)
     assert not (tmp_path / "eval2" / ".partial-test").exists()
 
+    # a rerun takes the lists a killed `--out` run kept whatever its --seed (which only draws a user
+    # sample): kept lists that put every user's test item first must give HR@1 = 1
+    from genrec.artifacts import fingerprint
+    from genrec.decode.recommender import _partial_key, partial_append, partial_open
+
+    split = ds.eval_split("test")
+    key = {"model": fingerprint(tmp_path / "m"), "index": fingerprint(root / "index"), "data": fingerprint(root / "data"),
+           "beams": 5, "users": None, "seed": None}
+    folder = tmp_path / "eval3" / ".partial-test"
+    partial_open(folder, _partial_key(key, "test", 20))
+    users = [u for u in range(ds.n_users) if split.targets[u] >= 0]
+    partial_append(folder, 0, [(u, [int(split.targets[u])]) for u in users], 1.0)
+    code, out, err = cli("evaluate", "--model", tmp_path / "m", "--index", root / "index", "--data", root / "data",
+                         "--beams", "5", "--json", "--seed", "7", "--out", tmp_path / "eval3")
+    assert code == 0, err
+    assert json.loads(out)["metrics"]["HR@1"] == 1.0
+
     rec = GenerativeRecommender.load(tmp_path / "m", root / "index", beams=ds.n_items, device="cpu")
     split = ds.eval_split("test")
     hist = [split.histories[u] for u in (0, 1)]
