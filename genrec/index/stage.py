@@ -130,9 +130,10 @@ def encode_new_item(indexer, row: dict, pos: dict[str, int], taken: set[tuple[in
 
     vec = None
     if row.get("embedding") is not None:
-        vec = np.asarray(row["embedding"], dtype=np.float32)
+        with np.errstate(over="ignore"):  # a number past float32's range becomes inf, refused below
+            vec = np.asarray(row["embedding"], dtype=np.float32)
         if vec.ndim != 1 or not np.isfinite(vec).all():
-            raise ValueError('"embedding" must be a flat list of finite numbers')
+            raise ValueError('"embedding" must be a flat list of finite numbers within float32 range (|x| < 3.4e38)')
     kind = getattr(getattr(indexer, "cfg", None), "input", None)
     if kind is not None:  # RQ-VAE, SemID: one kind of item embedding goes in
         x = vec if kind == "behaviour" else text_embedding()
