@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Carry a long run between sessions on machines that keep only the git checkout.
-#   scripts/carry_run.sh save    runs/scientific   # copy cf, index, a finished LoRA model, checkpoints
+#   scripts/carry_run.sh save    runs/scientific   # copy cf, index, baselines, a finished LoRA model and its
+#                                                   # evaluation, checkpoints
 #                                                   # and a partial evaluation's lists into carry/
 #   scripts/carry_run.sh restore runs/scientific   # copy them back; `genrec train --config ...` then resumes
 # Stage fingerprints are content hashes of configs and inputs, so restored stages are "up to date"
@@ -12,7 +13,7 @@ case "$what" in
   save)
     rm -rf "$store.tmp" && mkdir -p "$store.tmp"
     # data is not carried: it is derived from ../shared/data and rebuilt identically (same fingerprint)
-    for d in cf index .evaluate-partial; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
+    for d in cf index baselines evaluate .evaluate-partial; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
     # a finished fine-tune when it is small (LoRA and the code-token rows), not a fully trained backbone
     if [ -f "$run/model/manifest.json" ] && [ "$(du -sm "$run/model" | cut -f1)" -le 50 ]; then cp -r "$run/model" "$store.tmp/"; fi
     # every checkpoint folder of an unfinished stage (fine-tuning, neural baselines), at its relative path
