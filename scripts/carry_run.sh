@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Carry a long run between sessions on machines that keep only the git checkout.
-#   scripts/carry_run.sh save    runs/scientific   # copy cf, index, baselines, a finished LoRA model and its
-#                                                   # evaluation, checkpoints
-#                                                   # and a partial evaluation's lists into carry/
+#   scripts/carry_run.sh save    runs/scientific   # copy cf, index, baselines, a finished LoRA model, its
+#                                                   # evaluation (or the lists of a partial one) and
+#                                                   # checkpoints into carry/
 #   scripts/carry_run.sh restore runs/scientific   # copy them back; `genrec train --config ...` then resumes
 # Stage fingerprints are content hashes of configs and inputs, so restored stages are "up to date"
 # and the checkpoint folder keeps its name. The corpus (tasks) is rebuilt, deterministically.
