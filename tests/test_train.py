@@ -278,7 +278,6 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
     assert json.loads(out)["metrics"]["HR@1"] == 1.0
 
     rec = GenerativeRecommender.load(tmp_path / "m", root / "index", beams=ds.n_items, device="cpu")
-    split = ds.eval_split("test")
     hist = [split.histories[u] for u in (0, 1)]
     ranked = rec.rank(hist, np.array([0, 1]), k=ds.n_items)
     for h, row in zip(hist, ranked, strict=True):
