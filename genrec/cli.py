@@ -101,10 +101,11 @@ def run_cmd(
 
 def _compare_table(rows: dict[str, dict], ks: list[int]) -> str:
     cols = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks if k > 1] + ["MRR"]
-    head = f"{'test':<12}" + "".join(f"{c:>9}" for c in cols)
+    width = max([12, *(len(n) + 1 for n in rows)])
+    head = f"{'test':<{width}}" + "".join(f"{c:>9}" for c in cols)
     lines = [head, "-" * len(head)]
     for name, m in rows.items():
-        lines.append(f"{name:<12}" + "".join(f"{m.get(c, float('nan')):>9.4f}" for c in cols))
+        lines.append(f"{name:<{width}}" + "".join(f"{m.get(c, float('nan')):>9.4f}" for c in cols))
     return "\n".join(lines)
 
 
@@ -559,6 +560,44 @@ def evaluate_cmd(
 
 
 cache_app = typer.Typer(help="Precomputed top-K per user in a store (SQLite or Redis).", no_args_is_help=True)
+@app.command("rerank")
+def rerank_cmd(
+    base: Annotated[Path, typer.Option(help="a classic model that shortlists: a baseline stage's model folder, "
+                                            "e.g. runs/scientific/baselines/sasrec-ce/model")],
+    model: Annotated[Path, typer.Option(help="the fine-tuned LLM that reorders the shortlist (`genrec train`)")],
+    index: Annotated[Path, typer.Option(help="the item index it was trained on")],
+    data: Annotated[Path, typer.Option(help="prepared dataset folder")],
+    out: Annotated[Path, typer.Option(help="metrics.json goes here; the scored shortlists are kept as they come, "
+                                           "so a killed run resumes when rerun")],
+    candidates: Annotated[int, typer.Option(help="shortlist length (the hard candidates the LLM scores)")] = 20,
+    weight: Annotated[float | None, typer.Option(help="the LLM's weight in [0, 1]; default: the best of 0, 0.1, ..., 1 "
+                                                      "on the validation split")] = None,
+    valid_users: Annotated[int | None, typer.Option(help="pick the weight on a seeded sample of this many validation users")] = None,
+    users: Annotated[int | None, typer.Option(help="evaluate a seeded sample of this many test users; default all")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the user samples")] = 0,
+    batch_users: Annotated[int, typer.Option(help="users scored together")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Filter-then-rerank: the classic model's top candidates reordered by the fine-tuned LLM.
+
+    The fused score is (1 - w) log p_base + w log p_llm over the shortlist; w = 0 is the classic
+    model alone, w = 1 the LLM alone. Under `accelerate launch` the users are shared out between
+    ranks and rank 0 prints the result."""
+    from genrec.decode.rerank import run_rerank
+
+    res = run_rerank(base, model, index, data, out, candidates, valid_users, users, seed, batch_users, weight)
+    if res is None:  # not rank 0 of a launch
+        return
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    t = res["test"]
+    rows = {"classic model alone": t["base"], "LLM alone on its shortlist (w = 1)": t["llm_on_shortlist"],
+            f"fused (w = {res['weight']})": t["fused"]}
+    typer.echo(f"test, {t['users']:,} users, shortlist of {res['candidates']} from {base}:")
+    typer.echo(_compare_table(rows, [1, 5, 10, 20]))
+
+
 app.add_typer(cache_app, name="cache")
 
 

@@ -187,3 +187,26 @@ def test_a_killed_evaluation_resumes_where_it_stopped_with_the_same_result(tmp_p
     other = _Ranker(ds.n_items)
     evaluate_generative(other, ev, "test", resume_dir=partial, key={"model": "m2"}, chunk_users=8)
     assert len(sum(other.users, [])) == ds.n_users and partial_seconds(partial, key, "test", 10) == 0.0
+
+
+@pytest.mark.parametrize("shared_prompt", [True, False])
+def test_scoring_given_sequences_equals_exhaustive_scoring(model, shared_prompt):
+    """Each user's own candidates of different lengths (-1 after the end), prompts of different
+    lengths with a shared prefix: every score is the one-forward-per-sequence log-probability,
+    on the shared-prompt path and on the generic per-slot cache."""
+    from genrec.decode.beam import score_sequences
+
+    rng = np.random.default_rng(11)
+    ps = [[5, 6, 7] + p for p in prompts(4, seed=12)]
+    K, D = 5, 4
+    seqs = np.full((len(ps), K, D), -1, dtype=np.int64)
+    for u in range(len(ps)):
+        for j in range(K):
+            n = int(rng.integers(1, D + 1))
+            seqs[u, j, :n] = rng.integers(3, VOCAB, size=n)
+    dec = Decoder.from_hf(model)
+    dec.shared_prompt = shared_prompt
+    got = score_sequences(dec, ps, seqs)
+    for u, p in enumerate(ps):
+        ref = exhaustive(model, p, [[int(t) for t in row if t >= 0] for row in seqs[u]])
+        np.testing.assert_allclose(got[u], ref, rtol=1e-4, atol=1e-4)

@@ -292,6 +292,51 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
         assert row.tolist() == np.argsort(-np.array(scores), kind="stable").tolist()
 
 
+def test_rerank_scores_a_classic_shortlist_with_the_trained_llm(setup, tiny_backbone, tmp_path, cli):
+    """`genrec rerank`: Pop shortlists, the trained LLM's scores of the shortlist are its
+    teacher-forced log-probabilities, the classic row is Pop through the evaluator, and w = 1 is
+    the shortlist ordered by the LLM's scores."""
+    from genrec.baselines import Pop
+    from genrec.decode.recommender import GenerativeRecommender, PrecomputedRanker
+    from genrec.decode.rerank import WEIGHTS, Shortlists
+    from genrec.evaluate import Evaluator
+
+    root, ds, index = setup
+    code, _, err = cli("train", "--corpus", root / "corpus", "--out", tmp_path / "m", "--set", "max_steps=3", "--no-progress")
+    assert code == 0, err
+    pop = Pop()
+    pop.fit(ds)
+    pop.save(tmp_path / "pop")
+    args = ["--base", tmp_path / "pop", "--model", tmp_path / "m", "--index", root / "index", "--data", root / "data",
+            "--candidates", "5", "--out", tmp_path / "rr", "--json"]
+    code, out, err = cli("rerank", *args)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["weight"] in WEIGHTS and len(res["valid"]["by_weight"]) == len(WEIGHTS)
+    ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=False)
+    assert res["test"]["base"] == pytest.approx(ev.evaluate(pop, stage="test").metrics)
+
+    short = Shortlists.load(tmp_path / "rr" / ".shortlists-test" / "chunk-00000.npz")
+    rec = GenerativeRecommender.load(tmp_path / "m", root / "index", device="cpu")
+    split = ds.eval_split("test")
+    for row in range(3):
+        prompt = rec.prompts([split.histories[short.users[row]]])[0]
+        for j, item in enumerate(short.items[row, :5]):
+            toks = rec.fmt.items[int(item)]
+            with torch.no_grad():
+                logp = torch.log_softmax(rec.lm.logits(rec.lm.hidden(torch.tensor([prompt + toks])).last_hidden_state[0]), -1)
+            ref = sum(float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(toks))
+            assert short.llm[row, j] == pytest.approx(ref, abs=1e-3)
+    # a fixed weight reuses the kept test shortlists; w = 1 orders each one by the LLM's scores
+    code, out, err = cli("rerank", *args, "--weight", "1")
+    assert code == 0, err
+    ranked = [row[np.argsort(-llm, kind="stable")].tolist() + tail.tolist()
+              for row, llm, tail in zip(short.items[:, :5], short.llm, short.items[:, 5:], strict=True)]
+    by_hand = ev.evaluate(PrecomputedRanker(dict(zip(short.users.tolist(), ranked, strict=True))), stage="test",
+                          users=short.users).metrics
+    assert json.loads(out)["test"]["fused"] == pytest.approx(by_hand)
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup, tiny_backbone):
     from genrec.llm.train import build_model
 

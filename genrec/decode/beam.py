@@ -220,19 +220,10 @@ class SharedPromptSteps:
         return torch.log_softmax(self.head(self.body.norm(h)), -1)
 
 
-@torch.no_grad()
-def beam_search(
-    decoder: Decoder,
-    prompts: Sequence[Sequence[int]],
-    trie: Trie | TrieTensors,
-    beams: int = 20,
-    k: int = 10,
-) -> BeamResult:
-    """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams."""
-    dev = decoder.device
-    tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, dev)
-    n_users = len(prompts)
-    # the prompts' common prefix (system prompt, template) is encoded once for all of them
+def _encode_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]]):
+    """One forward over the left-padded prompts (their common prefix, such as the system prompt,
+    encoded once for all): (log-probabilities of the next token [U, V], KV cache, attention mask)."""
+    dev, n_users = decoder.device, len(prompts)
     shared = _common_prefix(prompts) if n_users > 1 and decoder.share_prefix else 0
     shared = min(shared, min(len(p) for p in prompts) - 1)  # every prompt keeps a token of its own
     cache = None
@@ -250,8 +241,46 @@ def beam_search(
     pos = shared + (att.cumsum(-1) - 1).clamp(min=0)
     att = torch.cat([torch.ones((n_users, shared), dtype=torch.long, device=dev), att], 1)
     out = decoder.body(ids, att, pos, cache)
-    logp = torch.log_softmax(decoder.head(out.last_hidden_state[:, -1]), -1)  # [U, V]
-    cache = out.past_key_values
+    return torch.log_softmax(decoder.head(out.last_hidden_state[:, -1]), -1), out.past_key_values, att
+
+
+class _Steps:
+    """One token per slot (``slots`` per prompt) after the encoded prompts: the shared-prompt
+    steps when the architecture allows, else the generic path with a prompt cache copy per slot."""
+
+    def __init__(self, decoder: Decoder, cache, att: torch.Tensor, slots: int):
+        self.decoder, self.cache, self.fast = decoder, cache, None
+        if decoder.shared_prompt and decoder.module is not None and SharedPromptSteps.supports(decoder.module):
+            self.fast = SharedPromptSteps(decoder.module, decoder.head, cache, att, slots)
+        else:
+            cache.reorder_cache(torch.arange(len(att), device=att.device).repeat_interleave(slots))
+            self.att = att.repeat_interleave(slots, 0)
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, src: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities [N, V] after feeding ``tokens``; slot i continues slot ``src[i]``;
+        a slot with ``alive`` 0 is padding (its token is masked)."""
+        if self.fast is not None:
+            return self.fast.step(tokens, positions, src)
+        self.cache.reorder_cache(src)
+        self.att = torch.cat([self.att[src], alive.long().unsqueeze(1)], 1)
+        out = self.decoder.body(tokens.unsqueeze(1), self.att, positions.unsqueeze(1), self.cache)
+        self.cache = out.past_key_values
+        return torch.log_softmax(self.decoder.head(out.last_hidden_state[:, -1]), -1)
+
+
+@torch.no_grad()
+def beam_search(
+    decoder: Decoder,
+    prompts: Sequence[Sequence[int]],
+    trie: Trie | TrieTensors,
+    beams: int = 20,
+    k: int = 10,
+) -> BeamResult:
+    """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams."""
+    dev = decoder.device
+    tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, dev)
+    n_users = len(prompts)
+    logp, cache, att = _encode_prompts(decoder, prompts)
     lengths = att.sum(-1)
 
     # state per beam slot (U * B of them): trie node, score, alive
@@ -262,12 +291,7 @@ def beam_search(
     alive = torch.zeros(n_users * B, dtype=torch.long, device=dev)
     alive[::B] = 1  # one live beam per user at the root
     step_logp = logp.repeat_interleave(B, 0)
-    fast = None
-    if decoder.shared_prompt and decoder.module is not None and SharedPromptSteps.supports(decoder.module):
-        fast = SharedPromptSteps(decoder.module, decoder.head, cache, att, B)
-    else:
-        cache.reorder_cache(torch.arange(n_users, device=dev).repeat_interleave(B))  # a prompt copy per beam
-        att = att.repeat_interleave(B, 0)
+    steps = _Steps(decoder, cache, att, B)
     done_items: list[list[tuple[float, int]]] = [[] for _ in range(n_users)]
 
     for depth in range(tt.max_depth):
@@ -306,15 +330,7 @@ def beam_search(
         tokens = torch.full((n_users * B,), decoder.pad_id, dtype=torch.long, device=dev)
         tokens[slot] = tt.token[edge[cont]]
         nodes, scores, alive = new_nodes, new_scores, new_alive
-        position = lengths[slot_user] + depth
-        if fast is not None:
-            step_logp = fast.step(tokens, position, src)
-            continue
-        cache.reorder_cache(src)
-        att = torch.cat([att[src], new_alive.unsqueeze(1)], 1)
-        out = decoder.body(tokens.unsqueeze(1), att, position.unsqueeze(1), cache)
-        cache = out.past_key_values
-        step_logp = torch.log_softmax(decoder.head(out.last_hidden_state[:, -1]), -1)
+        step_logp = steps.step(tokens, lengths[slot_user] + depth, src, alive)
 
     items = np.full((n_users, k), -1, dtype=np.int64)
     best = np.full((n_users, k), -np.inf, dtype=np.float64)
@@ -337,3 +353,30 @@ def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie 
         res = beam_search(decoder, [prompts[r] for r in rows], tt, beams, k)
         items[rows], scores[rows] = res.items, res.scores
     return BeamResult(items, scores)
+
+
+@torch.no_grad()
+def score_sequences(decoder: Decoder, prompts: Sequence[Sequence[int]], seqs: np.ndarray) -> np.ndarray:
+    """Log-probability of each of K token sequences after each prompt, teacher-forced: ``seqs`` is
+    [U, K, D] (-1 after the end of a shorter sequence), the result [U, K]. It is the score beam
+    search gives the same sequence (without the cold-item backoff), at the cost of one beam search
+    step per token."""
+    seqs = np.asarray(seqs, dtype=np.int64)
+    n_users, K, D = seqs.shape
+    dev = decoder.device
+    logp, cache, att = _encode_prompts(decoder, prompts)
+    lengths = att.sum(-1)
+    steps = _Steps(decoder, cache, att, K)
+    tok = torch.as_tensor(seqs.reshape(n_users * K, D), device=dev)
+    slot_user = torch.arange(n_users, device=dev).repeat_interleave(K)
+    src = torch.arange(n_users * K, device=dev)
+    step_logp = logp.repeat_interleave(K, 0)
+    total = torch.zeros(n_users * K, dtype=torch.float64, device=dev)
+    for d in range(D):
+        t = tok[:, d]
+        live = t >= 0
+        safe = torch.where(live, t, torch.full_like(t, decoder.pad_id))
+        total += torch.where(live, step_logp.gather(1, safe[:, None])[:, 0].double(), 0.0)
+        if d + 1 < D and bool((tok[:, d + 1] >= 0).any()):
+            step_logp = steps.step(safe, lengths[slot_user] + d, src, live)
+    return total.view(n_users, K).cpu().numpy()

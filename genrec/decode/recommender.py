@@ -80,6 +80,29 @@ class GenerativeRecommender:
         """Top-``k`` items per history, best first (-1 pads a list with fewer than k items)."""
         return self.rank_scored(histories, k).items
 
+    def score_items(self, histories: list[np.ndarray], items: np.ndarray) -> np.ndarray:
+        """Log-probability of each given item's codes after each history's prompt, [U, K] for
+        ``items`` [U, K] (-1 pads: -inf); the score beam search ranks by. ``batch_users`` users
+        at a time, grouped by prompt length."""
+        from genrec.decode.beam import score_sequences
+        from genrec.llm.train import autocast
+
+        items = np.asarray(items, dtype=np.int64)
+        prompts = self.prompts(histories)
+        width = max(len(t) for t in self.fmt.items)
+        seqs = np.full((*items.shape, width), -1, dtype=np.int64)
+        for (u, j), i in np.ndenumerate(items):
+            if i >= 0:
+                toks = self.fmt.items[i]
+                seqs[u, j, : len(toks)] = toks
+        out = np.full(items.shape, -np.inf)
+        order = np.argsort([len(p) for p in prompts], kind="stable")
+        with autocast(self.decoder.device, self.lm.compute_dtype):
+            for lo in range(0, len(order), self.batch_users):
+                rows = order[lo : lo + self.batch_users]
+                out[rows] = score_sequences(self.decoder, [prompts[r] for r in rows], seqs[rows])
+        return np.where(items >= 0, out, -np.inf)
+
 
 def _corpus_layout(model_dir: Path) -> str:
     """The layout of a model folder written before train_config.json recorded it: its corpus
