@@ -1,8 +1,9 @@
 """Filter-then-rerank: a classic recommender shortlists, the fine-tuned LLM reorders the shortlist.
 
 The classic model (any baseline with ``score(histories, users)``, e.g. SASRec) scores every
-item; its top ``candidates`` (history items excluded, as the evaluator excludes them) are the
-hard candidates. The LLM scores each candidate by the log-probability of the candidate's code
+item; its top ``candidates`` are the hard candidates. History items are left out (the evaluator
+drops them from every model's list too, except a target bought again, which a model cannot
+know). The LLM scores each candidate by the log-probability of the candidate's code
 sequence after the user's prompt (teacher-forced, exactly the score its beam search gives).
 Both scores are turned into a distribution over the shortlist (log-softmax over the candidates)
 and mixed as a product of experts,
