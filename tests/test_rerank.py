@@ -63,17 +63,21 @@ class Oracle:
         return np.where(items == self.targets[self.users][:, None], 0.0, -1.0)
 
 
-def test_shortlist_excludes_history_and_keeps_the_classic_order():
+def test_shortlist_keeps_the_classic_order_with_or_without_history():
     scores = np.array([[0.1, 0.9, 0.5, 0.7, 0.3], [0.5, 0.4, 0.3, 0.2, 0.1]])
 
     class Rec:
         def score_items(self, histories, items):
             return -items.astype(float)  # any scores: they are stored as given
 
-    s = shortlist(Fixed(scores), Rec(), [np.array([1]), np.array([0, 4])], np.array([0, 1]), candidates=2, n=4)
+    hist = [np.array([1]), np.array([0, 4])]
+    s = shortlist(Fixed(scores), Rec(), hist, np.array([0, 1]), candidates=2, n=4, exclude_history=True)
     assert s.items.tolist() == [[3, 2, 4, 0], [1, 2, 3, -1]]  # item 1 / items 0, 4 are history
     assert s.base.tolist() == [[0.7, 0.5], [0.4, 0.3]]
     assert s.llm.tolist() == [[-3.0, -2.0], [-1.0, -2.0]]
+    # as the evaluator does by default, history items stay in
+    s = shortlist(Fixed(scores), Rec(), hist, np.array([0, 1]), candidates=2, n=4)
+    assert s.items.tolist() == [[1, 3, 2, 4], [0, 1, 2, 3]]
 
 
 def test_an_oracle_llm_gets_picked_and_finds_every_target_in_its_shortlist(tmp_path):

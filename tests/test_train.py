@@ -306,6 +306,7 @@ def test_rerank_scores_a_classic_shortlist_with_the_trained_llm(setup, tiny_back
     assert code == 0, err
     pop = Pop()
     pop.fit(ds)
+    pop.counts = pop.counts + np.arange(ds.n_items) * 1e-3  # no ties: the evaluator ranks tied scores by expectation
     pop.save(tmp_path / "pop")
     args = ["--base", tmp_path / "pop", "--model", tmp_path / "m", "--index", root / "index", "--data", root / "data",
             "--candidates", "5", "--out", tmp_path / "rr", "--json"]
@@ -327,7 +328,12 @@ def test_rerank_scores_a_classic_shortlist_with_the_trained_llm(setup, tiny_back
                 logp = torch.log_softmax(rec.lm.logits(rec.lm.hidden(torch.tensor([prompt + toks])).last_hidden_state[0]), -1)
             ref = sum(float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(toks))
             assert short.llm[row, j] == pytest.approx(ref, abs=1e-3)
-    # a fixed weight reuses the kept test shortlists; w = 1 orders each one by the LLM's scores
+    # a fixed weight reuses the kept test shortlists; w = 0 is Pop's own evaluation exactly
+    code, out, err = cli("rerank", *args, "--weight", "0")
+    assert code == 0, err
+    at_k = {k: v for k, v in res["test"]["base"].items() if k != "MRR"}  # MRR: a list of 20 knows no rank past 20
+    assert {k: json.loads(out)["test"]["fused"][k] for k in at_k} == pytest.approx(at_k)
+    # and w = 1 orders each shortlist by the LLM's scores
     code, out, err = cli("rerank", *args, "--weight", "1")
     assert code == 0, err
     ranked = [row[np.argsort(-llm, kind="stable")].tolist() + tail.tolist()

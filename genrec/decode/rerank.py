@@ -1,9 +1,9 @@
 """Filter-then-rerank: a classic recommender shortlists, the fine-tuned LLM reorders the shortlist.
 
 The classic model (any baseline with ``score(histories, users)``, e.g. SASRec) scores every
-item; its top ``candidates`` are the hard candidates. History items are left out (the evaluator
-drops them from every model's list too, except a target bought again, which a model cannot
-know). The LLM scores each candidate by the log-probability of the candidate's code
+item; its top ``candidates`` are the hard candidates. History items are left in or out as the
+evaluator treats them (``mask_history``, off by default, as for every model in our tables), so
+that w = 0 below is exactly the classic model's evaluation. The LLM scores each candidate by the log-probability of the candidate's code
 sequence after the user's prompt (teacher-forced, exactly the score its beam search gives).
 Both scores are turned into a distribution over the shortlist (log-softmax over the candidates)
 and mixed as a product of experts,
@@ -111,11 +111,14 @@ class FusedRanker:
         return [self.lists[int(u)][:k] for u in users]
 
 
-def shortlist(base, rec, histories: list[np.ndarray], users: np.ndarray, candidates: int, n: int) -> Shortlists:
-    """The classic model's top ``n`` (history excluded) and both scores of its first ``candidates``."""
+def shortlist(base, rec, histories: list[np.ndarray], users: np.ndarray, candidates: int, n: int,
+              exclude_history: bool = False) -> Shortlists:
+    """The classic model's top ``n`` (history items left out if ``exclude_history``) and both
+    scores of its first ``candidates``."""
     scores = np.array(base.score(histories, users), dtype=np.float64, copy=True)
-    for row, h in zip(scores, histories, strict=True):
-        row[np.asarray(h, dtype=np.int64)] = -np.inf
+    if exclude_history:
+        for row, h in zip(scores, histories, strict=True):
+            row[np.asarray(h, dtype=np.int64)] = -np.inf
     n = min(n, scores.shape[1])
     top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else np.tile(np.arange(n), (len(users), 1))
     order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
@@ -145,7 +148,7 @@ def _sample(split, size: int | None, seed: int) -> np.ndarray:
 
 
 def scored_shortlists(base, rec, split, users: np.ndarray, candidates: int, n: int, folder: Path, key: dict,
-                      chunk_users: int = 256, progress: bool = True) -> Shortlists | None:
+                      exclude_history: bool = False, chunk_users: int = 256, progress: bool = True) -> Shortlists | None:
     """:func:`shortlist` for ``users``, ``chunk_users`` at a time, each chunk kept in ``folder``
     (under ``key``: a folder of another key is emptied), so a killed run resumes. Under a
     multi-process launch the chunks are shared out between ranks; rank 0 gets the result, the
@@ -172,7 +175,7 @@ def scored_shortlists(base, rec, split, users: np.ndarray, candidates: int, n: i
         if path.is_file():
             continue
         part = chunks[c]
-        shortlist(base, rec, [split.histories[u] for u in part], part, candidates, n).save(path)
+        shortlist(base, rec, [split.histories[u] for u in part], part, candidates, n, exclude_history).save(path)
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -201,7 +204,7 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path,
     ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=False)
     n = max(candidates, max(ev.ks))
     key = {"base": fingerprint(base_dir), "model": fingerprint(model_dir), "index": fingerprint(index_dir),
-           "data": fingerprint(data_dir), "candidates": candidates, "n": n}
+           "data": fingerprint(data_dir), "candidates": candidates, "n": n, "exclude_history": ev.mask_history}
     out = Path(out)
     short = {}
     for stage, size in (("valid", valid_users), ("test", test_users)):
@@ -210,7 +213,8 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path,
         split = ev.split(stage)
         users = _sample(split, size, seed)
         short[stage] = scored_shortlists(base, rec, split, users, candidates, n, out / f".shortlists-{stage}",
-                                         {**key, "stage": stage, "users": size, "seed": seed if size is not None else None}, progress=progress)
+                                         {**key, "stage": stage, "users": size, "seed": seed if size is not None else None},
+                                         ev.mask_history, progress=progress)
     if short["test"] is None:  # not rank 0 of a launch
         return None
     result = {"base": str(base_dir), "model": str(model_dir), "candidates": candidates, "seed": seed}
