@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rerank.py [--run runs/scientific] [--users 16] [--candidates 20]
 
 Scores the same shortlists (the Pop top ``--candidates`` of each of ``--users`` test users of
-the run, history excluded) with the run's fine-tuned model, LoRA merged, two ways:
+the run, history items kept) with the run's fine-tuned model, LoRA merged, two ways:
 
 - ours: :meth:`GenerativeRecommender.score_items` (:func:`genrec.decode.beam.score_sequences`):
   each prompt encoded once, then one step per code level for all of the user's candidates, which
@@ -13,6 +13,13 @@ the run, history excluded) with the run's fine-tuned model, LoRA merged, two way
 
 Reports users per second of each, the ratio, and the largest score difference. Writes
 benchmarks/results/rerank.{md,json}.
+
+    .venv/bin/python benchmarks/rerank.py --quality runs/scientific/rerank-sasrec-ce
+
+writes the quality table of a finished `genrec rerank --out DIR` instead
+(benchmarks/results/rerank-DATASET.{md,json}): its test rows, the validation grid, and a paired
+bootstrap (2,000 resamples of the test users) of the fused list's HR@10 / NDCG@10 gain over the
+classic model's on the same users, from the kept shortlists.
 """
 
 from __future__ import annotations
@@ -49,6 +56,55 @@ def padded_forward(rec, prompt: list[int], items) -> list[float]:
     return out
 
 
+def quality(folder: Path, out: Path) -> None:
+    import numpy as np
+
+    from genrec.data.dataset import Dataset
+    from genrec.decode.rerank import Shortlists
+
+    res = json.loads((folder / "metrics.json").read_text())
+    data, dataset = Path(res["model"]).parent / "data", Path(res["model"]).parent.name  # runs/NAME/{model,data}
+    ds = Dataset.load(data)
+    parts = sorted((folder / ".shortlists-test").glob("chunk-*.npz"))
+    short = Shortlists.concat([Shortlists.load(p) for p in parts])
+    targets = ds.eval_split("test").targets[short.users]
+
+    def per_user(weight: float) -> tuple[np.ndarray, np.ndarray]:
+        lists = short.ranker(weight).lists
+        top = np.array([lists[int(u)][:10] for u in short.users])
+        hit = top == targets[:, None]
+        return hit.any(1).astype(float), np.where(hit.any(1), 1 / np.log2(hit.argmax(1) + 2), 0.0)
+
+    (h0, n0), (h1, n1) = per_user(0.0), per_user(res["weight"])
+    idx = np.random.default_rng(0).integers(0, len(short.users), (2000, len(short.users)))
+    boot = {name: (float(d.mean()), *np.percentile(d[idx].mean(1), [2.5, 97.5]).tolist())
+            for name, d in (("HR@10", h1 - h0), ("NDCG@10", n1 - n0))}
+    t, cols = res["test"], ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
+    name = Path(res["base"]).parent.name
+    rows = [(f"{name} alone", t["base"]), (f"the LLM alone on {name}'s top {res['candidates']} (w = 1)", t["llm_on_shortlist"]),
+            (f"{name} + LLM rerank (w = {res['weight']}, picked on validation)", t["fused"])]
+    md = [f"# Filter-then-rerank on {dataset}: {name}'s shortlist reordered by the fine-tuned LLM", "",
+          f"Machine: {describe(machine())}.", "",
+          f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} --index "
+          f"{Path(res['model']).parent / 'index'} --data {data} --out {folder.relative_to(ROOT)} "
+          f"--valid-users {res['valid']['users']}` ({res['seconds'] / 60:.0f} min), then "
+          f"`python benchmarks/rerank.py --quality {folder.relative_to(ROOT)}`.", "",
+          f"Test split, all {t['users']:,} test users, full ranking, the shared evaluator (history items kept, as for "
+          f"every model in our tables). The LLM: {Path(res['model'])} (SmolLM2-135M, LoRA, one epoch; scientific.md). "
+          f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was picked by NDCG@10 "
+          f"on {res['valid']['users']:,} validation users (seed {res['seed']}).", "",
+          "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    md += [f"| {label} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |" for label, m in rows]
+    md += ["", "Gain of the fused list over the classic model's own on the same users (paired bootstrap, "
+           "2,000 resamples, 95% interval):", ""]
+    md += [f"- {k}: {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" for k, v in boot.items()]
+    md += ["", "Validation grid (NDCG@10 / HR@10 by w):", "",
+           ", ".join(f"{w}: {m['NDCG@10']:.4f} / {m['HR@10']:.4f}" for w, m in res["valid"]["by_weight"].items()), ""]
+    (out / f"rerank-{dataset}.md").write_text("\n".join(md))
+    (out / f"rerank-{dataset}.json").write_text(json.dumps({**res, "bootstrap": boot, "machine": machine()}, indent=2) + "\n")
+    print("\n".join(md))
+
+
 def main() -> None:
     import numpy as np
 
@@ -63,7 +119,11 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8, help="users scored together by ours")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--quality", type=Path, help="a finished `genrec rerank --out` folder: write its quality table")
     args = ap.parse_args()
+    if args.quality:
+        quality(args.quality.resolve(), args.out)
+        return
     if not (args.run / "model" / "trainable.pt").is_file():
         sys.exit(f"{args.run}/model: no trained model; run `genrec run configs/scientific.yaml` first")
     ds = Dataset.load(args.run / "data")
@@ -96,7 +156,7 @@ def main() -> None:
         "# Shortlist scoring: shared-prompt steps vs one padded forward per user", "",
         f"Machine: {describe(res['machine'])}.", "",
         f"Command: `OMP_NUM_THREADS=1 python benchmarks/rerank.py --users {args.users} --candidates {args.candidates}`", "",
-        f"The Pop top {args.candidates} (history excluded) of the first {len(users)} test users of {args.run.name}, "
+        f"The Pop top {args.candidates} (history items kept, as the evaluator does) of the first {len(users)} test users of {args.run.name}, "
         "scored by its fine-tuned model (LoRA merged) as log p(codes | prompt).", "",
         "| scorer | s per user | users per s |", "|---|---|---|",
         f"| ours (`score_items`, {args.batch} users at a time) | {res['ours_s_per_user']} | {1 / res['ours_s_per_user']:.2f} |",
