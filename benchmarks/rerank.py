@@ -17,7 +17,7 @@ benchmarks/results/rerank.{md,json}.
     .venv/bin/python benchmarks/rerank.py --quality runs/scientific/rerank-sasrec-ce
 
 writes the quality table of a finished `genrec rerank --out DIR` instead
-(benchmarks/results/rerank-DATASET.{md,json}): its test rows, the validation grid, and a paired
+(benchmarks/results/rerank-DATASET-BASE.{md,json}): its test rows, the validation grid, and a paired
 bootstrap (2,000 resamples of the test users) of the fused list's HR@10 / NDCG@10 gain over the
 classic model's on the same users, from the kept shortlists.
 """
@@ -80,6 +80,9 @@ def quality(folder: Path, out: Path) -> None:
     boot = {name: (float(d.mean()), *np.percentile(d[idx].mean(1), [2.5, 97.5]).tolist())
             for name, d in (("HR@10", h1 - h0), ("NDCG@10", n1 - n0))}
     t, cols = res["test"], ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
+    sampled = f" --users {res['test_users_sampled']}" if res.get("test_users_sampled") else ""
+    who = (f"a seeded sample of {t['users']:,} test users (seed {res['seed']}; every row on the same users)" if sampled
+           else f"all {t['users']:,} test users")
     name = Path(res["base"]).parent.name
     rows = [(f"{name} alone", t["base"]), (f"the LLM alone on {name}'s top {res['candidates']} (w = 1)", t["llm_on_shortlist"]),
             (f"{name} + LLM rerank (w = {res['weight']}, picked on validation)", t["fused"])]
@@ -87,9 +90,9 @@ def quality(folder: Path, out: Path) -> None:
           f"Machine: {describe(machine())}.", "",
           f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} --index "
           f"{Path(res['model']).parent / 'index'} --data {data} --out {folder.relative_to(ROOT)} "
-          f"--valid-users {res['valid']['users']}` ({res['seconds'] / 60:.0f} min), then "
+          f"--valid-users {res['valid']['users']}{sampled}` ({res['seconds'] / 60:.0f} min), then "
           f"`python benchmarks/rerank.py --quality {folder.relative_to(ROOT)}`.", "",
-          f"Test split, all {t['users']:,} test users, full ranking, the shared evaluator (history items kept, as for "
+          f"Test split, {who}, full ranking, the shared evaluator (history items kept, as for "
           f"every model in our tables). The LLM: {Path(res['model'])} (SmolLM2-135M, LoRA, one epoch; scientific.md). "
           f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was picked by NDCG@10 "
           f"on {res['valid']['users']:,} validation users (seed {res['seed']}).", "",
@@ -100,8 +103,8 @@ def quality(folder: Path, out: Path) -> None:
     md += [f"- {k}: {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" for k, v in boot.items()]
     md += ["", "Validation grid (NDCG@10 / HR@10 by w):", "",
            ", ".join(f"{w}: {m['NDCG@10']:.4f} / {m['HR@10']:.4f}" for w, m in res["valid"]["by_weight"].items()), ""]
-    (out / f"rerank-{dataset}.md").write_text("\n".join(md))
-    (out / f"rerank-{dataset}.json").write_text(json.dumps({**res, "bootstrap": boot, "machine": machine()}, indent=2) + "\n")
+    (out / f"rerank-{dataset}-{name}.md").write_text("\n".join(md))
+    (out / f"rerank-{dataset}-{name}.json").write_text(json.dumps({**res, "bootstrap": boot, "machine": machine()}, indent=2) + "\n")
     print("\n".join(md))
 
 

@@ -217,7 +217,8 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path,
                                          ev.mask_history, progress=progress)
     if short["test"] is None:  # not rank 0 of a launch
         return None
-    result = {"base": str(base_dir), "model": str(model_dir), "candidates": candidates, "seed": seed}
+    result = {"base": str(base_dir), "model": str(model_dir), "candidates": candidates, "seed": seed,
+              "valid_users_sampled": valid_users, "test_users_sampled": test_users}
     if weight is None:
         weight, valid = pick_weight(ev, short["valid"])
         result["valid"] = {"users": int(len(short["valid"].users)), "by_weight": {str(w): m for w, m in valid.items()}}
