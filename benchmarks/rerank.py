@@ -90,7 +90,7 @@ def quality(folder: Path, out: Path) -> None:
           f"Machine: {describe(machine())}.", "",
           f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} --index "
           f"{Path(res['model']).parent / 'index'} --data {data} --out {folder.relative_to(ROOT)} "
-          f"--valid-users {res['valid']['users']}{sampled}` ({res['seconds'] / 60:.0f} min), then "
+          f"--valid-users {res['valid']['users']}{sampled}`, then "
           f"`python benchmarks/rerank.py --quality {folder.relative_to(ROOT)}`.", "",
           f"Test split, {who}, full ranking, the shared evaluator (history items kept, as for "
           f"every model in our tables). The LLM: {Path(res['model'])} (SmolLM2-135M, LoRA, one epoch; scientific.md). "
