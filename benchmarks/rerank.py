@@ -61,6 +61,7 @@ def quality(folder: Path, out: Path) -> None:
 
     from genrec.data.dataset import Dataset
     from genrec.decode.rerank import Shortlists
+    from genrec.evaluate.metrics import metrics_from_ranked_lists
 
     res = json.loads((folder / "metrics.json").read_text())
     data, dataset = Path(res["model"]).parent / "data", Path(res["model"]).parent.name  # runs/NAME/{model,data}
@@ -69,16 +70,16 @@ def quality(folder: Path, out: Path) -> None:
     short = Shortlists.concat([Shortlists.load(p) for p in parts])
     targets = ds.eval_split("test").targets[short.users]
 
-    def per_user(weight: float) -> tuple[np.ndarray, np.ndarray]:
-        lists = short.ranker(weight).lists
-        top = np.array([lists[int(u)][:10] for u in short.users])
-        hit = top == targets[:, None]
-        return hit.any(1).astype(float), np.where(hit.any(1), 1 / np.log2(hit.argmax(1) + 2), 0.0)
+    def per_user(weight: float) -> dict[str, np.ndarray]:  # the evaluator's per-user metrics of the fused lists
+        lists = short.ranker(weight).rank(None, short.users, 10)
+        return metrics_from_ranked_lists(lists, targets, (10,))
 
-    (h0, n0), (h1, n1) = per_user(0.0), per_user(res["weight"])
+    before, after = per_user(0.0), per_user(res["weight"])
     idx = np.random.default_rng(0).integers(0, len(short.users), (2000, len(short.users)))
-    boot = {name: (float(d.mean()), *np.percentile(d[idx].mean(1), [2.5, 97.5]).tolist())
-            for name, d in (("HR@10", h1 - h0), ("NDCG@10", n1 - n0))}
+    boot = {}
+    for name in ("HR@10", "NDCG@10"):
+        d = after[name] - before[name]
+        boot[name] = (float(d.mean()), *np.percentile(d[idx].mean(1), [2.5, 97.5]).tolist())
     t, cols = res["test"], ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
     sampled = f" --users {res['test_users_sampled']}" if res.get("test_users_sampled") else ""
     who = (f"a seeded sample of {t['users']:,} test users (seed {res['seed']}; every row on the same users)" if sampled

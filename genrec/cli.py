@@ -559,7 +559,6 @@ def evaluate_cmd(
     typer.echo(json.dumps(result, indent=2) if as_json else res.table())
 
 
-cache_app = typer.Typer(help="Precomputed top-K per user in a store (SQLite or Redis).", no_args_is_help=True)
 @app.command("rerank")
 def rerank_cmd(
     base: Annotated[Path, typer.Option(help="a classic model that shortlists: a baseline stage's model folder, "
@@ -598,6 +597,7 @@ def rerank_cmd(
     typer.echo(_compare_table(rows, [1, 5, 10, 20]))
 
 
+cache_app = typer.Typer(help="Precomputed top-K per user in a store (SQLite or Redis).", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 

@@ -42,7 +42,7 @@ def load_scorer(folder: str | Path):
         raise DataError(folder, None, "a baseline's saved model (model.json and model.pt, or pop.json), "
                                       "e.g. runs/scientific/baselines/sasrec-ce/model")
     name = json.loads(meta.read_text()).get("name")
-    if name not in BASELINES or not hasattr(BASELINES[name], "score") or name == "tiger":
+    if name not in BASELINES or name == "tiger":  # TIGER-style ranks by decoding, it scores no items
         raise DataError(meta, None, f"a model that scores every item (one of {', '.join(n for n in BASELINES if n != 'tiger')}); "
                                     f"found {name!r}")
     return BASELINES[name].load(folder)
@@ -153,20 +153,15 @@ def scored_shortlists(base, rec, split, users: np.ndarray, candidates: int, n: i
     (under ``key``: a folder of another key is emptied), so a killed run resumes. Under a
     multi-process launch the chunks are shared out between ranks; rank 0 gets the result, the
     others None."""
-    import json
-    import shutil
-
     from accelerate import PartialState
     from tqdm.auto import tqdm
+
+    from genrec.decode.recommender import partial_open
 
     state = PartialState(cpu=rec.decoder.device.type == "cpu")
     folder = Path(folder)
     if state.is_main_process:
-        kf = folder / "key.json"
-        if not (kf.is_file() and json.loads(kf.read_text()) == key):
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            kf.write_text(json.dumps(key, sort_keys=True))
+        partial_open(folder, key)
     state.wait_for_everyone()
     chunks = [users[a : a + chunk_users] for a in range(0, len(users), chunk_users)]
     mine = [c for c in range(len(chunks)) if c % state.num_processes == state.process_index]
@@ -187,10 +182,9 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path,
                weight: float | None = None, progress: bool = True) -> dict | None:
     """Shortlist with the classic model, score with the LLM, pick the weight on validation (unless
     given), evaluate on test beside the classic model alone; write ``out/metrics.json``."""
-    import json
     import time
 
-    from genrec.artifacts import fingerprint
+    from genrec.artifacts import fingerprint, write_json_atomic
     from genrec.data.dataset import Dataset
     from genrec.decode.recommender import GenerativeRecommender
     from genrec.evaluate import Evaluator
@@ -229,8 +223,5 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path,
         "llm_on_shortlist": ev.evaluate(test.ranker(1.0), stage="test", users=test.users).metrics,
         "fused": ev.evaluate(test.ranker(weight), stage="test", users=test.users).metrics,
     }, seconds=round(time.perf_counter() - start, 1))
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "metrics.json")
+    write_json_atomic(out / "metrics.json", result)
     return result
