@@ -222,7 +222,8 @@ def baselines_run(
     kcore: KcoreOpt = 5,
     missing_items: MissingOpt = "error",
     stage: Annotated[str, typer.Option(help="valid or test")] = "test",
-    mask_history: Annotated[bool, typer.Option(help="remove the user's history items from the ranking")] = False,
+    mask_history: Annotated[str, typer.Option(help="remove the user's history items from the ranking: auto (when the data "
+                                                   "has no repeated user-item pair), on or off")] = "auto",
     ks: Annotated[str, typer.Option(help="cut-offs, comma-separated")] = "1,5,10,20",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     set_: Annotated[
@@ -245,7 +246,10 @@ def baselines_run(
         raise GenrecError(f"--ks must be comma-separated integers, got {ks!r}") from None
     ds = load_dataset(data, format, _prepare_config(kcore, missing_items))
     model.fit(ds, seed=seed)
-    res = Evaluator(ds, ks=cutoffs, mask_history=mask_history).evaluate(model, stage=stage, dump_path=dump)
+    masks = {"auto": "auto", "on": True, "off": False}
+    if mask_history not in masks:
+        raise GenrecError(f"--mask-history must be auto, on or off, got {mask_history!r}")
+    res = Evaluator(ds, ks=cutoffs, mask_history=masks[mask_history]).evaluate(model, stage=stage, dump_path=dump)
     if as_json:
         typer.echo(json.dumps(res.to_dict()))
         return

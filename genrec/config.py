@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,7 +29,9 @@ class EvaluateSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
-    mask_history: bool = False
+    mask_history: bool | Literal["auto"] = Field(
+        "auto", description="leave a user's history items out of their recommendations; auto: exactly when the data "
+                            "holds no repeated user-item pair (deduplicated data, where a history item is never the target)")
     batch_size: int = Field(256, ge=1)
 
 

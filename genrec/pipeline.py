@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from pydantic import ValidationError
 
 from genrec.artifacts import StageResult, config_hash, fingerprint, run_stage
@@ -180,7 +181,8 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         if until == "train":
             raise GenrecError("the config has no train section")
         return
-    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after, progress)
+    select = ranking_selector(run_dir, cfg) if cfg.train.select_users else None
+    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after, progress, select)
     if res is None:
         return
     note("train", res)
@@ -192,9 +194,41 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         note("cache", stage_cache(run_dir, cfg, progress))
 
 
+def selection_users(dataset: Dataset, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``n`` users with a validation target (all of them when fewer), sorted."""
+    users = np.flatnonzero(dataset.eval_split("valid").targets >= 0)
+    if n < len(users):
+        users = np.sort(np.random.default_rng([seed, 1]).choice(users, size=n, replace=False))
+    return users
+
+
+def ranking_selector(run_dir: Path, cfg: RunConfig) -> Callable:
+    """Model selection for the train stage: ``select(lm, tokenizer)`` decodes a fixed seeded sample
+    of ``train.select_users`` validation users with constrained beam search and returns their
+    metrics through the shared evaluator (the run's ``evaluate`` settings). Reads the validation
+    split only."""
+    from genrec.decode.recommender import GenerativeRecommender
+    from genrec.index.base import ItemIndex
+    from genrec.llm.corpus import load_meta
+
+    t = cfg.train
+    ds = Dataset.load(run_dir / "data")
+    index = ItemIndex.load(run_dir / "index")
+    meta = load_meta(run_dir / "tasks")
+    users = selection_users(ds, t.select_users, cfg.seed)
+    ev = Evaluator(ds, ks=tuple(sorted({*cfg.evaluate.ks, 10})), mask_history=cfg.evaluate.mask_history, progress=False)
+    batch = cfg.decode.batch_users if cfg.decode is not None else 8
+
+    def select(lm, tokenizer) -> dict:
+        rec = GenerativeRecommender(lm, tokenizer, index, beams=t.select_beams, batch_users=batch,
+                                    layout=meta.get("layout", "per_prefix"), prompt=meta.get("prompt", "chat"))
+        return ev.evaluate(rec, stage="valid", users=users).metrics
+
+    return select
+
+
 def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> StageResult:
     """Test metrics of the fine-tuned model (beam search through the shared evaluator)."""
-    import numpy as np
 
     from genrec.decode.recommender import GenerativeRecommender, evaluate_generative, partial_seconds
 

@@ -94,3 +94,33 @@ def test_all_positions_prompt_is_the_training_sequence_before_each_target(tokeni
     assert venc.input_ids[:vstart] == fmt.seq_prompt(train, 0, 20, "all_positions")
     assert venc.input_ids[vstart : vstart + 2] == fmt.items[seq[-2]]
     assert sum(lab != IGNORE for lab in venc.labels) == 2  # the two codes; no eos inside the user turn
+
+
+def test_plain_prompts_drop_the_chat_wrapping_and_decode_in_the_trained_form(tokenizer):
+    """prompt: plain. A training sequence is the task's text and codes only (no system prompt, no
+    chat tokens), and the decoding prompt for each target is exactly the tokens before it."""
+    import pandas as pd
+
+    from genrec.data.dataset import Dataset
+    from genrec.llm.tasks import SEQ_TEMPLATES, TaskConfig, build_tasks
+
+    idx, tok = index_and_tokenizer(tokenizer)
+    plain, chat = PromptFormat(tok, idx, chat=False), PromptFormat(tok, idx)
+    seq = [0, 2, 1, 2, 0, 1]
+    inter = pd.DataFrame({"user_idx": [0] * len(seq), "item_idx": seq, "timestamp": range(len(seq))})
+    ds = Dataset(pd.DataFrame({"title": ["a", "b", "c"]}), np.array(["u0"]), inter)
+    sample = next(s for s in build_tasks(ds, TaskConfig(tasks=["seq"], layout="all_positions")) if s.task == "seq_all")
+    enc, wrapped = plain.encode(sample), chat.encode(sample)
+    head = SEQ_TEMPLATES[sample.template][0]
+    # by hand: the template's head, then the items' codes separated by ", "
+    expected = tok(head, add_special_tokens=False)["input_ids"]
+    for n, i in enumerate(seq[:-2]):
+        expected += (tok(", ", add_special_tokens=False)["input_ids"] if n else []) + plain.items[i]
+    assert enc.input_ids == expected
+    assert not set(enc.input_ids) & set(tok.all_special_ids)
+    assert len(wrapped.input_ids) > len(enc.input_ids) + 10  # the chat form pays for the system prompt and turns
+    assert [x for x in enc.labels if x != IGNORE] == [x for x in wrapped.labels if x != IGNORE]
+    labels = np.array(enc.labels)
+    starts = [j for j in range(len(labels)) if labels[j] != IGNORE and (j == 0 or labels[j - 1] == IGNORE)]
+    for n, start in enumerate(starts, start=1):
+        assert plain.seq_prompt(seq[:n], sample.template, 20, "all_positions") == enc.input_ids[:start]

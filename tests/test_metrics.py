@@ -317,3 +317,65 @@ def test_result_table_and_dict():
     assert "@1" in lines[1] and "@5" in lines[1]
     d = res.to_dict()
     assert d["n_users"] == 3 and d["metrics"]["HR@5"] == 1.0
+
+
+def _dedup_dataset() -> Dataset:
+    """The fixture without its repeat: user b is [4, 2, 3] (test target 3, history [4, 2])."""
+    items = pd.DataFrame({"title": [f"item {i}" for i in range(5)]})
+    seqs = {0: [0, 1, 2, 3], 1: [4, 2, 3], 2: [0]}
+    rows = [(u, i, t) for u, s in seqs.items() for t, i in enumerate(s)]
+    inter = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"])
+    return Dataset(items, np.array(["a", "b", "c", "d"]), inter)
+
+
+@pytest.mark.parametrize("model", [StaticScorer(), StaticRanker()])
+def test_mask_history_auto_masks_deduplicated_data_only(model):
+    assert _dataset().has_repeats() and not _dedup_dataset().has_repeats()
+    # the fixture repeats item 4 for user b: auto leaves the history in (ranks 4, 3, 5 as unmasked)
+    assert not Evaluator(_dataset(), progress=False).mask_history
+    assert Evaluator(_dataset(), ks=(5,), progress=False).evaluate(model).metrics["MRR"] == pytest.approx((1 / 4 + 1 / 3 + 1 / 5) / 3)
+    # deduplicated: auto masks. order 1 > 2 > 4 > 3 > 0
+    #   a: history [0, 1, 2] masked -> [4, 3]: target 3 is 2nd
+    #   b: history [4, 2] masked -> [1, 3, 0]: target 3 is 2nd
+    #   c: no history -> target 0 is 5th
+    ev = Evaluator(_dedup_dataset(), ks=(1, 2, 5), progress=False)
+    assert ev.mask_history
+    m = ev.evaluate(model).metrics
+    assert m["MRR"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 5) / 3)
+    assert m["HR@2"] == pytest.approx(2 / 3)
+    # explicit settings win over auto
+    assert not Evaluator(_dedup_dataset(), mask_history=False, progress=False).mask_history
+    with pytest.raises(ValueError, match="mask_history"):
+        Evaluator(_dedup_dataset(), mask_history="yes", progress=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_masking_removes_history_items_only_and_never_the_target(data):
+    """Any ranked list: masking keeps, in order, every item that is not in the history, and the
+    target always; the masked list's metrics equal those of that list computed by hand."""
+    n_items = 12
+    lists = data.draw(st.lists(st.permutations(range(n_items)).map(lambda p: p[:8]), min_size=3, max_size=3))
+    hists = data.draw(st.lists(st.lists(st.integers(0, n_items - 1), max_size=6), min_size=3, max_size=3))
+    targets = np.array(data.draw(st.lists(st.integers(0, n_items - 1), min_size=3, max_size=3)))
+
+    class Ranker:
+        def rank(self, histories, users, k):
+            return [lists[int(u)][:k] for u in users]
+
+    items = pd.DataFrame({"title": [f"item {i}" for i in range(n_items)]})
+    inter = pd.DataFrame([(u, i, i) for u in range(3) for i in range(3)], columns=["user_idx", "item_idx", "timestamp"])
+    ev = Evaluator(Dataset(items, np.array(["a", "b", "c"]), inter), ks=(1, 5, 8), mask_history=True, progress=False)
+    lists_kept = []
+    for lst, h, t in zip(lists, hists, targets, strict=True):
+        kept = [i for i in lst if i not in set(h) or i == t]
+        lists_kept.append(kept)
+        if t in lst:
+            assert t in kept
+    per_user, _, _ = ev._rank_batch(Ranker().rank, [np.array(h, dtype=np.int64) for h in hists], np.arange(3), targets)
+    for u, kept in enumerate(lists_kept):
+        rank = kept.index(targets[u]) + 1 if targets[u] in kept else None
+        for k in (1, 5, 8):
+            hit = rank is not None and rank <= k
+            assert per_user[f"HR@{k}"][u] == float(hit)
+            assert per_user[f"NDCG@{k}"][u] == pytest.approx(1 / math.log2(rank + 1) if hit else 0.0)

@@ -46,7 +46,7 @@ def setup(tmp_path_factory, real_tokenizer, tiny_backbone):
 
 def cfg(tiny_backbone, **kw) -> LLMTrainConfig:
     base = dict(lr=5e-3, epochs=1, batch_size=8, batch_tokens=2048, lora_dropout=0.0,
-                warmup_ratio=0.1, save_every=1000, log_every=1)
+                warmup_ratio=0.1, save_every=1000, log_every=1, dtype="fp32")
     return LLMTrainConfig(**{**base, **kw})
 
 
@@ -586,3 +586,118 @@ def test_sharing_prompts_trains_like_padding_every_sample(setup, tiny_backbone, 
     np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5)
     for k, v in out[False][1].items():
         torch.testing.assert_close(out[True][1][k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_dtype_auto_takes_bf16_only_on_cpus_with_native_bf16(tmp_path, monkeypatch):
+    from genrec.llm import backbone
+    from genrec.llm.backbone import cpu_has_bf16, pick_dtype
+
+    flags = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma {}\nbogomips\t: 5000\n"
+    (tmp_path / "avx512").write_text(flags.format("avx512f avx512_bf16"))
+    (tmp_path / "amx").write_text(flags.format("amx_tile amx_bf16"))
+    (tmp_path / "avx2").write_text(flags.format("avx512f"))  # AVX-512 without its bf16 extension
+    assert cpu_has_bf16(tmp_path / "avx512") and cpu_has_bf16(tmp_path / "amx")
+    assert not cpu_has_bf16(tmp_path / "avx2")
+    assert not cpu_has_bf16(tmp_path / "absent")  # another system: no /proc/cpuinfo
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(backbone, "cpu_has_bf16", lambda: False)
+    assert pick_dtype(cpu, "auto") == torch.float32
+    assert pick_dtype(cpu, "bf16") == torch.bfloat16  # asked for explicitly: as asked
+    monkeypatch.setattr(backbone, "cpu_has_bf16", lambda: True)
+    assert pick_dtype(cpu, "auto") == torch.bfloat16
+    assert pick_dtype(cpu, "fp32") == torch.float32
+
+
+def test_model_selection_keeps_the_best_weights_and_stops_when_patience_runs_out(setup, tiny_backbone, tmp_path):
+    """A scripted validation metric per selection: the weights written are those the model had at
+    the best selection, training stops after `patience` selections without a better one, and a
+    run killed in between resumes to the same outcome."""
+    root, _, index = setup
+    tr, va, meta = load_corpus(root / "corpus")
+    c = cfg(tiny_backbone, epochs=8, select_users=5, patience=2)
+    script = [0.10, 0.30, 0.20, 0.25, 0.90, 0.95]  # best at the 2nd; the 3rd and 4th are worse: stop there
+
+    def selector(seen):
+        def select(lm, tok):
+            seen.append((lm.trainable_state(), sum(1 for _ in seen)))
+            return {"NDCG@10": script[len(seen) - 1], "HR@10": 0.5}
+        return select
+
+    seen: list = []
+    m = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "a", tmp_path / "ckpt-a", meta["vocab_size"],
+              progress=False, select=selector(seen))
+    assert len(seen) == 4  # one selection per epoch; stopped after the 4th epoch
+    per_epoch = m["steps_per_epoch"]
+    assert m["steps"] == 4 * per_epoch and m["selected_step"] == 2 * per_epoch and m["valid_NDCG@10"] == pytest.approx(0.30)
+    saved = torch.load(tmp_path / "a" / "trainable.pt")
+    best = seen[1][0]
+    assert set(saved) == set(best) and all(torch.equal(saved[k], best[k]) for k in saved)
+    assert not all(torch.equal(saved[k], seen[3][0][k]) for k in saved)  # not the last weights
+    log = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [x["select_value"] for x in log if "select_value" in x] == pytest.approx(script[:4])
+    # killed after the 3rd epoch's selection, resumed: the same selections, weights and stop
+    seen_b: list = []
+    stopped = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
+                    progress=False, select=selector(seen_b), stop_after=3 * per_epoch)
+    assert stopped["stopped"] and len(seen_b) == 3
+    m_b = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
+                progress=False, select=selector(seen_b))
+    assert len(seen_b) == 4 and m_b["selected_step"] == m["selected_step"]
+    saved_b = torch.load(tmp_path / "b" / "trainable.pt")
+    assert all(torch.allclose(saved_b[k], saved[k], atol=1e-6) for k in saved)
+    # without a dataset to rank, selection is refused up front
+    with pytest.raises(Exception, match="select_users"):
+        train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "c", tmp_path / "ckpt-c", meta["vocab_size"],
+              progress=False)
+
+
+def test_scaled_code_rows_take_the_text_rows_mean_and_spread():
+    from genrec.llm.train import scale_new_rows
+
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor([1.0, -2.0, 0.0, 0.5]), torch.tensor([0.1, 2.0, 1.0, 0.5])
+    w = torch.cat([mean + std * torch.randn(20000, 4, generator=g), torch.zeros(4000, 4)])
+    old_mean, old_std = w[:20000].mean(0), w[:20000].std(0)
+    a, b = w.clone(), w.clone()
+    scale_new_rows(a, 4000, seed=1)
+    scale_new_rows(b, 4000, seed=1)
+    assert torch.equal(a, b) and torch.equal(a[:20000], w[:20000])  # seeded; the text rows untouched
+    assert torch.allclose(a[20000:].mean(0), old_mean, atol=0.05 * float(old_std.max()))
+    assert torch.allclose(a[20000:].std(0), old_std, rtol=0.05)
+
+
+def test_untied_code_rows_start_equal_then_learn_apart(setup, tiny_backbone):
+    """untie_codes: the code tokens' output rows start as a copy of their input rows (the same loss
+    as the tied model), are a separate trainable weight, and the merged Hugging Face model
+    computes the same logits."""
+    from genrec.llm.model import merged_hf_model
+    from genrec.llm.train import build_model
+
+    root, _, index = setup
+    tr, _, meta = load_corpus(root / "corpus")
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    tied, _ = build_model(cfg(tiny_backbone), str(tiny_backbone), index.new_tokens, cpu, meta["vocab_size"])
+    torch.manual_seed(0)
+    untied, _ = build_model(cfg(tiny_backbone, untie_codes=True, code_lr=1e-2), str(tiny_backbone), index.new_tokens, cpu,
+                            meta["vocab_size"])
+    assert untied.out_new is not None and untied.out_new is not untied.embed.new
+    batch = collate(tr, np.arange(6), 0, cpu)
+    with torch.no_grad():
+        assert float(untied(**batch)[0]) == pytest.approx(float(tied(**batch)[0]), rel=1e-6)
+    from genrec.llm.train import param_groups
+
+    groups = param_groups(untied, cfg(tiny_backbone, untie_codes=True, code_lr=1e-2))
+    assert [g["base_lr"] for g in groups] == [5e-3, 1e-2]
+    assert {id(p) for p in groups[1]["params"]} == {id(untied.embed.new), id(untied.out_new)}
+    opt = torch.optim.SGD(untied.parameters(), lr=1.0)
+    nll, _, _ = untied(**batch)
+    nll.backward()
+    opt.step()
+    assert not torch.equal(untied.out_new, untied.embed.new)
+    h = torch.randn(3, 32)
+    with torch.no_grad():
+        ours = untied.logits(h)
+        hf = merged_hf_model(untied)
+        theirs = hf.get_output_embeddings()(h).float()
+    assert torch.allclose(ours, theirs, atol=1e-5) and not hf.config.tie_word_embeddings

@@ -93,6 +93,11 @@ class Dataset:
     def stats(self) -> dict:
         return sequence_stats(self.lengths(), self.n_items)
 
+    def has_repeats(self) -> bool:
+        """Whether any user interacted with an item more than once (data that was not deduplicated)."""
+        inter = self.interactions
+        return bool(len(inter)) and bool(inter.duplicated(["user_idx", "item_idx"]).any())
+
     # split ---------------------------------------------------------------------------
     def train_sequences(self) -> list[np.ndarray]:
         """Training part of every user's sequence (all but the last two items)."""

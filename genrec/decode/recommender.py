@@ -18,15 +18,15 @@ from genrec.index.base import ItemIndex
 
 class GenerativeRecommender:
     def __init__(self, lm, tokenizer, index: ItemIndex, beams: int = 20, batch_users: int = 8, max_history: int = 20,
-                 cold_from: int | None = None, layout: str = "per_prefix"):
+                 cold_from: int | None = None, layout: str = "per_prefix", prompt: str = "chat"):
         """``cold_from``: items from this index on were added after training (their unseen last
         codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`).
-        ``layout``: the sequential layout the model was trained on, which fixes the prompt form
-        (see :meth:`genrec.llm.encode.PromptFormat.seq_prompt`)."""
+        ``layout`` and ``prompt``: the sequential layout and prompt form ('chat' or 'plain') the
+        model was trained on, which fix the prompt (see :meth:`genrec.llm.encode.PromptFormat.seq_prompt`)."""
         from genrec.llm.encode import PromptFormat
 
         self.lm = lm.eval()
-        self.fmt = PromptFormat(tokenizer, index)
+        self.fmt = PromptFormat(tokenizer, index, chat=prompt == "chat")
         self.index = index
         self.beams, self.batch_users, self.max_history, self.layout = beams, batch_users, max_history, layout
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -58,12 +58,13 @@ class GenerativeRecommender:
         backbone = raw.pop("backbone", "default")
         raw.pop("new_tokens", None)
         layout = raw.pop("layout", None) or _corpus_layout(model_dir)
+        prompt = raw.pop("prompt", "chat")
         cfg = LLMTrainConfig.model_validate(raw)
         index = index if isinstance(index, ItemIndex) else ItemIndex.load(index)
         dev = pick_device(device)
         lm, tok = build_model(cfg, backbone, list(index.new_tokens), dev)
         lm.load_trainable(weights, model_dir)
-        return cls(lm.merge_for_inference(), tok, index, **{"layout": layout, **kw})
+        return cls(lm.merge_for_inference(), tok, index, **{"layout": layout, "prompt": prompt, **kw})
 
     def prompts(self, histories: list[np.ndarray]) -> list[list[int]]:
         return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history, self.layout) for h in histories]

@@ -2,7 +2,7 @@
 
 The classic model (any baseline with ``score(histories, users)``, e.g. SASRec) scores every
 item; its top ``candidates`` are the hard candidates. History items are left in or out as the
-evaluator treats them (``mask_history``, off by default, as for every model in our tables), so
+evaluator treats them (``mask_history``: by default masked on deduplicated data, as for every model), so
 that w = 0 below is exactly the classic model's evaluation. The LLM scores each candidate by the log-probability of the candidate's code
 sequence after the user's prompt (teacher-forced, exactly the score its beam search gives).
 Both scores are turned into a distribution over the shortlist (log-softmax over the candidates)

@@ -121,14 +121,16 @@ class Evaluator:
     """Leave-one-out evaluation of any scoring or ranking model on a Dataset.
 
     ``mask_history``: scores of history items (other than the target itself) become -inf;
-    ranked lists lose their history items (other than the target).
+    ranked lists lose their history items (other than the target). ``"auto"`` masks exactly when
+    the data holds no repeated user-item pair (deduplicated data, as RecBole does): there a
+    history item can never be the target, so recommending one only wastes a slot.
     """
 
     def __init__(
         self,
         dataset: Dataset,
         ks: Sequence[int] = (1, 5, 10, 20),
-        mask_history: bool = False,
+        mask_history: bool | str = "auto",
         batch_size: int = 256,
         progress: bool = True,
     ):
@@ -136,7 +138,11 @@ class Evaluator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
         self.ks = sorted(normalize_ks(ks))
-        self.mask_history = bool(mask_history)
+        if mask_history == "auto":
+            mask_history = not dataset.has_repeats()
+        elif not isinstance(mask_history, bool):
+            raise ValueError(f"mask_history must be true, false or 'auto', got {mask_history!r}")
+        self.mask_history = mask_history
         self.batch_size = int(batch_size)
         self.progress = bool(progress)
         self._splits: dict[str, EvalSplit] = {}

@@ -86,10 +86,28 @@ def random_backbone(hidden: int, layers: int, vocab_size: int):
         return LlamaForCausalLM(cfg)
 
 
+def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively (the AVX512-BF16 or AMX-BF16 instructions), read from
+    the kernel's CPU flags. Without them (AVX2-only CPUs, other systems) bf16 is emulated and
+    slower than fp32."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
 def pick_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
-    """bf16 on GPUs that support it, fp32 otherwise, unless asked for explicitly."""
+    """``auto``: bf16 on GPUs that support it and on CPUs with native bf16 instructions
+    (:func:`cpu_has_bf16`), fp32 otherwise. Any other value is taken as asked."""
     if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if device.type == "cpu" and cpu_has_bf16():
             return torch.bfloat16
         return torch.float32
     return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,

@@ -18,6 +18,13 @@ class LLMTrainConfig(BaseModel):
     softmax: Literal["full", "codes"] = Field(
         "full", description="codes: a code target's softmax runs over the code tokens only (the only tokens constrained decoding "
                             "can choose), skipping the output layer over the whole vocabulary; text targets keep the full softmax")
+    code_init: Literal["random", "scaled"] = Field(
+        "random", description="new code-token rows: 'random', the backbone's small initialiser (the reference paper); "
+                              "'scaled': drawn per dimension with the mean and spread of the text rows, so codes start "
+                              "at the scale of the words around them")
+    untie_codes: bool = Field(False, description="code tokens get output rows of their own where the backbone ties input "
+                                                 "and output embeddings (text rows stay tied)")
+    code_lr: float | None = Field(None, gt=0, description="learning rate of the code-token rows (default: lr)")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
@@ -43,5 +50,13 @@ class LLMTrainConfig(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0)
     save_every: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
     eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and at each epoch end)")
+    select_users: int = Field(0, ge=0, description="model selection by ranking: at each epoch end (or every select_every "
+                                                   "steps) decode this seeded sample of validation users with constrained "
+                                                   "beam search and keep the weights with the best select_metric; 0: off, "
+                                                   "the last weights are kept")
+    select_every: int | None = Field(None, ge=1, description="rank the validation sample every N steps too")
+    select_metric: str = Field("NDCG@10", pattern=r"^(HR|NDCG)@\d+$|^MRR$")
+    select_beams: int = Field(20, ge=1)
+    patience: int | None = Field(None, ge=1, description="stop after this many selections without a better metric")
     log_every: int = Field(10, ge=1)
     seed: int = 0

@@ -179,7 +179,7 @@ def build_corpus(
     index's code tokens already added)."""
     if index.n_items != dataset.n_items:
         raise DataError("index", None, f"an index of the dataset's {dataset.n_items} items, got {index.n_items}")
-    fmt = PromptFormat(tokenizer, index)
+    fmt = PromptFormat(tokenizer, index, chat=cfg.prompt == "chat")
     train, dropped = encode_samples(build_tasks(dataset, cfg), fmt, max_length)
     valid, _ = encode_samples(validation_samples(dataset, cfg.max_history, valid_users, cfg.seed, cfg.layout), fmt,
                                max_length)
@@ -191,6 +191,7 @@ def build_corpus(
         "dropped_too_long": dropped,
         "max_length": max_length,
         "layout": cfg.layout,
+        "prompt": cfg.prompt,
     }
     return train, valid, info
 
@@ -202,9 +203,15 @@ def save_corpus(folder: Path, train: Corpus, valid: Corpus, info: dict) -> None:
     (folder / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
-def load_corpus(folder: str | Path) -> tuple[Corpus, Corpus, dict]:
-    folder = Path(folder)
-    meta = folder / "meta.json"
+def load_meta(folder: str | Path) -> dict:
+    """A corpus folder's ``meta.json`` (backbone, vocabulary, layout, prompt form, code tokens)."""
+    meta = Path(folder) / "meta.json"
     if not meta.is_file():
         raise DataError(folder, None, "a task corpus folder (train.npz, valid.npz, meta.json) from `genrec tasks build`")
-    return Corpus.load(folder / "train.npz"), Corpus.load(folder / "valid.npz"), json.loads(meta.read_text())
+    return json.loads(meta.read_text())
+
+
+def load_corpus(folder: str | Path) -> tuple[Corpus, Corpus, dict]:
+    meta = load_meta(folder)
+    folder = Path(folder)
+    return Corpus.load(folder / "train.npz"), Corpus.load(folder / "valid.npz"), meta

@@ -49,7 +49,11 @@ class CodeEmbedding(nn.Module):
 class CodeLM(nn.Module):
     """Wraps a Hugging Face causal LM (optionally with LoRA adapters) for code-token training."""
 
-    def __init__(self, model, n_new: int, mode: str = "lora", lora: dict | None = None, softmax: str = "full"):
+    def __init__(self, model, n_new: int, mode: str = "lora", lora: dict | None = None, softmax: str = "full",
+                 untie_codes: bool = False):
+        """``untie_codes``: for a backbone that ties its input and output embeddings, give the code
+        tokens output rows of their own (a copy of their input rows to start), so that reading a
+        code and writing it are learned separately; the text rows stay tied."""
         super().__init__()
         if mode not in ("lora", "full"):
             raise GenrecError(f"train mode {mode!r}: expected 'lora' or 'full'")
@@ -74,8 +78,8 @@ class CodeLM(nn.Module):
         self.embed = CodeEmbedding(emb.data[:n_old].clone(), emb.data[n_old:].clone(), train_old)
         self.body.embed_tokens = self.embed
         if self.tied:
-            self.out_new = None
             self.out_old = None
+            self.out_new = nn.Parameter(self.embed.new.data.clone(), requires_grad=True) if untie_codes else None
         else:
             w = base.get_output_embeddings().weight.data
             self.out_old = nn.Parameter(w[:n_old].clone(), requires_grad=train_old)
@@ -84,8 +88,9 @@ class CodeLM(nn.Module):
         self.n_old, self.n_new = n_old, n_new
 
     def _heads(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(old rows, code rows) of the output layer: the input embedding's when tied."""
-        return (self.embed.old, self.embed.new) if self.tied else (self.out_old, self.out_new)
+        """(old rows, code rows) of the output layer: the input embedding's where tied."""
+        return (self.embed.old if self.out_old is None else self.out_old,
+                self.embed.new if self.out_new is None else self.out_new)
 
     def head_weight(self, dtype: torch.dtype) -> torch.Tensor:
         old, new = self._heads()
@@ -141,7 +146,7 @@ class CodeLM(nn.Module):
             logits = (states[text] @ self.head_weight(states.dtype).T).float()
             nll = nll + F.cross_entropy(logits, targets[text], reduction="sum")
             correct = correct + (logits.argmax(-1) == targets[text]).sum()
-        elif old.requires_grad and not self.tied:
+        elif old.requires_grad and self.out_old is not None:
             nll = nll + 0.0 * old.sum()  # every trainable weight takes part in every forward (DDP needs it)
         return nll, n, correct
 
@@ -189,10 +194,12 @@ def merged_hf_model(lm: CodeLM):
         decoder = model.get_decoder()
         decoder.embed_tokens = nn.Embedding.from_pretrained(emb, freeze=False)
         head = nn.Linear(emb.shape[1], emb.shape[0], bias=False, device=emb.device, dtype=emb.dtype)
-        if lm.tied:
+        if lm.out_old is None and lm.out_new is None:
             head.weight = decoder.embed_tokens.weight
         else:
-            head.weight.copy_(torch.cat([lm.out_old.data, lm.out_new.data.to(lm.out_old.dtype)]))
+            old, new = lm._heads()
+            head.weight.copy_(torch.cat([old.data, new.data.to(old.dtype)]))
+            model.config.tie_word_embeddings = False
         model.lm_head = head
     model.config.vocab_size = emb.shape[0]
     return model.eval()

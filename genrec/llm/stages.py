@@ -79,9 +79,10 @@ def train_fingerprint(corpus: Path, cfg: LLMTrainConfig) -> tuple[dict, dict, st
 
 def stage_train(
     corpus: Path, out: Path, cfg: LLMTrainConfig, force: bool = False, stop_after: int | None = None,
-    progress: bool = True,
+    progress: bool = True, select=None,
 ) -> StageResult | None:
-    """Fine-tune the corpus's backbone on it. Checkpoints live next to ``out`` (keyed by corpus and config), so
+    """Fine-tune the corpus's backbone on it (``select``: model selection by ranking, see
+    :func:`genrec.llm.train.train`). Checkpoints live next to ``out`` (keyed by corpus and config), so
     rerunning a killed or budgeted run resumes it. Under ``accelerate launch`` every rank trains
     and rank 0 writes the artifact. Returns None when stopped by ``stop_after`` steps."""
     config, inputs, fp = train_fingerprint(corpus, cfg)
@@ -99,7 +100,7 @@ def stage_train(
 
     result = ckpt / "result"
     metrics = train(cfg, backbone, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after,
-                    layout=meta.get("layout", "per_prefix"))
+                    layout=meta.get("layout", "per_prefix"), prompt=meta.get("prompt", "chat"), select=select)
     if metrics.get("stopped"):
         return None
     from genrec.device import launch_rank

@@ -90,6 +90,12 @@ class TaskConfig(BaseModel):
         "and the trainer computes it once (train.share_prefixes); 'independent': a template drawn per negative "
         "(the original behaviour)",
     )
+    prompt: Literal["chat", "plain"] = Field(
+        "chat",
+        description="'chat': every sample inside the backbone's chat template with a system prompt; 'plain': the "
+        "task's own text only (no system prompt, no chat wrappers: fewer tokens per sample). Decoding uses the form "
+        "the model was trained on",
+    )
     max_description_chars: int = Field(300, ge=0)
     max_review_chars: int = Field(300, ge=1)
     seed: int = 0

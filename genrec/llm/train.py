@@ -194,6 +194,8 @@ def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], devic
     # full fine-tuning keeps fp32 master weights and computes under autocast
     model, tok = load_backbone(backbone, device=str(device), dtype="fp32" if cfg.mode == "full" else cfg.dtype)
     add_tokens(tok, model, new_tokens)
+    if cfg.code_init == "scaled" and new_tokens:
+        scale_new_rows(model.get_input_embeddings().weight, len(new_tokens), cfg.seed)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if vocab_size is not None and len(tok) != vocab_size:
@@ -203,9 +205,32 @@ def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], devic
             "target_modules": list(cfg.lora_targets)}
     with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; nothing for our users to act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        lm = CodeLM(model, len(new_tokens), cfg.mode, lora, cfg.softmax).to(device)
+        lm = CodeLM(model, len(new_tokens), cfg.mode, lora, cfg.softmax, cfg.untie_codes).to(device)
     lm.compute_dtype = dtype
     return lm, tok
+
+
+@torch.no_grad()
+def scale_new_rows(weight: torch.Tensor, n_new: int, seed: int) -> None:
+    """Redraw the last ``n_new`` rows of an embedding matrix per dimension from a normal with the
+    mean and standard deviation of the rows before them (seeded), in place."""
+    old = weight[:-n_new].float()
+    mean, std = old.mean(0), old.std(0)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(n_new, weight.shape[1], generator=g)
+    weight[-n_new:] = (mean.cpu() + noise * std.cpu()).to(weight.device, weight.dtype)
+
+
+def param_groups(lm, cfg: LLMTrainConfig) -> list[dict]:
+    """The optimizer's groups: the code-token rows at ``code_lr`` (when set), the rest at ``lr``.
+    Each group records its base rate; the schedule scales it."""
+    code = [p for p in (lm.embed.new, lm.out_new) if p is not None and p.requires_grad] if cfg.code_lr else []
+    ids = {id(p) for p in code}
+    rest = [p for p in lm.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": rest, "base_lr": cfg.lr}]
+    if code:
+        groups.append({"params": code, "base_lr": cfg.code_lr})
+    return [g for g in groups if g["params"]]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -216,9 +241,10 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log_lines: list[dict],
-                    train_config: dict | None = None) -> None:
+                    train_config: dict | None = None, best: dict | None = None) -> None:
     """Atomically replace ``folder`` with the state after ``step`` optimizer steps (with the
-    ``train_config.json`` of the run, so a checkpoint can be decoded like a finished model)."""
+    ``train_config.json`` of the run, so a checkpoint can be decoded like a finished model), and
+    the best weights of model selection so far (``best``: trainable state, step, metric)."""
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     rank = acc.process_index
     tmp = folder.parent / f".{folder.name}.tmp"
@@ -234,6 +260,8 @@ def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log
             f.writelines(json.dumps(x) + "\n" for x in log_lines)
         if train_config is not None:
             (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2, sort_keys=True, default=str))
+        if best is not None:
+            torch.save(best, tmp / "best.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
         old = folder.parent / f".{folder.name}.old"
@@ -243,6 +271,12 @@ def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def load_best(folder: Path) -> dict | None:
+    """The best weights of model selection a checkpoint holds (trainable state, step, metric), if any."""
+    f = folder / "best.pt"
+    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
 
 
 def load_checkpoint(folder: Path, lm, optimizer, acc) -> tuple[int, list[dict]]:
@@ -309,11 +343,19 @@ def train(
     log=None,
     stop_after: int | None = None,
     layout: str = "per_prefix",
+    prompt: str = "chat",
+    select=None,
 ) -> dict:
     """Fine-tune; write ``trainable.pt``, ``log.jsonl`` and ``train_config.json`` to ``out``.
 
-    ``layout`` is the corpus's sequential layout, recorded in ``train_config.json`` so decoding
-    builds its prompts in the form the model was trained on.
+    ``layout`` and ``prompt`` are the corpus's sequential layout and prompt form, recorded in
+    ``train_config.json`` so decoding builds its prompts in the form the model was trained on.
+
+    ``select(lm, tokenizer) -> {metric: value}`` ranks a validation sample with the model as it
+    is (model selection, ``cfg.select_users``): called at each epoch end and every
+    ``cfg.select_every`` steps; the weights with the best ``cfg.select_metric`` are the ones
+    written, and with ``cfg.patience`` training stops after that many calls without a better one.
+    Under a launch only the main process's values count.
 
     Resumes from ``checkpoint_dir`` when it holds a checkpoint of this run. ``stop_after`` ends
     this call after that many optimizer steps with a checkpoint (a session budget; the schedule
@@ -331,11 +373,13 @@ def train(
     device = acc.device
     torch.manual_seed(cfg.seed)
     lm, tok = build_model(cfg, backbone, new_tokens, device, vocab_size)
-    run_config = {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens), "layout": layout}
+    run_config = {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens), "layout": layout,
+                  "prompt": prompt}
     dtype = lm.compute_dtype
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     params = [p for p in lm.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([{**g, "lr": g["base_lr"]} for g in param_groups(lm, cfg)], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     lm, optimizer = acc.prepare(lm, optimizer)
 
     world, accum = acc.num_processes, cfg.grad_accum
@@ -349,10 +393,16 @@ def train(
         total = min(total, cfg.max_steps)
     warmup = int(cfg.warmup_ratio * total)
 
-    step, log_lines = 0, []
+    if cfg.select_users and select is None:
+        raise GenrecError("model selection (train.select_users) ranks validation users: it needs the dataset and the index, "
+                          "so run it through a run config (genrec run / genrec train --config)")
+    step, log_lines, best = 0, [], None
     if (checkpoint_dir / "state.pt").is_file():
         step, log_lines = load_checkpoint(checkpoint_dir, lm, optimizer, acc)
+        best = load_best(checkpoint_dir)
         log(f"resumed from {checkpoint_dir} at step {step}")
+        if select is not None and _out_of_patience(cfg, log_lines, best):
+            total = step  # it had stopped early: finish with the best weights
     n_trainable = sum(p.numel() for p in params)
     if acc.is_main_process:
         log(f"training {n_trainable:,} parameters ({cfg.mode}, {dtype}) on {world} x {device}: {len(corpus):,} samples, "
@@ -372,7 +422,7 @@ def train(
         mine = step_batches(batches, pos, group)
         step_targets = float(sum(units.targets[b].sum() for b in mine))
         for g in optimizer.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.min_lr_ratio)
+            g["lr"] = g.get("base_lr", cfg.lr) * lr_factor(step, total, warmup, cfg.min_lr_ratio)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for j, rows in enumerate(mine[acc.process_index :: world]):
             batch = collate_units(corpus, units, rows, pad_id, device)
@@ -409,9 +459,17 @@ def train(
             log_lines.append({"step": step, "epoch": round(step / steps_per_epoch, 4), **v})
             if acc.is_main_process:
                 bar.write(f"step {step}: train loss {loss:.4f}, validation loss {v['val_loss']:.4f}, accuracy {v['val_acc']:.3f}")
+        stop_early = False
+        if select is not None and cfg.select_users and (epoch_end or (cfg.select_every and step % cfg.select_every == 0)):
+            best, stop_early = _select(select, lm, tok, cfg, step, steps_per_epoch, best, log_lines, device, acc, log)
         budget_spent = stop_after is not None and step - first_step >= stop_after and step < total
-        if step % cfg.save_every == 0 or epoch_end or budget_spent:
-            save_checkpoint(checkpoint_dir, lm, optimizer, step, epoch, acc, log_lines, run_config)
+        if step % cfg.save_every == 0 or epoch_end or budget_spent or stop_early:
+            save_checkpoint(checkpoint_dir, lm, optimizer, step, epoch, acc, log_lines, run_config, best)
+        if stop_early:
+            log(f"stopped early at step {step}: {cfg.patience} selections without a better validation "
+                f"{cfg.select_metric} than step {best['step']}'s {best['metric']:.5f}")
+            total = step
+            break
         if budget_spent:
             bar.close()
             log(f"stopped after {step - first_step} steps at step {step} of {total}; checkpoint in {checkpoint_dir}")
@@ -420,14 +478,45 @@ def train(
     elapsed = time.time() - start
     metrics = _summary(log_lines, steps_per_epoch, total, total - first_step, elapsed, tokens_seen * world,
                        targets_seen * world, samples_seen * world, peak_memory_mb(device), n_trainable, world)
+    if best is not None:
+        metrics.update(selected_step=best["step"], selected_epoch=round(best["step"] / steps_per_epoch, 4),
+                       **{f"valid_{cfg.select_metric}": best["metric"]})
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(acc.unwrap_model(lm).trainable_state(), out / "trainable.pt")
+        torch.save(best["trainable"] if best is not None else acc.unwrap_model(lm).trainable_state(), out / "trainable.pt")
         with open(out / "log.jsonl", "w") as f:
             f.writelines(json.dumps(x) + "\n" for x in log_lines)
         write_json_atomic(out / "train_config.json", run_config)
     acc.wait_for_everyone()
     return metrics
+
+
+def _select(select, lm, tok, cfg: LLMTrainConfig, step: int, steps_per_epoch: int, best: dict | None,
+            log_lines: list[dict], device, acc, log) -> tuple[dict | None, bool]:
+    """One model selection: rank the validation sample, keep the weights if they are the best so
+    far; (best, stop early?)."""
+    t = time.time()
+    model = acc.unwrap_model(lm)
+    metrics = select(model, tok) if acc.is_main_process else None
+    lm.train()
+    value = torch.tensor([float(metrics[cfg.select_metric]) if metrics else 0.0], dtype=torch.float64, device=device)
+    value = float(acc.reduce(value, "sum"))  # the main process's value on every rank
+    if best is None or value > best["metric"]:
+        best = {"trainable": model.trainable_state(), "step": step, "metric": value}
+    entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "select": {k: round(float(v), 5) for k, v in
+             (metrics or {}).items() if k.startswith(("HR@", "NDCG@", "MRR", "coverage@"))},
+             "select_value": round(value, 5), "best_step": best["step"], "select_seconds": round(time.time() - t, 1)}
+    log_lines.append(entry)
+    log(f"step {step}: validation {cfg.select_metric} {value:.5f} (best {best['metric']:.5f} at step {best['step']}, "
+        f"{entry['select_seconds']:.0f}s to rank)")
+    return best, _out_of_patience(cfg, log_lines, best)
+
+
+def _out_of_patience(cfg: LLMTrainConfig, log_lines: list[dict], best: dict | None) -> bool:
+    """Whether the last ``cfg.patience`` selections in the log all came after the best one."""
+    if not cfg.patience or best is None:
+        return False
+    return sum(1 for x in log_lines if "select_value" in x and x["step"] > best["step"]) >= cfg.patience
 
 
 def sessions(log_lines: list[dict]) -> list[dict]:
