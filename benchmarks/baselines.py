@@ -2,10 +2,12 @@
 
     .venv/bin/python benchmarks/baselines.py                       # every model, every dataset
     .venv/bin/python benchmarks/baselines.py --datasets scientific --models pop sasrec-ce
+    .venv/bin/python benchmarks/baselines.py --mask-history off      # the unmasked protocol of most papers
 
 Each (dataset, model) is a stage folder under --run-dir: a finished row is skipped on rerun and a
 killed neural run resumes from its checkpoint. Writes benchmarks/results/baselines.{md,json}
-from every finished row.
+from every finished row; each row says whether history items were masked (`mask_history`), and
+masked and unmasked rows of one model stand side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._machine import describe, machine  # noqa: E402
 from genrec.artifacts import read_manifest  # noqa: E402
 from genrec.config import EvaluateSection  # noqa: E402
+from genrec.data.dataset import Dataset  # noqa: E402
 from genrec.data.preprocess import PrepareConfig  # noqa: E402
 from genrec.pipeline import stage_baseline, stage_data  # noqa: E402
 from genrec.report import COLS  # noqa: E402
@@ -29,6 +32,11 @@ from genrec.report import COLS  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data"
 MODELS = ["pop", "sasrec", "sasrec-ce", "bert4rec", "gru4rec", "fmlp", "lightgcn", "dccf"]
 FORMATS = {"scientific": "lcrec", "instruments": "lcrec", "ml-100k": "recbole"}  # as in configs/NAME.yaml
+
+
+def resolved_mask(setting, data: Path) -> bool:
+    """The evaluator's history masking for a stage's setting on its data (``auto``: deduplicated data)."""
+    return (not Dataset.load(data).has_repeats()) if setting == "auto" else bool(setting)
 
 
 def rows_from(run_dir: Path, datasets: list[str], models: list[str]) -> list[dict]:
@@ -39,7 +47,8 @@ def rows_from(run_dir: Path, datasets: list[str], models: list[str]) -> list[dic
             if m is None:
                 continue
             test, fit = m["metrics"]["test"]["metrics"], m["metrics"].get("fit", {})
-            row = {"dataset": ds, "method": name, **{c: round(test[c], 4) for c in COLS}}
+            mask = resolved_mask(m["config"]["evaluate"].get("mask_history", False), run_dir / ds / "data")
+            row = {"dataset": ds, "method": name, "mask_history": mask, **{c: round(test[c], 4) for c in COLS}}
             row["seconds_per_epoch"] = fit.get("seconds_per_epoch")
             row["best_epoch"] = fit.get("best_epoch")
             row["epochs_run"] = fit.get("epochs_run")
@@ -54,12 +63,16 @@ def merge_committed(rows: list[dict], out: Path) -> list[dict]:
     Run directories are not kept across machines or sessions; a rerun of some models must not drop
     the committed results of the others. Order: dataset, then MODELS order.
     """
-    have = {(r["dataset"], r["method"]) for r in rows}
+    key = lambda r: (r["dataset"], r["method"], r.get("mask_history", False))  # noqa: E731
+    have = {key(r) for r in rows}
     old = out / "baselines.json"
-    kept = [r for r in json.loads(old.read_text()) if (r["dataset"], r["method"]) not in have] if old.exists() else []
+    kept = [r for r in json.loads(old.read_text()) if key(r) not in have] if old.exists() else []
+    for r in kept:  # rows from before the setting were measured unmasked
+        r.setdefault("mask_history", False)
     order = {m: i for i, m in enumerate(MODELS)}
     datasets = list(dict.fromkeys([r["dataset"] for r in kept + rows]))
-    return sorted(kept + rows, key=lambda r: (datasets.index(r["dataset"]), order.get(r["method"], len(order))))
+    return sorted(kept + rows, key=lambda r: (datasets.index(r["dataset"]), not r["mask_history"],
+                                              order.get(r["method"], len(order))))
 
 
 def write_results(rows: list[dict], out: Path, command: str, note: str = "") -> None:
@@ -70,9 +83,11 @@ def write_results(rows: list[dict], out: Path, command: str, note: str = "") -> 
     lines = [
         "# Classic baselines",
         "",
-        "Test split (leave-one-out, last item), full ranking over all items, history capped at 20,",
-        "history items not masked; every model through `genrec.evaluate.Evaluator`. Neural models:",
-        "early stopping on validation NDCG@10; `s/epoch` is training time per epoch (validation excluded).",
+        "Test split (leave-one-out, last item), full ranking over all items, history capped at 20; every",
+        "model through `genrec.evaluate.Evaluator`. `masked`: the user's history items are never recommended",
+        "(the evaluator's default on deduplicated data, where a history item is never the target); the",
+        "unmasked rows are the protocol of most papers. Neural models: early stopping on validation",
+        "NDCG@10 (under the same masking); `s/epoch` is training time per epoch (validation excluded).",
         "",
         f"Machine: {describe(info)}.",
         "",
@@ -82,10 +97,10 @@ def write_results(rows: list[dict], out: Path, command: str, note: str = "") -> 
     if note:
         lines += [note, ""]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
-        lines += [f"## {ds}", "", "| method | " + " | ".join(COLS) + " | s/epoch | best epoch | epochs run | wall s |"]
-        lines.append("|---" * (len(COLS) + 5) + "|")
+        lines += [f"## {ds}", "", "| method | masked | " + " | ".join(COLS) + " | s/epoch | best epoch | epochs run | wall s |"]
+        lines.append("|---" * (len(COLS) + 6) + "|")
         for r in (r for r in rows if r["dataset"] == ds):
-            cells = [f"{r[c]:.4f}" for c in COLS]
+            cells = ["yes" if r["mask_history"] else "no", *(f"{r[c]:.4f}" for c in COLS)]
             extra = [r["seconds_per_epoch"], r["best_epoch"], r["epochs_run"], round(r["wall_seconds"])]
             lines.append(f"| {r['method']} | " + " | ".join(cells) + " | " + " | ".join("" if v is None else str(v) for v in extra) + " |")
         lines.append("")
@@ -101,12 +116,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report-only", action="store_true", help="rewrite the results from finished rows, train nothing")
     ap.add_argument("--note", default="", help="a line for the report, e.g. how the machine was shared")
+    ap.add_argument("--mask-history", default="auto", choices=["auto", "on", "off"],
+                    help="the evaluator's history masking (auto: on deduplicated data)")
     args = ap.parse_args()
     command = "OMP_NUM_THREADS=1 python benchmarks/baselines.py  # all datasets and models; a subset with --datasets/--models"
     if args.report_only:
         write_results(rows_from(args.run_dir, args.datasets, MODELS), args.out, command, args.note)
         return
-    ev = EvaluateSection()
+    ev = EvaluateSection(mask_history={"auto": "auto", "on": True, "off": False}[args.mask_history])
     for ds in args.datasets:
         src = SHARED / ds
         if not src.is_dir():

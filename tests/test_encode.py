@@ -105,7 +105,7 @@ def test_plain_prompts_drop_the_chat_wrapping_and_decode_in_the_trained_form(tok
     from genrec.llm.tasks import SEQ_TEMPLATES, TaskConfig, build_tasks
 
     idx, tok = index_and_tokenizer(tokenizer)
-    plain, chat = PromptFormat(tok, idx, chat=False), PromptFormat(tok, idx)
+    plain, chat = PromptFormat(tok, idx, "plain"), PromptFormat(tok, idx)
     seq = [0, 2, 1, 2, 0, 1]
     inter = pd.DataFrame({"user_idx": [0] * len(seq), "item_idx": seq, "timestamp": range(len(seq))})
     ds = Dataset(pd.DataFrame({"title": ["a", "b", "c"]}), np.array(["u0"]), inter)
@@ -124,3 +124,34 @@ def test_plain_prompts_drop_the_chat_wrapping_and_decode_in_the_trained_form(tok
     starts = [j for j in range(len(labels)) if labels[j] != IGNORE and (j == 0 or labels[j - 1] == IGNORE)]
     for n, start in enumerate(starts, start=1):
         assert plain.seq_prompt(seq[:n], sample.template, 20, "all_positions") == enc.input_ids[:start]
+
+
+def test_codes_prompts_write_the_sequence_as_codes_back_to_back(tokenizer):
+    """prompt: codes. The sequential task is one start token and its items' codes, loss on every
+    item after the first; decoding prompts are the tokens before each target; the text tasks keep
+    their text (as in plain)."""
+    import pandas as pd
+
+    from genrec.data.dataset import Dataset
+    from genrec.llm.tasks import TaskConfig, build_tasks
+
+    idx, tok = index_and_tokenizer(tokenizer)
+    codes, plain = PromptFormat(tok, idx, "codes"), PromptFormat(tok, idx, "plain")
+    seq = [0, 2, 1, 2, 0, 1]
+    inter = pd.DataFrame({"user_idx": [0] * len(seq), "item_idx": seq, "timestamp": range(len(seq))})
+    ds = Dataset(pd.DataFrame({"title": ["a", "b", "c"]}), np.array(["u0"]), inter)
+    sample = next(s for s in build_tasks(ds, TaskConfig(tasks=["seq"], layout="all_positions")) if s.task == "seq_all")
+    enc = codes.encode(sample)
+    train = seq[:-2]
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    assert enc.input_ids == [start] + [t for i in train for t in codes.items[i]]
+    assert enc.labels == [IGNORE] * 3 + [t for i in train[1:] for t in codes.items[i]]
+    for n in range(1, len(train)):
+        assert codes.seq_prompt(train[:n], sample.template, 20, "all_positions") == enc.input_ids[: 1 + 2 * n]
+        assert codes.seq_prompt(train[:n], 0, 20, "per_prefix") == enc.input_ids[: 1 + 2 * n]
+    assert codes.seq_prompt([], 0, 20, "all_positions") == [start]  # a user with no history still has a prompt
+    text = Sample("title2item", 0, [("t", "Title: ", False), ("d", "Mic", False), ("i", 1, True)], -1, 1)
+    assert codes.encode(text) == plain.encode(text)
+    # per_prefix: the target's codes, then the end token
+    per = Sample("seq", 0, [("t", "History: ", False), ("i", 0, False), ("t", ". Next?", False), ("i", 2, True)], 0, 2)
+    assert codes.encode(per).input_ids == [start, *codes.items[0], *codes.items[2], tok.eos_token_id]

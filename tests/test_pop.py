@@ -23,7 +23,7 @@ def tiny(tmp_path):
 
 
 def test_pop_metrics_by_hand(cli, tiny):
-    code, out, err = cli("baselines", "run", "pop", "--data", tiny, "--kcore", "0", "--json")
+    code, out, err = cli("baselines", "run", "pop", "--data", tiny, "--kcore", "0", "--json", "--mask-history", "off")
     assert code == 0, err
     m = json.loads(out)["metrics"]
     # every test target scores 0 and sits behind items 0 and 1, tied with the 2 other zero items:
@@ -35,11 +35,16 @@ def test_pop_metrics_by_hand(cli, tiny):
 
 
 def test_pop_with_history_masked(cli, tiny):
-    code, out, err = cli("baselines", "run", "pop", "--data", tiny, "--kcore", "0", "--json", "--mask-history")
+    code, out, err = cli("baselines", "run", "pop", "--data", tiny, "--kcore", "0", "--json", "--mask-history", "on")
     assert code == 0, err
     m = json.loads(out)["metrics"]
     # history (3 items) removed: the target ties with the one remaining item -> rank 1 or 2
     assert m["HR@1"] == pytest.approx(0.5) and m["MRR"] == pytest.approx(0.75)
+    # the data has no repeated user-item pair: the default (auto) masks too
+    code, out, _ = cli("baselines", "run", "pop", "--data", tiny, "--kcore", "0", "--json")
+    assert code == 0 and json.loads(out)["metrics"] == m
+    code, _, err = cli("baselines", "run", "pop", "--data", tiny, "--kcore", "0", "--mask-history", "maybe")
+    assert code != 0 and "--mask-history" in err
 
 
 def test_pop_table_output_and_save_load(cli, tiny, tmp_path):

@@ -125,7 +125,7 @@ def run(tmp_path_factory, tiny_backbone):
         "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 30}},
         "index": {"method": "alignment", "config": {"levels": 2, "codebook_size": 8, "epochs": 30, "progress": False}},
         "tasks": {"negatives_per_positive": 1, "tasks": ["seq"]},
-        "train": {"epochs": 8, "batch_size": 16, "lr": 1e-2, "save_every": 1000, "lora_dropout": 0.0},
+        "train": {"epochs": 8, "batch_size": 16, "lr": 1e-2, "save_every": 1000, "lora_dropout": 0.0, "dtype": "fp32"},
     }
     path = root / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -42,6 +42,8 @@ class TrainConfig(BaseModel):
     patience: int = Field(10, ge=1, description="epochs without a better validation NDCG@10 before stopping")
     eval_every: int = Field(1, ge=1)
     metric: str = "NDCG@10"
+    mask_history: bool | Literal["auto"] = Field("auto", description="the validation ranking early stopping reads: "
+                                                                      "as the evaluator's setting of that name")
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...")
@@ -124,7 +126,8 @@ def fit(
     model.to(device)
     model.prepare(dataset)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    evaluator = Evaluator(dataset, ks=(1, 5, 10, 20), batch_size=cfg.eval_batch_size, progress=False)
+    evaluator = Evaluator(dataset, ks=(1, 5, 10, 20), mask_history=cfg.mask_history, batch_size=cfg.eval_batch_size,
+                          progress=False)
     rng = np.random.default_rng(cfg.seed)
 
     history: list[dict] = []

@@ -89,16 +89,17 @@ def train_embeddings(
             if log is not None:
                 log(line)
 
-        model = cls(model_config, train)
+        # early stopping of a behaviour model reads unmasked validation ranking unless told otherwise
+        # (the embeddings feed the index, they are not a recommendation we report; every index so
+        # far was built that way, so the stage's result does not change with the evaluator's default)
+        model = cls(model_config, {"mask_history": False, **train})
         fit_info = model.fit(ds, seed=seed, log=keep, checkpoint_dir=ckpt)
         emb = item_embedding_matrix(name, model)
         if emb.shape != (ds.n_items, dim):
             raise RuntimeError(f"{name}: item embeddings have shape {emb.shape}, expected {(ds.n_items, dim)}")
         np.save(tmp / "item_embeddings.npy", emb)
         model.save(tmp / "model")
-        # early stopping of the behaviour model on unmasked validation ranking (how the index stages
-        # of the committed runs were built; the embeddings are not a recommendation we report)
-        evaluator = Evaluator(ds, mask_history=False, progress=False)
+        evaluator = Evaluator(ds, progress=False)
         results = {stage: evaluator.evaluate(model, stage=stage).to_dict() for stage in ("valid", "test")}
         metrics = {**results, "fit": fit_info}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

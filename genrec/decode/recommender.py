@@ -21,12 +21,12 @@ class GenerativeRecommender:
                  cold_from: int | None = None, layout: str = "per_prefix", prompt: str = "chat"):
         """``cold_from``: items from this index on were added after training (their unseen last
         codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`).
-        ``layout`` and ``prompt``: the sequential layout and prompt form ('chat' or 'plain') the
+        ``layout`` and ``prompt``: the sequential layout and prompt form ('chat', 'plain' or 'codes') the
         model was trained on, which fix the prompt (see :meth:`genrec.llm.encode.PromptFormat.seq_prompt`)."""
         from genrec.llm.encode import PromptFormat
 
         self.lm = lm.eval()
-        self.fmt = PromptFormat(tokenizer, index, chat=prompt == "chat")
+        self.fmt = PromptFormat(tokenizer, index, prompt)
         self.index = index
         self.beams, self.batch_users, self.max_history, self.layout = beams, batch_users, max_history, layout
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -147,6 +147,22 @@ def load_backbone(backbone: str | None = None, device: str = "auto", dtype: str 
     return model.to(dev), load_tokenizer(backbone)
 
 
+def truncate_layers(model, n: int) -> None:
+    """Keep the first ``n`` decoder layers of a causal LM, in place (its embeddings, final norm and
+    output layer stay): a cheaper backbone whose lower layers keep their pretrained weights."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise GenrecError(f"{type(model).__name__}: no decoder layer list to truncate")
+    if not 1 <= n <= len(layers):
+        raise GenrecError(f"train.layers = {n}: the backbone has {len(layers)} decoder layers")
+    decoder.layers = layers[:n]
+    model.config.num_hidden_layers = n
+    types = getattr(model.config, "layer_types", None)
+    if types:
+        model.config.layer_types = list(types)[:n]
+
+
 def add_tokens(tokenizer, model, tokens: list[str]) -> list[int]:
     """Add ``tokens`` as single special tokens (never split, never produced from item text) and
     resize the model's embeddings; returns their ids. New rows start untrained (the reference

@@ -18,6 +18,8 @@ class LLMTrainConfig(BaseModel):
     softmax: Literal["full", "codes"] = Field(
         "full", description="codes: a code target's softmax runs over the code tokens only (the only tokens constrained decoding "
                             "can choose), skipping the output layer over the whole vocabulary; text targets keep the full softmax")
+    layers: int | None = Field(None, ge=1, description="keep only the backbone's first N decoder layers (cheaper; the "
+                                                      "pretrained weights of those layers are kept)")
     code_init: Literal["random", "scaled"] = Field(
         "random", description="new code-token rows: 'random', the backbone's small initialiser (the reference paper); "
                               "'scaled': drawn per dimension with the mean and spread of the text rows, so codes start "

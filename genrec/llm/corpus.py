@@ -179,7 +179,7 @@ def build_corpus(
     index's code tokens already added)."""
     if index.n_items != dataset.n_items:
         raise DataError("index", None, f"an index of the dataset's {dataset.n_items} items, got {index.n_items}")
-    fmt = PromptFormat(tokenizer, index, chat=cfg.prompt == "chat")
+    fmt = PromptFormat(tokenizer, index, cfg.prompt)
     train, dropped = encode_samples(build_tasks(dataset, cfg), fmt, max_length)
     valid, _ = encode_samples(validation_samples(dataset, cfg.max_history, valid_users, cfg.seed, cfg.layout), fmt,
                                max_length)

@@ -44,15 +44,28 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-class PromptFormat:
-    """Encodes samples for training and builds inference prompts, for one tokenizer and index."""
+SEQ_TASKS = ("seq", "seq_all", "seq-valid")  # the sequential task's samples: what the ``codes`` form strips
 
-    def __init__(self, tokenizer, index: ItemIndex, chat: bool = True, system: str = SYSTEM_PROMPT):
+
+class PromptFormat:
+    """Encodes samples for training and builds inference prompts, for one tokenizer and index.
+
+    ``prompt``: ``chat`` wraps every sample in the backbone's chat template with a system prompt;
+    ``plain`` keeps the task's own text only; ``codes`` is ``plain`` with the sequential task
+    written as its items' codes back to back after one start token (no instruction, no
+    separators: an item is a fixed number of code tokens), about half the tokens of ``plain``."""
+
+    def __init__(self, tokenizer, index: ItemIndex, prompt: str = "chat", system: str = SYSTEM_PROMPT):
+        if prompt not in ("chat", "plain", "codes"):
+            raise ValueError(f"prompt form {prompt!r}: expected chat, plain or codes")
         self.tok = tokenizer
         self.items = item_token_ids(index, tokenizer)
         self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else None
+        self.codes_only = prompt == "codes"
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos
+        self.start = [start] if self.codes_only and start is not None else []
         self.user_prefix, self.user_suffix = [], []
-        if chat and getattr(tokenizer, "chat_template", None):
+        if prompt == "chat" and getattr(tokenizer, "chat_template", None):
             marker = "\x00"
             rendered = tokenizer.apply_chat_template(
                 [{"role": "system", "content": system}, {"role": "user", "content": marker}],
@@ -78,6 +91,18 @@ class PromptFormat:
         return text_ids(self.tok, str(value))
 
     def encode(self, sample: Sample) -> Encoded:
+        if self.codes_only and sample.task in SEQ_TASKS:
+            ids = list(self.start)
+            labels = [IGNORE] * len(ids)
+            for kind, value, loss in sample.parts:
+                if kind == "i":
+                    part = self.items[int(value)]
+                    ids += part
+                    labels += part if loss else [IGNORE] * len(part)
+            if sample.task == "seq" and self.eos is not None:  # per_prefix: the target ends the sample
+                ids.append(self.eos)
+                labels.append(self.eos)
+            return Encoded(ids, labels)
         ids: list[int] = list(self.user_prefix)
         labels: list[int] = [IGNORE] * len(ids)
         loss_at = [n for n, p in enumerate(sample.parts) if p[2]]
@@ -102,6 +127,8 @@ class PromptFormat:
         the form the model was trained on. ``per_prefix``: the history in the user turn, the
         target in the assistant turn. ``all_positions``: the history list left open in the user
         turn, ending with the separator, exactly the tokens that precede an item in training."""
+        if self.codes_only:
+            return list(self.start) + [t for i in history[-max_history:] for t in self.items[int(i)]]
         head, tail = SEQ_TEMPLATES[template]
         ids = list(self.user_prefix) + self._template(head)
         for n, i in enumerate(history[-max_history:]):

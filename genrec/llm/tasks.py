@@ -90,10 +90,11 @@ class TaskConfig(BaseModel):
         "and the trainer computes it once (train.share_prefixes); 'independent': a template drawn per negative "
         "(the original behaviour)",
     )
-    prompt: Literal["chat", "plain"] = Field(
+    prompt: Literal["chat", "plain", "codes"] = Field(
         "chat",
         description="'chat': every sample inside the backbone's chat template with a system prompt; 'plain': the "
-        "task's own text only (no system prompt, no chat wrappers: fewer tokens per sample). Decoding uses the form "
+        "task's own text only (no system prompt, no chat wrappers: fewer tokens per sample); 'codes': plain, and the "
+        "sequential task as its items' codes back to back (no instruction, no separators). Decoding uses the form "
         "the model was trained on",
     )
     max_description_chars: int = Field(300, ge=0)

@@ -187,12 +187,14 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], device: torch.device,
                 vocab_size: int | None = None):
     """(CodeLM, tokenizer): the backbone with the code tokens added, on ``device``."""
-    from genrec.llm.backbone import add_tokens, load_backbone, pick_dtype
+    from genrec.llm.backbone import add_tokens, load_backbone, pick_dtype, truncate_layers
     from genrec.llm.model import CodeLM
 
     dtype = pick_dtype(device, cfg.dtype)
     # full fine-tuning keeps fp32 master weights and computes under autocast
     model, tok = load_backbone(backbone, device=str(device), dtype="fp32" if cfg.mode == "full" else cfg.dtype)
+    if cfg.layers is not None:
+        truncate_layers(model, cfg.layers)
     add_tokens(tok, model, new_tokens)
     if cfg.code_init == "scaled" and new_tokens:
         scale_new_rows(model.get_input_embeddings().weight, len(new_tokens), cfg.seed)
