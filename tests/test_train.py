@@ -733,3 +733,81 @@ def test_a_truncated_backbone_computes_the_first_layers_then_trains_and_decodes(
     assert len(rec.lm.body.layers) == 1
     lists = rec.rank([ds.sequences[u][:3] for u in range(3)], np.arange(3), 4)
     assert lists.shape == (3, 4) and (lists >= 0).all() and all(len(set(x)) == 4 for x in lists.tolist())
+
+
+def test_trie_softmax_loss_by_hand(setup, tiny_backbone):
+    """softmax=trie: a code target's NLL is over the codes the trie allows after the item's codes
+    before it (read off the index's trie one target at a time); text targets keep the whole vocabulary."""
+    from genrec.index.trie import Trie
+    from genrec.llm.corpus import load_item_tokens
+    from genrec.llm.train import build_model
+
+    root, _, index = setup
+    tr, _, meta = load_corpus(root / "corpus")
+    items = load_item_tokens(root / "corpus")
+    trie = Trie(items)
+    batch = collate(tr, np.arange(len(tr))[:40], 0, torch.device("cpu"))
+    torch.manual_seed(0)
+    lm, _ = build_model(cfg(tiny_backbone, softmax="trie", mode="full"), str(tiny_backbone), index.new_tokens,
+                        torch.device("cpu"), meta["vocab_size"])
+    lm.set_trie(items)
+    n_old = lm.n_old
+    first = {t[0] for t in items}
+    with torch.no_grad():
+        lm.embed.new.normal_(0, 0.5)
+        nll, count, _ = lm(**batch)
+        h = lm.hidden(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+        weight = torch.cat([lm.embed.old, lm.embed.new])
+        want, n, kinds = 0.0, 0, set()
+        for b, t in zip(*np.nonzero(batch["target_mask"].numpy()), strict=True):
+            if t == 0:
+                continue
+            target = int(batch["input_ids"][b, t])
+            logits = h[b, t - 1] @ weight.T
+            if target >= n_old:
+                prefix = [] if target in first else [int(batch["input_ids"][b, t - 1])]
+                allowed = trie.allowed(prefix)
+                assert target in allowed
+                logp = torch.log_softmax(logits[allowed], -1)[allowed.index(target)]
+                kinds.add("level 1" if not prefix else "level 2")
+            else:
+                logp = torch.log_softmax(logits, -1)[target]
+                kinds.add("text")
+            want -= float(logp)
+            n += 1
+    assert kinds == {"level 1", "level 2", "text"} and int(count) == n
+    assert float(nll) == pytest.approx(want, rel=1e-5)
+
+
+def test_a_trie_softmax_model_ranks_and_scores_like_exhaustive_per_step_renormalised_scoring(setup, tmp_path, cli):
+    """Trained with softmax=trie, beam search with beams >= items and score_items both equal scoring
+    every item by hand: at each step the code's probability among its trie node's children."""
+    from genrec.decode.recommender import GenerativeRecommender
+
+    root, ds, index = setup
+    code, _, err = cli("train", "--corpus", root / "corpus", "--out", tmp_path / "m", "--set", "backbone=random:64x1",
+                       "--set", "softmax=trie", "--set", "mode=full", "--set", "max_steps=3", "--set", "dtype=fp32",
+                       "--no-progress")
+    assert code == 0, err
+    rec = GenerativeRecommender.load(tmp_path / "m", root / "index", beams=ds.n_items, device="cpu")
+    assert rec.decoder.renorm
+    trie = index.trie(rec.fmt.items)
+    h = ds.eval_split("test").histories[0]
+    prompt = rec.prompts([h])[0]
+    scores = []
+    with torch.no_grad():
+        for toks in rec.fmt.items:
+            hs = rec.lm.hidden(torch.tensor([prompt + toks])).last_hidden_state[0]
+            logits = hs @ rec.lm.embed.new.T
+            s = 0.0
+            for j, t in enumerate(toks):
+                allowed = trie.allowed(toks[:j])
+                lp = torch.log_softmax(logits[len(prompt) - 1 + j, [a - rec.lm.n_old for a in allowed]], -1)
+                s += float(lp[allowed.index(t)])
+            scores.append(s)
+    ranked = rec.rank([h], np.array([0]), k=ds.n_items)[0]
+    assert ranked.tolist() == np.argsort(-np.array(scores), kind="stable").tolist()
+    got = rec.score_items([h], np.arange(ds.n_items)[None])[0]
+    np.testing.assert_allclose(got, scores, rtol=1e-5, atol=1e-5)
+    # the per-step distributions sum to one over each node's children: the item scores sum to one
+    assert float(np.exp(scores).sum()) == pytest.approx(1.0, rel=1e-5)

@@ -38,6 +38,7 @@ class Decoder:
     module: object = None  # the Hugging Face decoder itself (enables :class:`SharedPromptSteps`)
     shared_prompt: bool = True  # use the shared-prompt steps when the architecture allows
     share_prefix: bool = True  # encode the prompts' common prefix once (causal LMs; not encoder-decoders)
+    renorm: bool = False  # each step's log-probabilities renormalised over the trie node's children (softmax="trie")
 
     @classmethod
     def from_hf(cls, model, pad_id: int = 0) -> Decoder:
@@ -49,7 +50,8 @@ class Decoder:
     @classmethod
     def from_codelm(cls, lm, pad_id: int = 0) -> Decoder:
         """A fine-tuned :class:`genrec.llm.model.CodeLM`."""
-        return cls(_hf_body(lm.body), lm.logits, next(lm.parameters()).device, pad_id, lm.body)
+        return cls(_hf_body(lm.body), lm.logits, next(lm.parameters()).device, pad_id, lm.body,
+                   renorm=getattr(lm, "softmax", None) == "trie")
 
 
 def _hf_body(body):
@@ -131,6 +133,16 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
             m += 1
         n = m
     return n
+
+
+def _renormalize(logp: torch.Tensor, beam: torch.Tensor, n_beams: int) -> torch.Tensor:
+    """Candidate log-probabilities minus the log-sum-exp of their beam's candidates: each beam's
+    step becomes a distribution over its trie node's children."""
+    top = torch.full((n_beams,), float("-inf"), dtype=logp.dtype, device=logp.device)
+    top = top.scatter_reduce(0, beam, logp, "amax")
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    mass = torch.zeros(n_beams, dtype=logp.dtype, device=logp.device).index_add_(0, beam, (logp - top[beam]).exp())
+    return logp - (top + mass.log())[beam]
 
 
 def _expand(trie: TrieTensors, nodes: torch.Tensor, alive: torch.Tensor):
@@ -298,7 +310,8 @@ def beam_search(
         beam, edge = _expand(tt, nodes, alive)
         if len(beam) == 0:
             break
-        cand_score = scores[beam] + _backoff(tt, beam, edge, step_logp[beam, tt.token[edge]], len(nodes))
+        lp = _backoff(tt, beam, edge, step_logp[beam, tt.token[edge]], len(nodes))
+        cand_score = scores[beam] + (_renormalize(lp, beam, len(nodes)) if decoder.renorm else lp)
         cand_user = slot_user[beam]
         # the best B candidates of each user: sort by (user, -score), rank within the user
         order = torch.argsort(cand_score, descending=True, stable=True)
@@ -356,11 +369,15 @@ def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie 
 
 
 @torch.no_grad()
-def score_sequences(decoder: Decoder, prompts: Sequence[Sequence[int]], seqs: np.ndarray) -> np.ndarray:
+def score_sequences(decoder: Decoder, prompts: Sequence[Sequence[int]], seqs: np.ndarray,
+                    trie: TrieTensors | None = None) -> np.ndarray:
     """Log-probability of each of K token sequences after each prompt, teacher-forced: ``seqs`` is
     [U, K, D] (-1 after the end of a shorter sequence), the result [U, K]. It is the score beam
     search gives the same sequence (without the cold-item backoff), at the cost of one beam search
-    step per token."""
+    step per token. A decoder that renormalises over the trie's children needs ``trie`` (the
+    sequences must be in it)."""
+    if decoder.renorm and trie is None:
+        raise ValueError("this model's steps are renormalised over the trie's children: pass the trie")
     seqs = np.asarray(seqs, dtype=np.int64)
     n_users, K, D = seqs.shape
     dev = decoder.device
@@ -372,11 +389,21 @@ def score_sequences(decoder: Decoder, prompts: Sequence[Sequence[int]], seqs: np
     src = torch.arange(n_users * K, device=dev)
     step_logp = logp.repeat_interleave(K, 0)
     total = torch.zeros(n_users * K, dtype=torch.float64, device=dev)
+    nodes = torch.zeros(n_users * K, dtype=torch.long, device=dev)
     for d in range(D):
         t = tok[:, d]
         live = t >= 0
         safe = torch.where(live, t, torch.full_like(t, decoder.pad_id))
-        total += torch.where(live, step_logp.gather(1, safe[:, None])[:, 0].double(), 0.0)
+        lp = step_logp.gather(1, safe[:, None])[:, 0]
+        if decoder.renorm:  # the sequence's token among its trie node's children
+            beam, edge = _expand(trie, nodes, live.long())
+            cand = _renormalize(step_logp[beam, trie.token[edge]], beam, len(nodes))
+            hit = trie.token[edge] == safe[beam]
+            lp = torch.full_like(lp, float("-inf"))
+            lp[beam[hit]] = cand[hit]
+            nodes = torch.zeros_like(nodes)
+            nodes[beam[hit]] = trie.node[edge[hit]]
+        total += torch.where(live, lp.double(), 0.0)
         if d + 1 < D and bool((tok[:, d + 1] >= 0).any()):
             step_logp = steps.step(safe, lengths[slot_user] + d, src, live)
     return total.view(n_users, K).cpu().numpy()

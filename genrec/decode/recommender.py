@@ -101,7 +101,7 @@ class GenerativeRecommender:
         with autocast(self.decoder.device, self.lm.compute_dtype):
             for lo in range(0, len(order), self.batch_users):
                 rows = order[lo : lo + self.batch_users]
-                out[rows] = score_sequences(self.decoder, [prompts[r] for r in rows], seqs[rows])
+                out[rows] = score_sequences(self.decoder, [prompts[r] for r in rows], seqs[rows], self.trie)
         return np.where(items >= 0, out, -np.inf)
 
 

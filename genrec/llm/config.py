@@ -15,9 +15,11 @@ class LLMTrainConfig(BaseModel):
     mode: Literal["lora", "full"] = "lora"
     backbone: str | None = Field(None, description="fine-tune this model instead of the corpus's backbone; it must share its "
                                                    "tokenizer (e.g. random:128x2, a small Llama from scratch, for budgeted ablations)")
-    softmax: Literal["full", "codes"] = Field(
+    softmax: Literal["full", "codes", "trie"] = Field(
         "full", description="codes: a code target's softmax runs over the code tokens only (the only tokens constrained decoding "
-                            "can choose), skipping the output layer over the whole vocabulary; text targets keep the full softmax")
+                            "can choose), skipping the output layer over the whole vocabulary; trie: over the codes the trie "
+                            "of valid items allows after the item's codes before it, in training and decoding alike; text "
+                            "targets keep the full softmax")
     layers: int | None = Field(None, ge=1, description="keep only the backbone's first N decoder layers (cheaper; the "
                                                       "pretrained weights of those layers are kept)")
     code_init: Literal["random", "scaled"] = Field(

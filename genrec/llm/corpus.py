@@ -192,6 +192,7 @@ def build_corpus(
         "max_length": max_length,
         "layout": cfg.layout,
         "prompt": cfg.prompt,
+        "item_tokens": fmt.items,  # saved as item_tokens.npy: what the trie of valid items is built from
     }
     return train, valid, info
 
@@ -200,6 +201,14 @@ def save_corpus(folder: Path, train: Corpus, valid: Corpus, info: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     train.save(folder / "train.npz")
     valid.save(folder / "valid.npz")
+    info = dict(info)
+    items = info.pop("item_tokens", None)
+    if items is not None:
+        width = max((len(t) for t in items), default=0)
+        arr = np.full((len(items), width), -1, dtype=np.int64)
+        for i, t in enumerate(items):
+            arr[i, : len(t)] = t
+        np.save(folder / "item_tokens.npy", arr)
     (folder / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
@@ -209,6 +218,14 @@ def load_meta(folder: str | Path) -> dict:
     if not meta.is_file():
         raise DataError(folder, None, "a task corpus folder (train.npz, valid.npz, meta.json) from `genrec tasks build`")
     return json.loads(meta.read_text())
+
+
+def load_item_tokens(folder: str | Path) -> list[list[int]] | None:
+    """Every item's token ids as the corpus wrote them (None for a corpus built before they were kept)."""
+    f = Path(folder) / "item_tokens.npy"
+    if not f.is_file():
+        return None
+    return [[int(t) for t in row if t >= 0] for row in np.load(f, allow_pickle=False)]
 
 
 def load_corpus(folder: str | Path) -> tuple[Corpus, Corpus, dict]:

@@ -9,6 +9,9 @@ tokens, with the loss (and the output layer) computed only where a target token 
 - ``softmax="codes"`` normalises a code target over the code tokens only, the only tokens the
   constrained decoder can choose: the output layer then has a thousand rows instead of 49k
   (text targets keep the full vocabulary), and decoding normalises the same way.
+- ``softmax="trie"`` normalises a code target over the codes the trie of valid items allows
+  after the item's codes before it (:meth:`CodeLM.set_trie`): each step of an item is a choice
+  among its valid children only, in training and in constrained decoding alike.
 - ``mode="full"`` trains every backbone weight as well (on CPU, full fine-tuning is not slower
   than LoRA; see DESIGN.md).
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,8 +61,8 @@ class CodeLM(nn.Module):
         super().__init__()
         if mode not in ("lora", "full"):
             raise GenrecError(f"train mode {mode!r}: expected 'lora' or 'full'")
-        if softmax not in ("full", "codes"):
-            raise GenrecError(f"softmax {softmax!r}: expected 'full' or 'codes'")
+        if softmax not in ("full", "codes", "trie"):
+            raise GenrecError(f"softmax {softmax!r}: expected 'full', 'codes' or 'trie'")
         self.softmax = softmax
         emb = model.get_input_embeddings().weight
         head = model.get_output_embeddings()
@@ -86,6 +90,46 @@ class CodeLM(nn.Module):
             self.out_new = nn.Parameter(w[n_old:].clone().float(), requires_grad=True)
         base.lm_head = None  # never computed over every position; see head_weight
         self.n_old, self.n_new = n_old, n_new
+        # softmax="trie": [trie nodes, n_new] child node per code (-1: none), and each code token's depth
+        self.register_buffer("child", None, persistent=False)
+        self.register_buffer("level", None, persistent=False)
+
+    def set_trie(self, item_tokens: list[list[int]]) -> None:
+        """The trie of the items' token sequences, for ``softmax="trie"``: a dense child table over the
+        code tokens and the level of each code token (a code token must occur at one depth only)."""
+        from genrec.index.trie import Trie
+
+        trie = Trie(item_tokens)
+        child = np.full((trie.n_nodes, self.n_new), -1, dtype=np.int64)
+        level = np.full(self.n_new, -1, dtype=np.int64)
+        depth = np.zeros(trie.n_nodes, dtype=np.int64)
+        for node in range(trie.n_nodes):  # children have larger ids than their parents
+            toks, nodes = trie.children(node)
+            if len(toks) and (toks.min() < self.n_old or toks.max() >= self.n_old + self.n_new):
+                raise GenrecError("softmax='trie' needs items written in code tokens only")
+            child[node, toks - self.n_old] = nodes
+            depth[nodes] = depth[node] + 1
+            seen = level[toks - self.n_old]
+            if ((seen >= 0) & (seen != depth[node])).any():
+                raise GenrecError("softmax='trie': a code token occurs at two depths of the trie")
+            level[toks - self.n_old] = depth[node]
+        dev = self.embed.new.device
+        self.child, self.level = torch.as_tensor(child, device=dev), torch.as_tensor(level, device=dev)
+
+    def trie_nodes(self, input_ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The trie node before each code target at (rows, cols): the walk over the item's codes that
+        precede it in the row (an item's codes are consecutive)."""
+        lv = self.level[input_ids[rows, cols] - self.n_old]
+        if bool((lv < 0).any()):
+            raise GenrecError("a code target is not in the trie of the index's items")
+        node = torch.zeros_like(rows)
+        for j in range(int(lv.max()) if len(lv) else 0):
+            sel = lv > j
+            tok = input_ids[rows[sel], cols[sel] - lv[sel] + j] - self.n_old
+            node[sel] = self.child[node[sel], tok]
+        if bool((node < 0).any()):
+            raise GenrecError("a code target's prefix is not in the trie of the index's items")
+        return node
 
     def _heads(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(old rows, code rows) of the output layer: the input embedding's where tied."""
@@ -124,13 +168,14 @@ class CodeLM(nn.Module):
         kw = {} if position_ids is None else {"position_ids": position_ids}
         h = self.hidden(input_ids, attention_mask, **kw).last_hidden_state
         if pred_from is None:
-            pred_at = target_mask[:, 1:].bool()
-            states = h[:, :-1][pred_at]
-            targets = input_ids[:, 1:][pred_at]
+            tm = target_mask.bool().clone()
+            tm[:, 0] = False  # nothing predicts a row's first token
+            rows, cols = tm.nonzero(as_tuple=True)
+            states = h[rows, cols - 1]
         else:
             rows, cols = target_mask.bool().nonzero(as_tuple=True)
             states = h[rows, pred_from[rows, cols]]
-            targets = input_ids[rows, cols]
+        targets = input_ids[rows, cols]
         n = torch.tensor(targets.numel(), device=states.device)
         if self.softmax == "full":
             logits = (states @ self.head_weight(states.dtype).T).float()
@@ -139,6 +184,11 @@ class CodeLM(nn.Module):
         old, new = self._heads()
         logits = (states[code] @ new.to(states.dtype).T).float()
         code_targets = targets[code] - self.n_old
+        if self.softmax == "trie":
+            if self.child is None:
+                raise GenrecError("softmax='trie' needs the items' trie: call set_trie first")
+            node = self.trie_nodes(input_ids, rows[code], cols[code])
+            logits = logits.masked_fill(self.child[node] < 0, float("-inf"))
         nll = F.cross_entropy(logits, code_targets, reduction="sum")
         correct = (logits.argmax(-1) == code_targets).sum()
         text = ~code
@@ -155,7 +205,7 @@ class CodeLM(nn.Module):
         with ``softmax="codes"`` every non-code token gets -inf, as in training."""
         old, new = self._heads()
         codes = hidden @ new.to(hidden.dtype).T
-        if self.softmax == "codes":
+        if self.softmax in ("codes", "trie"):
             rest = torch.full((*hidden.shape[:-1], self.n_old), float("-inf"), dtype=codes.dtype, device=codes.device)
         else:
             rest = hidden @ old.to(hidden.dtype).T

@@ -8,7 +8,7 @@ from pathlib import Path
 from genrec.artifacts import StageResult, config_hash, fingerprint, read_manifest, run_stage
 from genrec.errors import GenrecError
 from genrec.llm.config import LLMTrainConfig
-from genrec.llm.corpus import build_corpus, load_corpus, save_corpus
+from genrec.llm.corpus import build_corpus, load_corpus, load_item_tokens, save_corpus
 from genrec.llm.tasks import TaskConfig
 
 
@@ -100,7 +100,8 @@ def stage_train(
 
     result = ckpt / "result"
     metrics = train(cfg, backbone, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after,
-                    layout=meta.get("layout", "per_prefix"), prompt=meta.get("prompt", "chat"), select=select)
+                    layout=meta.get("layout", "per_prefix"), prompt=meta.get("prompt", "chat"), select=select,
+                    item_tokens=load_item_tokens(corpus) if cfg.softmax == "trie" else None)
     if metrics.get("stopped"):
         return None
     from genrec.device import launch_rank

@@ -347,6 +347,7 @@ def train(
     layout: str = "per_prefix",
     prompt: str = "chat",
     select=None,
+    item_tokens: list[list[int]] | None = None,
 ) -> dict:
     """Fine-tune; write ``trainable.pt``, ``log.jsonl`` and ``train_config.json`` to ``out``.
 
@@ -358,6 +359,8 @@ def train(
     ``cfg.select_every`` steps; the weights with the best ``cfg.select_metric`` are the ones
     written, and with ``cfg.patience`` training stops after that many calls without a better one.
     Under a launch only the main process's values count.
+
+    ``item_tokens`` (every item's token ids) gives ``softmax="trie"`` its trie of valid items.
 
     Resumes from ``checkpoint_dir`` when it holds a checkpoint of this run. ``stop_after`` ends
     this call after that many optimizer steps with a checkpoint (a session budget; the schedule
@@ -375,6 +378,10 @@ def train(
     device = acc.device
     torch.manual_seed(cfg.seed)
     lm, tok = build_model(cfg, backbone, new_tokens, device, vocab_size)
+    if cfg.softmax == "trie":
+        if item_tokens is None:
+            raise GenrecError("softmax='trie' needs the items' token ids: rebuild the corpus (genrec tasks build) so it keeps them")
+        lm.set_trie(item_tokens)
     run_config = {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens), "layout": layout,
                   "prompt": prompt}
     dtype = lm.compute_dtype
