@@ -29,6 +29,8 @@ class LLMTrainConfig(BaseModel):
     untie_codes: bool = Field(False, description="code tokens get output rows of their own where the backbone ties input "
                                                  "and output embeddings (text rows stay tied)")
     code_lr: float | None = Field(None, gt=0, description="learning rate of the code-token rows (default: lr)")
+    train_text_rows: bool = Field(True, description="full mode: the backbone's own vocabulary rows train too (false: "
+                                                    "frozen, as in LoRA mode; no gradient or optimizer state for them)")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)

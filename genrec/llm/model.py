@@ -54,10 +54,12 @@ class CodeLM(nn.Module):
     """Wraps a Hugging Face causal LM (optionally with LoRA adapters) for code-token training."""
 
     def __init__(self, model, n_new: int, mode: str = "lora", lora: dict | None = None, softmax: str = "full",
-                 untie_codes: bool = False):
+                 untie_codes: bool = False, train_text_rows: bool = True):
         """``untie_codes``: for a backbone that ties its input and output embeddings, give the code
         tokens output rows of their own (a copy of their input rows to start), so that reading a
-        code and writing it are learned separately; the text rows stay tied."""
+        code and writing it are learned separately; the text rows stay tied. ``train_text_rows``
+        (full mode): whether the backbone's own vocabulary rows train too (off: a corpus written
+        mostly in codes need not carry an optimizer state for 49k text rows)."""
         super().__init__()
         if mode not in ("lora", "full"):
             raise GenrecError(f"train mode {mode!r}: expected 'lora' or 'full'")
@@ -79,14 +81,14 @@ class CodeLM(nn.Module):
         self.model = model
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body = base.get_decoder()
-        self.embed = CodeEmbedding(emb.data[:n_old].clone(), emb.data[n_old:].clone(), train_old)
+        self.embed = CodeEmbedding(emb.data[:n_old].clone(), emb.data[n_old:].clone(), train_old and train_text_rows)
         self.body.embed_tokens = self.embed
         if self.tied:
             self.out_old = None
             self.out_new = nn.Parameter(self.embed.new.data.clone(), requires_grad=True) if untie_codes else None
         else:
             w = base.get_output_embeddings().weight.data
-            self.out_old = nn.Parameter(w[:n_old].clone(), requires_grad=train_old)
+            self.out_old = nn.Parameter(w[:n_old].clone(), requires_grad=train_old and train_text_rows)
             self.out_new = nn.Parameter(w[n_old:].clone().float(), requires_grad=True)
         base.lm_head = None  # never computed over every position; see head_weight
         self.n_old, self.n_new = n_old, n_new
