@@ -61,6 +61,10 @@ class DecodeSection(BaseModel):
     beams: int = Field(20, ge=1)
     batch_users: int = Field(8, ge=1)
     users: int | None = Field(None, ge=1, description="a seeded random sample of test users; default all")
+    pop_alpha: list[float] = Field(default_factory=lambda: [0.0], description="popularity adjustment of the ranking "
+                                   "(log p(item | history) - alpha * log popularity share); with several values, the one with "
+                                   "the best validation NDCG@10 on select_users validation users is used for the test")
+    select_users: int = Field(1000, ge=1, description="validation users that pick pop_alpha (the train stage's sample)")
 
 
 class CacheSection(BaseModel):

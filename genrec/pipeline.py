@@ -227,6 +227,23 @@ def ranking_selector(run_dir: Path, cfg: RunConfig) -> Callable:
     return select
 
 
+def pick_pop_alpha(rec, ds: Dataset, cfg: RunConfig) -> tuple[float, dict]:
+    """The decode section's popularity adjustment: its only value, or the one of several with the
+    best NDCG@10 on the seeded validation sample (validation split only); (alpha, metrics by alpha)."""
+    alphas = cfg.decode.pop_alpha
+    if len(alphas) == 1:
+        return float(alphas[0]), {}
+    users = selection_users(ds, cfg.decode.select_users, cfg.seed)
+    ev = Evaluator(ds, ks=tuple(sorted({*cfg.evaluate.ks, 10})), mask_history=cfg.evaluate.mask_history, progress=False)
+    on_valid = {}
+    for a in alphas:
+        rec.pop_alpha = float(a)
+        m = ev.evaluate(rec, stage="valid", users=users).metrics
+        on_valid[str(a)] = {k: round(float(v), 5) for k, v in m.items() if k in ("HR@10", "NDCG@10", "coverage@10")}
+    best = max(alphas, key=lambda a: (on_valid[str(a)]["NDCG@10"], -a))
+    return float(best), on_valid
+
+
 def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> StageResult:
     """Test metrics of the fine-tuned model (beam search through the shared evaluator)."""
 
@@ -241,13 +258,17 @@ def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress:
 
     def build(tmp: Path) -> dict:
         ds = Dataset.load(run_dir / "data")
-        rec = GenerativeRecommender.load(run_dir / "model", run_dir / "index", beams=dec.beams, batch_users=dec.batch_users)
+        rec = GenerativeRecommender.load(run_dir / "model", run_dir / "index", beams=dec.beams, batch_users=dec.batch_users,
+                                         popularity=ds.item_popularity())
         users = None
         if dec.users is not None:
             users = np.sort(np.random.default_rng(cfg.seed).choice(ds.n_users, size=min(dec.users, ds.n_users), replace=False))
         ev = Evaluator(ds, ks=tuple(cfg.evaluate.ks), mask_history=cfg.evaluate.mask_history, progress=progress)
+        alpha, on_valid = pick_pop_alpha(rec, ds, cfg)
+        rec.pop_alpha = alpha
         res = evaluate_generative(rec, ev, "test", users, tmp / "test_users.parquet", resume_dir=partial, key=key)
-        out = {"test": res.to_dict(), "beams": dec.beams, "users_sampled": dec.users}
+        out = {"test": res.to_dict(), "beams": dec.beams, "users_sampled": dec.users, "pop_alpha": alpha,
+               "pop_alpha_valid": on_valid}
         (tmp / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True))
         return out
 

@@ -210,3 +210,41 @@ def test_scoring_given_sequences_equals_exhaustive_scoring(model, shared_prompt)
     for u, p in enumerate(ps):
         ref = exhaustive(model, p, [[int(t) for t in row if t >= 0] for row in seqs[u]])
         np.testing.assert_allclose(got[u], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_edge_priors_by_hand():
+    from genrec.decode.beam import edge_prior
+
+    trie = Trie([[11, 12], [11, 13], [14, 15]])  # items 0, 1, 2 with weights 1, 2, 3
+    prior = edge_prior(trie, np.array([1.0, 2.0, 3.0]))
+    by_edge = {}
+    for n in range(trie.n_nodes):
+        toks, _ = trie.children(n)
+        for j, t in enumerate(toks):
+            by_edge[(n, int(t))] = prior[trie.child_ptr[n] + j]
+    a, b = trie.step(0, 11), trie.step(0, 14)
+    assert by_edge[(0, 11)] == pytest.approx(np.log(3 / 6)) and by_edge[(0, 14)] == pytest.approx(np.log(3 / 6))
+    assert by_edge[(a, 12)] == pytest.approx(np.log(1 / 3)) and by_edge[(a, 13)] == pytest.approx(np.log(2 / 3))
+    assert by_edge[(b, 15)] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="positive"):
+        edge_prior(trie, np.array([1.0, 0.0, 3.0]))
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_popularity_adjusted_search_ranks_by_score_minus_alpha_log_share(model, alpha):
+    """pop_alpha: with as many beams as items, the ranking is by log p(item) - alpha * log(w / sum w),
+    computed here from the exhaustive scores."""
+    from genrec.decode.beam import TrieTensors
+
+    items = code_items(12, 2, 4, seed=3)
+    weight = np.random.default_rng(4).integers(1, 50, size=len(items)).astype(float)
+    tt = TrieTensors.of(Trie(items), torch.device("cpu"), item_weight=weight)
+    ps = prompts(3, seed=9)
+    res = beam_search(Decoder.from_hf(model), ps, tt, beams=len(items), k=len(items), pop_alpha=alpha)
+    for u, p in enumerate(ps):
+        ref = exhaustive(model, p, items) - alpha * np.log(weight / weight.sum())
+        order = np.argsort(-ref, kind="stable")
+        assert res.items[u].tolist() == order.tolist()
+        np.testing.assert_allclose(res.scores[u], ref[order], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="pop_alpha"):
+        beam_search(Decoder.from_hf(model), ps, Trie(items), beams=4, k=4, pop_alpha=alpha)

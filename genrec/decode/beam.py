@@ -79,9 +79,28 @@ def cold_nodes(trie: Trie, cold_items: Sequence[int]) -> np.ndarray:
     return cold
 
 
+def edge_prior(trie: Trie, weight: np.ndarray) -> np.ndarray:
+    """``log p(child | node)`` of every edge of the trie when items are drawn in proportion to
+    ``weight`` (e.g. training popularity + 1): summed over an item's edges, its log share of the
+    weight. Children have larger ids than their parents."""
+    weight = np.asarray(weight, dtype=np.float64)
+    if len(weight) != trie.n_items or (weight <= 0).any():
+        raise ValueError(f"edge_prior: expected {trie.n_items} positive item weights")
+    mass = np.zeros(trie.n_nodes)
+    leaf = trie.item >= 0
+    mass[leaf] = weight[trie.item[leaf]]
+    for n in range(trie.n_nodes - 1, -1, -1):
+        s, e = trie.child_ptr[n], trie.child_ptr[n + 1]
+        if e > s:
+            mass[n] = mass[trie.child_node[s:e]].sum()
+    parent = np.repeat(np.arange(trie.n_nodes), np.diff(trie.child_ptr))
+    return np.log(mass[trie.child_node] / mass[parent])
+
+
 @dataclass
 class TrieTensors:
-    """The trie's CSR arrays on the decoding device, and which nodes lead only to cold items."""
+    """The trie's CSR arrays on the decoding device, which nodes lead only to cold items, and each
+    edge's popularity prior ``log p(child | node)`` (for popularity-adjusted ranking)."""
 
     ptr: torch.Tensor
     token: torch.Tensor
@@ -89,14 +108,19 @@ class TrieTensors:
     item: torch.Tensor
     max_depth: int
     cold: torch.Tensor | None = None
+    prior: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, trie: Trie, device: torch.device, cold_items: Sequence[int] | None = None) -> TrieTensors:
+    def of(cls, trie: Trie, device: torch.device, cold_items: Sequence[int] | None = None,
+           item_weight: np.ndarray | None = None) -> TrieTensors:
         t = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)  # noqa: E731
         cold = None
         if cold_items is not None and len(cold_items):
             cold = torch.as_tensor(cold_nodes(trie, cold_items), device=device)
-        return cls(t(trie.child_ptr), t(trie.child_token), t(trie.child_node), t(trie.item), trie.max_depth, cold)
+        prior = None
+        if item_weight is not None:
+            prior = torch.as_tensor(edge_prior(trie, item_weight), dtype=torch.float32, device=device)
+        return cls(t(trie.child_ptr), t(trie.child_token), t(trie.child_node), t(trie.item), trie.max_depth, cold, prior)
 
 
 def _backoff(tt: TrieTensors, beam: torch.Tensor, edge: torch.Tensor, logp: torch.Tensor, n_beams: int) -> torch.Tensor:
@@ -287,8 +311,15 @@ def beam_search(
     trie: Trie | TrieTensors,
     beams: int = 20,
     k: int = 10,
+    pop_alpha: float = 0.0,
 ) -> BeamResult:
-    """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams."""
+    """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams.
+
+    ``pop_alpha`` > 0 ranks by ``log p(item | prompt) - pop_alpha * log p_pop(item)``, step by step
+    through the trie's edge priors (``trie.prior``): popular items lose their head start and
+    beams keep rarer items the model still rates (logit adjustment); 0 ranks by the model alone."""
+    if pop_alpha and (not isinstance(trie, TrieTensors) or trie.prior is None):
+        raise ValueError("pop_alpha needs a TrieTensors with item weights (TrieTensors.of(..., item_weight=...))")
     dev = decoder.device
     tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, dev)
     n_users = len(prompts)
@@ -311,7 +342,11 @@ def beam_search(
         if len(beam) == 0:
             break
         lp = _backoff(tt, beam, edge, step_logp[beam, tt.token[edge]], len(nodes))
-        cand_score = scores[beam] + (_renormalize(lp, beam, len(nodes)) if decoder.renorm else lp)
+        if decoder.renorm:
+            lp = _renormalize(lp, beam, len(nodes))
+        if pop_alpha:
+            lp = lp - pop_alpha * tt.prior[edge]
+        cand_score = scores[beam] + lp
         cand_user = slot_user[beam]
         # the best B candidates of each user: sort by (user, -score), rank within the user
         order = torch.argsort(cand_score, descending=True, stable=True)
@@ -355,7 +390,7 @@ def beam_search(
 
 
 def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie | TrieTensors, beams: int = 20,
-                 k: int = 10, batch: int = 8) -> BeamResult:
+                 k: int = 10, batch: int = 8, pop_alpha: float = 0.0) -> BeamResult:
     """:func:`beam_search` over many prompts, batched by length (little left padding), in input order."""
     tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, decoder.device)
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -363,7 +398,7 @@ def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie 
     scores = np.full((len(prompts), k), -np.inf)
     for lo in range(0, len(order), batch):
         rows = order[lo : lo + batch]
-        res = beam_search(decoder, [prompts[r] for r in rows], tt, beams, k)
+        res = beam_search(decoder, [prompts[r] for r in rows], tt, beams, k, pop_alpha)
         items[rows], scores[rows] = res.items, res.scores
     return BeamResult(items, scores)
 
