@@ -41,8 +41,9 @@ COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
 STAGES = ["data", "cf/*", "index", "tasks", "model", "evaluate"]
 
 
-def tail_ndcg(dump: Path, dataset: Dataset, max_pop: int, k: int = 10) -> tuple[float, int]:
-    """(NDCG@k over users whose test item has at most ``max_pop`` training interactions, their count)."""
+def tail_ndcg(dump: Path, dataset: Dataset, max_pop: int, k: int = 10) -> tuple[float | None, int]:
+    """(NDCG@k over users whose test item has at most ``max_pop`` training interactions, their count);
+    None when there are none."""
     import pyarrow.parquet as pq
 
     t = pq.read_table(dump).to_pandas()
@@ -50,7 +51,14 @@ def tail_ndcg(dump: Path, dataset: Dataset, max_pop: int, k: int = 10) -> tuple[
     tail = pop[t["target"].to_numpy()] <= max_pop
     rank = t["rank"].to_numpy()[tail]
     gain = np.where(np.isfinite(rank) & (rank <= k), 1.0 / np.log2(np.nan_to_num(rank, nan=1e9) + 1), 0.0)
-    return (float(gain.mean()) if len(gain) else float("nan")), int(tail.sum())
+    return (round(float(gain.mean()), 4) if len(gain) else None), int(tail.sum())
+
+
+def dataset_name(run: Path) -> str:
+    """The name of the data a run was built from: its source folder's, or 'synth' for generated data."""
+    source = Path(read_manifest(run / "data")["inputs"]["source"]["path"])
+    synth = read_manifest(source)
+    return "synth" if synth is not None and synth.get("stage") == "synth" else source.name
 
 
 def stage_seconds(run: Path) -> dict[str, float]:
@@ -96,9 +104,9 @@ def row_from_run(name: str, run: Path, tail: int) -> dict:
     m = model_m["metrics"]
     sel = selection(run)
     return {
-        "dataset": Path(read_manifest(run / "data")["inputs"]["source"]["path"]).name,
+        "dataset": dataset_name(run),
         "method": name, **{c: round(test[c], 4) for c in COLS},
-        "coverage@10": round(test["coverage@10"], 4), "tail_NDCG@10": round(tail_v, 4), "tail_users": tail_n,
+        "coverage@10": round(test["coverage@10"], 4), "tail_NDCG@10": tail_v, "tail_users": tail_n,
         "valid_HR@10": sel.get("valid", {}).get("HR@10"), "valid_NDCG@10": sel.get("valid", {}).get("NDCG@10"),
         "valid_users": settings(run)["train"].get("select_users"),
         "selections": sel.get("selections"),
@@ -125,7 +133,7 @@ def row_from_lists(name: str, folder: Path, data: Path, info: dict, tail: int) -
     tail_v, tail_n = tail_ndcg(dump, ds, tail)
     dump.unlink()
     return {"dataset": "scientific", "method": name, **{c: round(res.metrics[c], 4) for c in COLS},
-            "coverage@10": round(res.metrics["coverage@10"], 4), "tail_NDCG@10": round(tail_v, 4), "tail_users": tail_n,
+            "coverage@10": round(res.metrics["coverage@10"], 4), "tail_NDCG@10": tail_v, "tail_users": tail_n,
             "mask_history": ev.mask_history, "chosen": False, **info}
 
 

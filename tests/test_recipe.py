@@ -1,0 +1,92 @@
+"""The recipe of configs/scientific.yaml end to end on a tiny shop: codes prompts, the trie softmax,
+a truncated backbone fine-tuned in full with frozen text rows, model selection by validation
+ranking, the popularity adjustment picked on validation; then benchmarks/recipe.py (its smoke run)
+reads the run into a recipe row."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tiny_backbone, tmp_path_factory):
+    import yaml
+
+    from genrec.cli import main
+
+    root = tmp_path_factory.mktemp("recipe")
+    cfg = {
+        "name": "recipe", "run_dir": str(root / "run"), "seed": 0,
+        "data": {"source": "synth", "synth": {"n_users": 60, "n_items": 40, "seed": 3}, "prepare": {"kcore": 2}},
+        "baselines": [], "backbone": str(tiny_backbone),
+        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
+        "index": {"method": "alignment", "config": {"levels": 2, "codebook_size": 8, "epochs": 3, "progress": False}},
+        "tasks": {"tasks": ["seq"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
+        "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 3e-3,
+                  "code_init": "scaled", "untie_codes": True, "code_lr": 1e-2, "epochs": 3, "batch_size": 8,
+                  "select_users": 20, "select_beams": 5, "patience": 2, "save_every": 1000},
+        "decode": {"beams": 5, "batch_users": 8, "pop_alpha": [0.0, 0.5, 2.0], "select_users": 20},
+    }
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    return root / "run"
+
+
+def test_the_recipe_selects_on_validation_and_decodes_with_the_picked_adjustment(recipe_run):
+    log = [json.loads(x) for x in (recipe_run / "model" / "log.jsonl").read_text().splitlines()]
+    chosen = [x for x in log if "select_value" in x]
+    assert len(chosen) >= 2 and all(0 <= x["select_value"] <= 1 for x in chosen)
+    model = json.loads((recipe_run / "model" / "manifest.json").read_text())["metrics"]
+    best = max(chosen, key=lambda x: (x["select_value"], -x["step"]))
+    assert model["selected_step"] == best["step"] and model["valid_NDCG@10"] == pytest.approx(best["select_value"], abs=1e-5)
+    saved = json.loads((recipe_run / "model" / "train_config.json").read_text())
+    assert saved["prompt"] == "codes" and saved["softmax"] == "trie" and saved["layers"] == 1
+    ev = json.loads((recipe_run / "evaluate" / "metrics.json").read_text())
+    on_valid = ev["pop_alpha_valid"]
+    assert set(on_valid) == {"0.0", "0.5", "2.0"}
+    assert ev["pop_alpha"] == max((0.0, 0.5, 2.0), key=lambda a: (on_valid[str(a)]["NDCG@10"], -a))
+    manifest = json.loads((recipe_run / "evaluate" / "manifest.json").read_text())
+    assert manifest["config"]["evaluate"]["mask_history"] == "auto"
+    # the synthetic shop never repeats an item, so history items are masked: none in any list
+    import pyarrow.parquet as pq
+
+    from genrec.data.dataset import Dataset
+
+    ds = Dataset.load(recipe_run / "data")
+    dump = pq.read_table(recipe_run / "evaluate" / "test_users.parquet").to_pandas()
+    split = ds.eval_split("test")
+    assert all(not set(top) & set(split.histories[u].tolist()) for u, top in zip(dump["user_idx"], dump["topk"], strict=True))
+
+
+def test_recipe_benchmark_smoke_run_reads_the_run_into_a_row(recipe_run, tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--run", f"tiny={recipe_run}",
+                           "--chosen", "tiny", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads((out / "recipe.json").read_text())
+    for field in ("dataset", "method", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "seed", "pipeline_seconds",
+                  "train_seconds", "decode_seconds", "mask_history", "chosen"):
+        assert field in row, field
+    test = json.loads((recipe_run / "evaluate" / "metrics.json").read_text())["test"]["metrics"]
+    assert row["NDCG@10"] == pytest.approx(test["NDCG@10"], abs=1e-4) and row["chosen"] is True and row["mask_history"] is True
+    stages = [recipe_run / s for s in ("data", "cf/lightgcn", "index", "tasks", "model", "evaluate")]
+    total = sum(json.loads((s / "manifest.json").read_text())["wall_seconds"] for s in stages)
+    assert row["pipeline_seconds"] == pytest.approx(total, abs=0.2)
+    assert row["dataset"] == "synth"
+    assert (row["tail_NDCG@10"] is None) == (row["tail_users"] == 0)  # no tail target in this shop, or a value
+    assert row["tail_NDCG@10"] is None or 0 <= row["tail_NDCG@10"] <= 1
+    assert "| **tiny** |" in (out / "recipe.md").read_text()
+    # a second recipe merges in; rerunning the first replaces its row, not duplicates it
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--run", f"tiny={recipe_run}", "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    assert len(json.loads((out / "recipe.json").read_text())) == 1
+    assert np.isfinite(row["decode_seconds"])
