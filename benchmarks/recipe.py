@@ -14,10 +14,10 @@ benchmarks/results/recipe.json by (dataset, method, seed, mask_history), so rows
 earlier sessions stay; ``--chosen`` marks the recipe the configs run. The SASRec-CE and FMLP-Rec
 rows of baselines.json under the same masking are printed beside them.
 
-``--lists NAME=EVALUATE_DIR`` adds a row from the decoded lists of an earlier evaluation (its
-``test_users.parquet``) re-scored under the evaluator's current masking, with its settings and
-costs given as ``--info NAME=JSON``: how the previous default recipe gets its masked row without a
-second 46-minute decode.
+``--lists NAME=EVALUATE_DIR`` adds the rows of the decoded lists of an earlier evaluation (its
+``test_users.parquet``) re-scored with the evaluator's default masking and without masking, with
+its settings and costs given as ``--info NAME=JSON``: how the previous default recipe gets its
+masked row without a second 46-minute decode.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def row_from_run(name: str, run: Path, tail: int) -> dict:
     }
 
 
-def row_from_lists(name: str, folder: Path, data: Path, info: dict, tail: int) -> dict:
-    """A row from an earlier evaluation's decoded lists, re-scored under the evaluator's default masking."""
+def row_from_lists(name: str, folder: Path, data: Path, info: dict, tail: int, mask) -> dict:
+    """A row from an earlier evaluation's decoded lists, re-scored with history masking ``mask``."""
     import pyarrow.parquet as pq
 
     from genrec.decode.recommender import PrecomputedRanker
@@ -127,7 +127,7 @@ def row_from_lists(name: str, folder: Path, data: Path, info: dict, tail: int) -
     t = pq.read_table(folder / "test_users.parquet").to_pandas()
     ds = Dataset.load(data)
     lists = {int(u): [int(i) for i in x] for u, x in zip(t["user_idx"], t["topk"], strict=True)}
-    ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=False)
+    ev = Evaluator(ds, ks=(1, 5, 10, 20), mask_history=mask, progress=False)
     dump = folder.parent / f".{folder.name}-rescored.parquet"
     res = ev.evaluate(PrecomputedRanker(lists), stage="test", users=np.array(sorted(lists)), dump_path=dump)
     tail_v, tail_n = tail_ndcg(dump, ds, tail)
@@ -202,7 +202,8 @@ def main() -> None:
     pairs = lambda xs: dict(x.split("=", 1) for x in xs)  # noqa: E731
     rows = [row_from_run(n, Path(p), args.tail) for n, p in pairs(args.run).items()]
     info = {n: json.loads(v) for n, v in pairs(args.info).items()}
-    rows += [row_from_lists(n, Path(p), args.data, info.get(n, {}), args.tail) for n, p in pairs(args.lists).items()]
+    rows += [row_from_lists(n, Path(p), args.data, info.get(n, {}), args.tail, mask)
+             for n, p in pairs(args.lists).items() for mask in ("auto", False)]
     rows = merge(rows, args.out) if not args.report_only else json.loads((args.out / "recipe.json").read_text())
     notes = pairs(args.note)
     for r in rows:

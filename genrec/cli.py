@@ -556,7 +556,8 @@ def evaluate_cmd(
     res = evaluate_generative(rec, ev, stage, chosen, dump, resume_dir=partial, key=key)
     if res is None:  # not rank 0 of a launch
         return
-    result = {**res.to_dict(), "beams": beams, "users_sampled": users, "seed": seed, "model": str(model)}
+    result = {**res.to_dict(), "beams": beams, "users_sampled": users, "seed": seed, "model": str(model),
+              "mask_history": ev.mask_history}
     if out is not None:
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
         shutil.rmtree(partial, ignore_errors=True)

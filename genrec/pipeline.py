@@ -267,7 +267,8 @@ def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress:
         alpha, on_valid = pick_pop_alpha(rec, ds, cfg)
         rec.pop_alpha = alpha
         res = evaluate_generative(rec, ev, "test", users, tmp / "test_users.parquet", resume_dir=partial, key=key)
-        out = {"test": res.to_dict(), "beams": dec.beams, "users_sampled": dec.users, "pop_alpha": alpha,
+        out = {"test": res.to_dict(), "beams": dec.beams, "users_sampled": dec.users, "mask_history": ev.mask_history,
+               "pop_alpha": alpha,
                "pop_alpha_valid": on_valid}
         (tmp / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True))
         return out
