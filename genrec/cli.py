@@ -632,6 +632,8 @@ def cache_build(
     beams: Annotated[int, typer.Option(help="beam width")] = 20,
     batch_users: Annotated[int, typer.Option(help="users decoded together")] = 8,
     chunk_users: Annotated[int, typer.Option(help="users written per transaction (the unit of resuming)")] = 64,
+    pop_alpha: Annotated[float, typer.Option(help="popularity adjustment of the ranking (the evaluate stage's pick is in its "
+                                                   "metrics.json)")] = 0.0,
     progress: Annotated[bool, typer.Option(help="progress bar")] = True,
 ) -> None:
     """Decode every user's top-K and switch the store to the new cache atomically. Rerun after a
@@ -656,7 +658,7 @@ def cache_build(
             raise DataError(users, f"user {unknown[0]!r}", f"expected user ids of {data} ({len(unknown)} unknown)")
     say = (lambda m: typer.echo(m, err=True)) if launch_rank()[0] == 0 else (lambda m: None)
     build_cache(st, catalog, model, chosen, k=k, beams=beams, batch_users=batch_users, chunk_users=chunk_users,
-                progress=progress, echo=say)
+                progress=progress, echo=say, pop_alpha=pop_alpha)
 
 
 @cache_app.command("show")

@@ -77,6 +77,9 @@ class CacheSection(BaseModel):
     beams: int = Field(20, ge=1)
     batch_users: int = Field(8, ge=1)
     chunk_users: int = Field(64, ge=1)
+    pop_alpha: float | Literal["evaluate"] = Field(
+        "evaluate", description="popularity adjustment of the cached rankings: a value, or 'evaluate': the one the "
+                                "evaluate stage picked on validation (0 without an evaluate stage)")
 
 
 class RunConfig(BaseModel):

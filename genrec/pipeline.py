@@ -286,9 +286,13 @@ def stage_cache(run_dir: Path, cfg: RunConfig, progress: bool = True) -> StageRe
     from genrec.serve.store import open_store
 
     c = cfg.cache
+    alpha = c.pop_alpha
+    if alpha == "evaluate":
+        picked = run_dir / "evaluate" / "metrics.json"
+        alpha = json.loads(picked.read_text()).get("pop_alpha", 0.0) if cfg.decode is not None and picked.is_file() else 0.0
     store = open_store(c.store or run_dir / "cache.db")
     summary = build_cache(store, Catalog(run_dir / "index", run_dir / "data", store), run_dir / "model", k=c.k,
                           beams=c.beams, batch_users=c.batch_users, chunk_users=c.chunk_users, progress=progress,
-                          echo=lambda m: None)
+                          echo=lambda m: None, pop_alpha=float(alpha))
     manifest = {"stage": "cache", "wall_seconds": summary["seconds"], "metrics": summary, "store": store.url}
     return StageResult(Path(store.url), manifest, skipped=summary["skipped"])

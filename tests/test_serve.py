@@ -167,6 +167,26 @@ def test_cache_build_equals_the_decoder_and_reruns_are_up_to_date(run, tmp_path,
     assert code == 0 and "up to date" in err
 
 
+def test_a_popularity_adjusted_cache_equals_the_adjusted_decoder_and_is_another_version(run, tmp_path, cli):
+    from genrec.data.dataset import Dataset
+    from genrec.decode.recommender import GenerativeRecommender
+
+    assert build(run, tmp_path / "c.db", cli=cli)[0] == 0
+    plain = open_store(tmp_path / "c.db").active()["version"]
+    code, _, err = build(run, tmp_path / "c.db", "--pop-alpha", "1.0", cli=cli)
+    assert code == 0, err
+    st = open_store(tmp_path / "c.db")
+    assert st.active()["version"] != plain and st.active()["pop_alpha"] == 1.0
+    ds = Dataset.load(run / "data")
+    ids = json.loads((run / "index" / "item_ids.json").read_text())
+    rec = GenerativeRecommender.load(run / "model", run / "index", device="cpu", beams=10, batch_users=4, pop_alpha=1.0,
+                                     popularity=ds.item_popularity())
+    rows = st.rows()
+    for u in (0, 5):
+        res = rec.rank_scored([ds.sequences[u]], 10)
+        assert decode_row(rows[ds.user_ids[u]])[0] == [ids[i] for i in res.items[0] if i >= 0]
+
+
 def test_kill_9_during_cache_build_then_rerun_gives_the_uninterrupted_cache(run, tmp_path):
     code, _, err = build(run, tmp_path / "whole.db")
     assert code == 0, err

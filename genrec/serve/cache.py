@@ -47,9 +47,12 @@ def build_cache(
     device: str = "auto",
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    pop_alpha: float = 0.0,
 ) -> dict:
     """Build (or finish) the cache of ``users`` (default: every user of the dataset) and activate it.
-    Returns a summary: version, users, chunks decoded by this process, seconds."""
+    ``pop_alpha``: the popularity adjustment of the ranking (as the evaluate stage's, over the
+    training popularity; added items count 0). Returns a summary: version, users, chunks decoded
+    by this process, seconds."""
     from genrec.device import launch_rank
 
     rank, world = launch_rank()
@@ -62,6 +65,8 @@ def build_cache(
     if k > beams:
         raise GenrecError(f"--k {k} needs at least as many beams (--beams {beams})")
     settings = {"k": k, "beams": beams, "batch_users": batch_users, "chunk_users": chunk_users}
+    if pop_alpha:  # absent at 0, so caches built before the setting keep their versions
+        settings["pop_alpha"] = pop_alpha
     version = cache_version(model_dir, catalog, users, settings)
     active = store.active()
     if active is not None and active["version"] == version:
@@ -85,7 +90,8 @@ def build_cache(
         from genrec.decode.recommender import GenerativeRecommender
 
         rec = GenerativeRecommender.load(model_dir, catalog.extended_index(), device=device, beams=beams,
-                                         batch_users=batch_users, cold_from=catalog.n_catalogue)
+                                         batch_users=batch_users, cold_from=catalog.n_catalogue, pop_alpha=pop_alpha,
+                                         popularity=catalog.ds.item_popularity())
         bar = tqdm(total=sum(len(chunks[c]) for c in mine), unit="user", desc=f"cache [rank {rank}]",
                    disable=not progress)
         for c in mine:
