@@ -90,3 +90,17 @@ def test_recipe_benchmark_smoke_run_reads_the_run_into_a_row(recipe_run, tmp_pat
                    check=True, capture_output=True, timeout=300)
     assert len(json.loads((out / "recipe.json").read_text())) == 1
     assert np.isfinite(row["decode_seconds"])
+
+
+def test_search_error_benchmark_smoke_run_finds_no_error_with_a_beam_per_item(recipe_run, tmp_path):
+    from genrec.index.base import ItemIndex
+
+    n = ItemIndex.load(recipe_run / "index").n_items
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_error.py"), "--run", str(recipe_run),
+                           "--users", "6", "--beams", "2", str(n), "--chunk", "16", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exact, narrow, wide = json.loads((tmp_path / "search_error.json").read_text())["rows"]
+    assert wide["beams"] == n and wide["top1_equal"] == 1.0 and wide["top10_recall"] == 1.0
+    assert wide["NDCG@10"] == pytest.approx(exact["NDCG@10"]) and wide["HR@10"] == pytest.approx(exact["HR@10"])
+    assert 0 <= narrow["top10_recall"] <= 1
