@@ -169,7 +169,7 @@ def write(rows: list[dict], out: Path, command: str) -> None:
             name = f"**{r['method']}**" if r["chosen"] else r["method"]
             ep = cell(r.get("epochs_run"), "{:g}") + (f" ({r['selected_epoch']:g})" if r.get("selected_epoch") else "")
             lines.append("| " + " | ".join([name, str(r.get("seed", 0)), "yes" if r["mask_history"] else "no",
-                                            *(f"{r[c]:.4f}" for c in COLS), cell(r.get("coverage@10")), cell(r.get("tail_NDCG@10")),
+                                            *(cell(r[c]) for c in COLS), cell(r.get("coverage@10")), cell(r.get("tail_NDCG@10")),
                                             cell(r.get("valid_HR@10")), cell(r.get("valid_NDCG@10")), ep, cell(r.get("steps")),
                                             cell(r.get("train_seconds"), "{:,.0f}"), cell(r.get("decode_seconds"), "{:,.0f}"),
                                             cell(r.get("pipeline_seconds"), "{:,.0f}")]) + " |")
@@ -193,6 +193,9 @@ def main() -> None:
     ap.add_argument("--lists", nargs="*", default=[], help="NAME=EVALUATE_DIR of an earlier evaluation to re-score")
     ap.add_argument("--data", type=Path, default=ROOT / "runs" / "scientific" / "data", help="the data of --lists")
     ap.add_argument("--info", nargs="*", default=[], help="NAME=JSON: fields of a --lists row (settings, costs)")
+    ap.add_argument("--stopped", nargs="*", default=[],
+                    help="NAME=JSON: an exploration stopped before its test evaluation (settings, budget, validation "
+                         "figures); listed with empty test cells, the test split never read")
     ap.add_argument("--note", nargs="*", default=[], help="NAME=TEXT: a note beside a recipe")
     ap.add_argument("--chosen", nargs="*", default=[], help="the recipes the configs run")
     ap.add_argument("--tail", type=int, default=5)
@@ -204,6 +207,9 @@ def main() -> None:
     info = {n: json.loads(v) for n, v in pairs(args.info).items()}
     rows += [row_from_lists(n, Path(p), args.data, info.get(n, {}), args.tail, mask)
              for n, p in pairs(args.lists).items() for mask in ("auto", False)]
+    for n, v in pairs(args.stopped).items():
+        rows.append({"dataset": "scientific", "method": n, **dict.fromkeys(COLS), "mask_history": True, "chosen": False,
+                     "stopped": True, **json.loads(v)})
     rows = merge(rows, args.out) if not args.report_only else json.loads((args.out / "recipe.json").read_text())
     notes = pairs(args.note)
     for r in rows:
@@ -214,7 +220,7 @@ def main() -> None:
     write(rows, args.out, "python benchmarks/recipe.py " + " ".join(sys.argv[1:]))
     for r in rows:
         print(f"{r['dataset']:<12} {r['method']:<28} seed {r.get('seed', 0)} masked {r['mask_history']!s:<5} "
-              f"HR@10 {r['HR@10']:.4f} NDCG@10 {r['NDCG@10']:.4f}")
+              f"HR@10 {cell(r['HR@10'])} NDCG@10 {cell(r['NDCG@10'])}")
 
 
 if __name__ == "__main__":
