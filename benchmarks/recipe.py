@@ -137,6 +137,24 @@ def row_from_lists(name: str, folder: Path, data: Path, info: dict, tail: int, m
             "mask_history": ev.mask_history, "chosen": False, **info}
 
 
+def row_from_baseline(stage: Path, tail: int) -> dict:
+    """A classic baseline's stage (benchmarks/baselines.py's run folder) as a reference row: its test
+    metrics, coverage@10 and tail NDCG@10 from its per-user dump, its wall time."""
+    m = read_manifest(stage)
+    if m is None:
+        raise SystemExit(f"{stage}: not a finished baseline stage")
+    test = json.loads((stage / "metrics.json").read_text())["test"]["metrics"]
+    data = Path(m["inputs"]["data"]["path"])
+    ds = Dataset.load(data)
+    mask = m["config"]["evaluate"].get("mask_history", False)
+    mask = (not ds.has_repeats()) if mask == "auto" else bool(mask)
+    tail_v, tail_n = tail_ndcg(stage / "test_users.parquet", ds, tail)
+    return {"dataset": Path(read_manifest(data)["inputs"]["source"]["path"]).name, "method": f"baseline: {stage.name}",
+            **{c: round(test[c], 4) for c in COLS}, "coverage@10": round(test["coverage@10"], 4), "tail_NDCG@10": tail_v,
+            "tail_users": tail_n, "mask_history": mask, "chosen": False, "baseline": True,
+            "pipeline_seconds": round(m["wall_seconds"], 1), "seed": int(m["config"].get("seed", 0))}
+
+
 def merge(rows: list[dict], out: Path) -> list[dict]:
     key = lambda r: (r["dataset"], r["method"], r.get("seed", 0), r["mask_history"])  # noqa: E731
     have = {key(r) for r in rows}
@@ -150,6 +168,7 @@ def cell(v, fmt="{:.4f}") -> str:
 
 def write(rows: list[dict], out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: not r.get("baseline", False))  # the reference rows first, then in the order tried
     (out / "recipe.json").write_text(json.dumps(rows, indent=2) + "\n")
     base = json.loads((out / "baselines.json").read_text()) if (out / "baselines.json").is_file() else []
     lines = ["# Recipes of the generative recommender", "",
@@ -164,7 +183,7 @@ def write(rows: list[dict], out: Path, command: str) -> None:
         lines += [f"## {ds}", "",
                   "| recipe | seed | masked | " + " | ".join(COLS) + " | coverage@10 | tail NDCG@10 | valid HR@10 | valid NDCG@10 "
                   "| epochs (kept) | steps | train s | decode s | pipeline s |",
-                  "|---" * (len(COLS) + 13) + "|"]
+                  "|---" * (len(COLS) + 12) + "|"]
         for r in (r for r in rows if r["dataset"] == ds):
             name = f"**{r['method']}**" if r["chosen"] else r["method"]
             ep = cell(r.get("epochs_run"), "{:g}") + (f" ({r['selected_epoch']:g})" if r.get("selected_epoch") else "")
@@ -175,12 +194,13 @@ def write(rows: list[dict], out: Path, command: str) -> None:
                                             cell(r.get("pipeline_seconds"), "{:,.0f}")]) + " |")
         refs = [b for b in base if b["dataset"] == ds and b["method"] in ("sasrec-ce", "fmlp", "pop")]
         if refs:
-            lines += ["", "Baselines on the same split (benchmarks/results/baselines.json):", "",
+            lines += ["", "Baselines on the same split (benchmarks/results/baselines.json; the `baseline:` rows above are the "
+                      "masked ones with their coverage and tail):", "",
                       "| baseline | masked | " + " | ".join(COLS) + " |", "|---" * (len(COLS) + 2) + "|"]
             lines += [f"| {b['method']} | {'yes' if b.get('mask_history') else 'no'} | " + " | ".join(f"{b[c]:.4f}" for c in COLS) + " |"
                       for b in refs]
         lines.append("")
-        for r in (r for r in rows if r["dataset"] == ds and r.get("settings")):
+        for r in {r["method"]: r for r in rows if r["dataset"] == ds and r.get("settings")}.values():
             lines.append(f"- `{r['method']}` (seed {r.get('seed', 0)}): `{json.dumps(r['settings'], sort_keys=True)}`"
                          + (f"; {r['note']}" if r.get("note") else ""))
         lines.append("")
@@ -198,18 +218,22 @@ def main() -> None:
                          "figures); listed with empty test cells, the test split never read")
     ap.add_argument("--note", nargs="*", default=[], help="NAME=TEXT: a note beside a recipe")
     ap.add_argument("--chosen", nargs="*", default=[], help="the recipes the configs run")
+    ap.add_argument("--baseline", nargs="*", default=[], help="a finished baseline stage folder, e.g. "
+                                                                   "runs/bench/scientific/baselines/sasrec-ce: a reference row")
     ap.add_argument("--tail", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     pairs = lambda xs: dict(x.split("=", 1) for x in xs)  # noqa: E731
-    rows = [row_from_run(n, Path(p), args.tail) for n, p in pairs(args.run).items()]
+    rows = [{**row_from_run(n, Path(p), args.tail), "command": f"--run {n}={p}"} for n, p in pairs(args.run).items()]
+    rows += [{**row_from_baseline(Path(p), args.tail), "command": f"--baseline {p}"} for p in args.baseline]
     info = {n: json.loads(v) for n, v in pairs(args.info).items()}
-    rows += [row_from_lists(n, Path(p), args.data, info.get(n, {}), args.tail, mask)
+    rows += [{**row_from_lists(n, Path(p), args.data, info.get(n, {}), args.tail, mask),
+              "command": f"--lists {n}={p} --data {args.data} --info {n}=..."}
              for n, p in pairs(args.lists).items() for mask in ("auto", False)]
     for n, v in pairs(args.stopped).items():
         rows.append({"dataset": "scientific", "method": n, **dict.fromkeys(COLS), "mask_history": True, "chosen": False,
-                     "stopped": True, **json.loads(v)})
+                     "stopped": True, "command": f"--stopped {n}=...", **json.loads(v)})
     rows = merge(rows, args.out) if not args.report_only else json.loads((args.out / "recipe.json").read_text())
     notes = pairs(args.note)
     for r in rows:
@@ -217,7 +241,8 @@ def main() -> None:
             r["chosen"] = r["method"] in args.chosen
         if r["method"] in notes:
             r["note"] = notes[r["method"]]
-    write(rows, args.out, "python benchmarks/recipe.py " + " ".join(sys.argv[1:]))
+    write(rows, args.out, "python benchmarks/recipe.py --run NAME=RUN_DIR [--baseline STAGE_DIR] [--chosen NAME]  "
+                          "(each row's own arguments: its `command` in recipe.json)")
     for r in rows:
         print(f"{r['dataset']:<12} {r['method']:<28} seed {r.get('seed', 0)} masked {r['mask_history']!s:<5} "
               f"HR@10 {cell(r['HR@10'])} NDCG@10 {cell(r['NDCG@10'])}")
