@@ -544,6 +544,7 @@ def evaluate_cmd(
     if users is not None:
         chosen = np.sort(np.random.default_rng(seed).choice(ds.n_users, size=min(users, ds.n_users), replace=False))
     ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=True)
+    rec.exclude_history = ev.mask_history  # masked history items take no beam slot
     dump, partial, key = None, None, None
     if out is not None:
         from genrec.artifacts import fingerprint
@@ -552,7 +553,8 @@ def evaluate_cmd(
         dump = out / f"{stage}_users.parquet"
         partial = out / f".partial-{stage}"  # the lists decoded so far: rerun the same command to resume
         key = {"model": fingerprint(model), "index": fingerprint(index), "data": fingerprint(data), "beams": beams,
-               "users": users, "seed": seed if users is not None else None}  # the seed only draws the user sample
+               "users": users, "seed": seed if users is not None else None,  # the seed only draws the user sample
+               "exclude_history": ev.mask_history}
     res = evaluate_generative(rec, ev, stage, chosen, dump, resume_dir=partial, key=key)
     if res is None:  # not rank 0 of a launch
         return

@@ -221,7 +221,8 @@ def ranking_selector(run_dir: Path, cfg: RunConfig) -> Callable:
 
     def select(lm, tokenizer) -> dict:
         rec = GenerativeRecommender(lm, tokenizer, index, beams=t.select_beams, batch_users=batch,
-                                    layout=meta.get("layout", "per_prefix"), prompt=meta.get("prompt", "chat"))
+                                    layout=meta.get("layout", "per_prefix"), prompt=meta.get("prompt", "chat"),
+                                    exclude_history=ev.mask_history)
         return ev.evaluate(rec, stage="valid", users=users).metrics
 
     return select
@@ -254,7 +255,8 @@ def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress:
     config = {"decode": dec.model_dump(), "evaluate": cfg.evaluate.model_dump(), "seed": cfg.seed}
     inputs = {"model": run_dir / "model", "index": run_dir / "index", "data": run_dir / "data"}
     partial = run_dir / ".evaluate-partial"  # the lists decoded so far: a killed evaluation resumes
-    key = {"config": config, "inputs": {k: fingerprint(v) for k, v in inputs.items()}}  # config holds the user sample
+    # config holds the user sample; lists decoded before the beam search left masked history out are not these
+    key = {"config": config, "inputs": {k: fingerprint(v) for k, v in inputs.items()}, "beam_excludes_history": True}
 
     def build(tmp: Path) -> dict:
         ds = Dataset.load(run_dir / "data")
@@ -264,6 +266,7 @@ def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress:
         if dec.users is not None:
             users = np.sort(np.random.default_rng(cfg.seed).choice(ds.n_users, size=min(dec.users, ds.n_users), replace=False))
         ev = Evaluator(ds, ks=tuple(cfg.evaluate.ks), mask_history=cfg.evaluate.mask_history, progress=progress)
+        rec.exclude_history = ev.mask_history  # masked history items take no beam slot
         alpha, on_valid = pick_pop_alpha(rec, ds, cfg)
         rec.pop_alpha = alpha
         res = evaluate_generative(rec, ev, "test", users, tmp / "test_users.parquet", resume_dir=partial, key=key)

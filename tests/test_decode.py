@@ -248,3 +248,23 @@ def test_popularity_adjusted_search_ranks_by_score_minus_alpha_log_share(model, 
         np.testing.assert_allclose(res.scores[u], ref[order], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="pop_alpha"):
         beam_search(Decoder.from_hf(model), ps, Trie(items), beams=4, k=4, pop_alpha=alpha)
+
+
+def test_excluded_items_never_come_out_and_free_their_slots(model):
+    """exclude: with as many beams as items, each user's list is the exhaustive ranking without the
+    user's excluded items; with few beams, excluded items take no slot (k items still come out)."""
+    items = code_items(12, 2, 4, seed=5)
+    ps = prompts(3, seed=11)
+    excl = [[0, 3, 7], [], list(range(10))]
+    res = beam_search(Decoder.from_hf(model), ps, Trie(items), beams=len(items), k=len(items), exclude=excl)
+    for u, p in enumerate(ps):
+        ref = exhaustive(model, p, items)
+        order = [i for i in np.argsort(-ref, kind="stable").tolist() if i not in excl[u]]
+        got = [i for i in res.items[u].tolist() if i >= 0]
+        assert got == order
+    narrow = beam_search(Decoder.from_hf(model), ps, Trie(items), beams=3, k=3, exclude=excl)
+    for u in range(3):
+        got = [i for i in narrow.items[u].tolist() if i >= 0]
+        assert not set(got) & set(excl[u])
+        if u < 2:  # a few exclusions: the 3 slots are still filled
+            assert len(got) == 3

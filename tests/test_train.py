@@ -269,7 +269,7 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
 
     split = ds.eval_split("test")
     key = {"model": fingerprint(tmp_path / "m"), "index": fingerprint(root / "index"), "data": fingerprint(root / "data"),
-           "beams": 5, "users": None, "seed": None}
+           "beams": 5, "users": None, "seed": None, "exclude_history": not ds.has_repeats()}
     folder = tmp_path / "eval3" / ".partial-test"
     partial_open(folder, _partial_key(key, "test", 20))
     users = [u for u in range(ds.n_users) if split.targets[u] >= 0]

@@ -312,8 +312,10 @@ def beam_search(
     beams: int = 20,
     k: int = 10,
     pop_alpha: float = 0.0,
+    exclude: Sequence[Sequence[int]] | None = None,
 ) -> BeamResult:
-    """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams.
+    """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams; the items in
+    ``exclude[u]`` (a user's history, say) never finish for prompt u, so they take no slot.
 
     ``pop_alpha`` > 0 ranks by ``log p(item | prompt) - pop_alpha * log p_pop(item)``, step by step
     through the trie's edge priors (``trie.prior``): popular items lose their head start and
@@ -336,6 +338,16 @@ def beam_search(
     step_logp = logp.repeat_interleave(B, 0)
     steps = _Steps(decoder, cache, att, B)
     done_items: list[list[tuple[float, int]]] = [[] for _ in range(n_users)]
+    banned = None
+    if exclude is not None:
+        banned = torch.zeros((n_users, len(tt.item)), dtype=torch.bool, device=dev)  # by trie node
+        leaf_of = torch.full((int(tt.item.max()) + 1,), -1, dtype=torch.long, device=dev)
+        leaves = torch.nonzero(tt.item >= 0)[:, 0]
+        leaf_of[tt.item[leaves]] = leaves
+        for u, items in enumerate(exclude):
+            ids = torch.as_tensor([int(i) for i in items if 0 <= int(i) < len(leaf_of)], dtype=torch.long, device=dev)
+            nodes_u = leaf_of[ids]
+            banned[u, nodes_u[nodes_u >= 0]] = True
 
     for depth in range(tt.max_depth):
         beam, edge = _expand(tt, nodes, alive)
@@ -348,6 +360,8 @@ def beam_search(
             lp = lp - pop_alpha * tt.prior[edge]
         cand_score = scores[beam] + lp
         cand_user = slot_user[beam]
+        if banned is not None:
+            cand_score = cand_score.masked_fill(banned[cand_user, tt.node[edge]], float("-inf"))
         # the best B candidates of each user: sort by (user, -score), rank within the user
         order = torch.argsort(cand_score, descending=True, stable=True)
         order = order[torch.argsort(cand_user[order], stable=True)]
@@ -355,6 +369,7 @@ def beam_search(
         start = torch.searchsorted(u_sorted, torch.arange(n_users, device=dev))
         rank = torch.arange(len(order), device=dev) - start[u_sorted]
         keep = order[rank < B]
+        keep = keep[torch.isfinite(cand_score[keep])]
         child = tt.node[edge[keep]]
         item = tt.item[child]
         finished = item >= 0
@@ -390,7 +405,8 @@ def beam_search(
 
 
 def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie | TrieTensors, beams: int = 20,
-                 k: int = 10, batch: int = 8, pop_alpha: float = 0.0) -> BeamResult:
+                 k: int = 10, batch: int = 8, pop_alpha: float = 0.0,
+                 exclude: Sequence[Sequence[int]] | None = None) -> BeamResult:
     """:func:`beam_search` over many prompts, batched by length (little left padding), in input order."""
     tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, decoder.device)
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -398,7 +414,8 @@ def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie 
     scores = np.full((len(prompts), k), -np.inf)
     for lo in range(0, len(order), batch):
         rows = order[lo : lo + batch]
-        res = beam_search(decoder, [prompts[r] for r in rows], tt, beams, k, pop_alpha)
+        res = beam_search(decoder, [prompts[r] for r in rows], tt, beams, k, pop_alpha,
+                          None if exclude is None else [exclude[r] for r in rows])
         items[rows], scores[rows] = res.items, res.scores
     return BeamResult(items, scores)
 

@@ -19,14 +19,15 @@ from genrec.index.base import ItemIndex
 class GenerativeRecommender:
     def __init__(self, lm, tokenizer, index: ItemIndex, beams: int = 20, batch_users: int = 8, max_history: int = 20,
                  cold_from: int | None = None, layout: str = "per_prefix", prompt: str = "chat",
-                 pop_alpha: float = 0.0, popularity: np.ndarray | None = None):
+                 pop_alpha: float = 0.0, popularity: np.ndarray | None = None, exclude_history: bool = False):
         """``cold_from``: items from this index on were added after training (their unseen last
         codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`).
         ``layout`` and ``prompt``: the sequential layout and prompt form ('chat', 'plain' or 'codes') the
         model was trained on, which fix the prompt (see :meth:`genrec.llm.encode.PromptFormat.seq_prompt`).
         ``pop_alpha`` with ``popularity`` (training interactions per item; items past its end count
         0): rank by the model's log-probability minus ``pop_alpha`` times the item's log share of
-        popularity + 1 (see :func:`genrec.decode.beam.beam_search`)."""
+        popularity + 1 (see :func:`genrec.decode.beam.beam_search`). ``exclude_history``: a user's
+        history items never come out (they take no beam slot), as the evaluator's masking wants."""
         from genrec.llm.encode import PromptFormat
 
         self.lm = lm.eval()
@@ -42,7 +43,7 @@ class GenerativeRecommender:
             weight[: len(popularity)] += np.asarray(popularity, dtype=np.float64)[: index.n_items]
         elif pop_alpha:
             raise ValueError("pop_alpha needs the items' training popularity")
-        self.pop_alpha = pop_alpha
+        self.pop_alpha, self.exclude_history = pop_alpha, exclude_history
         self.trie = TrieTensors.of(index.trie(self.fmt.items), self.decoder.device, cold, weight)
 
     @classmethod
@@ -87,7 +88,7 @@ class GenerativeRecommender:
 
         with autocast(self.decoder.device, self.lm.compute_dtype):
             return rank_prompts(self.decoder, self.prompts(histories), self.trie, self.beams, k, self.batch_users,
-                                self.pop_alpha)
+                                self.pop_alpha, histories if self.exclude_history else None)
 
     def rank(self, histories: list[np.ndarray], users: np.ndarray, k: int) -> np.ndarray:
         """Top-``k`` items per history, best first (-1 pads a list with fewer than k items)."""

@@ -91,7 +91,8 @@ def build_cache(
 
         rec = GenerativeRecommender.load(model_dir, catalog.extended_index(), device=device, beams=beams,
                                          batch_users=batch_users, cold_from=catalog.n_catalogue, pop_alpha=pop_alpha,
-                                         popularity=catalog.ds.item_popularity())
+                                         popularity=catalog.ds.item_popularity(),
+                                         exclude_history=not catalog.ds.has_repeats())
         bar = tqdm(total=sum(len(chunks[c]) for c in mine), unit="user", desc=f"cache [rank {rank}]",
                    disable=not progress)
         for c in mine:
