@@ -811,3 +811,32 @@ def test_a_trie_softmax_model_ranks_and_scores_like_exhaustive_per_step_renormal
     np.testing.assert_allclose(got, scores, rtol=1e-5, atol=1e-5)
     # the per-step distributions sum to one over each node's children: the item scores sum to one
     assert float(np.exp(scores).sum()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_block_dropout_acts_in_training_only(setup, tiny_backbone):
+    """train.dropout: in eval mode the model computes exactly what it does without dropout; in
+    training the loss varies with the RNG and equals the dropout-free loss when the RNG drops nothing."""
+    from genrec.llm.train import build_model
+
+    root, _, index = setup
+    tr, _, meta = load_corpus(root / "corpus")
+    batch = collate(tr, np.arange(8), 0, torch.device("cpu"))
+    torch.manual_seed(0)
+    plain, _ = build_model(cfg(tiny_backbone, mode="full"), str(tiny_backbone), index.new_tokens, torch.device("cpu"),
+                           meta["vocab_size"])
+    torch.manual_seed(0)
+    dropped, _ = build_model(cfg(tiny_backbone, mode="full", dropout=0.3), str(tiny_backbone), index.new_tokens,
+                             torch.device("cpu"), meta["vocab_size"])
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        base = plain.eval().hidden(ids, att).last_hidden_state
+        torch.testing.assert_close(dropped.eval().hidden(ids, att).last_hidden_state, base)
+        assert float(dropped(**batch)[0]) == pytest.approx(float(plain(**batch)[0]), rel=1e-6)
+        dropped.train()
+        torch.manual_seed(1)
+        a = dropped.hidden(ids, att).last_hidden_state
+        torch.manual_seed(2)
+        b = dropped.hidden(ids, att).last_hidden_state
+        assert (a - b).abs().max() > 0.1 and (a - base).abs().max() > 0.1
+        dropped.dropout = 0.0  # the same hooks with nothing to drop: the plain model
+        torch.testing.assert_close(dropped.hidden(ids, att).last_hidden_state, base)

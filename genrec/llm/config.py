@@ -31,6 +31,8 @@ class LLMTrainConfig(BaseModel):
     code_lr: float | None = Field(None, gt=0, description="learning rate of the code-token rows (default: lr)")
     train_text_rows: bool = Field(True, description="full mode: the backbone's own vocabulary rows train too (false: "
                                                     "frozen, as in LoRA mode; no gradient or optimizer state for them)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on every attention and MLP block's output in training "
+                                                           "(regularises a full fine-tune on small data)")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)

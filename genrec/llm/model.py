@@ -54,12 +54,14 @@ class CodeLM(nn.Module):
     """Wraps a Hugging Face causal LM (optionally with LoRA adapters) for code-token training."""
 
     def __init__(self, model, n_new: int, mode: str = "lora", lora: dict | None = None, softmax: str = "full",
-                 untie_codes: bool = False, train_text_rows: bool = True):
+                 untie_codes: bool = False, train_text_rows: bool = True, dropout: float = 0.0):
         """``untie_codes``: for a backbone that ties its input and output embeddings, give the code
         tokens output rows of their own (a copy of their input rows to start), so that reading a
         code and writing it are learned separately; the text rows stay tied. ``train_text_rows``
         (full mode): whether the backbone's own vocabulary rows train too (off: a corpus written
-        mostly in codes need not carry an optimizer state for 49k text rows)."""
+        mostly in codes need not carry an optimizer state for 49k text rows). ``dropout``: in
+        training, dropout on the output of every attention and MLP block before it joins the
+        residual stream (the backbone itself has none); nothing changes in eval mode."""
         super().__init__()
         if mode not in ("lora", "full"):
             raise GenrecError(f"train mode {mode!r}: expected 'lora' or 'full'")
@@ -91,10 +93,18 @@ class CodeLM(nn.Module):
             self.out_old = nn.Parameter(w[:n_old].clone(), requires_grad=train_old and train_text_rows)
             self.out_new = nn.Parameter(w[n_old:].clone().float(), requires_grad=True)
         base.lm_head = None  # never computed over every position; see head_weight
+        self.dropout = float(dropout)
+        if self.dropout > 0:
+            for layer in self.body.layers:
+                for block in (layer.self_attn.o_proj, layer.mlp):
+                    block.register_forward_hook(self._drop)
         self.n_old, self.n_new = n_old, n_new
         # softmax="trie": [trie nodes, n_new] child node per code (-1: none), and each code token's depth
         self.register_buffer("child", None, persistent=False)
         self.register_buffer("level", None, persistent=False)
+
+    def _drop(self, module, inputs, output):
+        return F.dropout(output, self.dropout, self.training)
 
     def set_trie(self, item_tokens: list[list[int]]) -> None:
         """The trie of the items' token sequences, for ``softmax="trie"``: a dense child table over the

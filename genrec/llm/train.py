@@ -207,7 +207,8 @@ def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], devic
             "target_modules": list(cfg.lora_targets)}
     with warnings.catch_warnings():  # PEFT asks transformers a deprecated question; nothing for our users to act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        lm = CodeLM(model, len(new_tokens), cfg.mode, lora, cfg.softmax, cfg.untie_codes, cfg.train_text_rows).to(device)
+        lm = CodeLM(model, len(new_tokens), cfg.mode, lora, cfg.softmax, cfg.untie_codes, cfg.train_text_rows,
+                    cfg.dropout).to(device)
     lm.compute_dtype = dtype
     return lm, tok
 
