@@ -255,8 +255,9 @@ def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress:
     config = {"decode": dec.model_dump(), "evaluate": cfg.evaluate.model_dump(), "seed": cfg.seed}
     inputs = {"model": run_dir / "model", "index": run_dir / "index", "data": run_dir / "data"}
     partial = run_dir / ".evaluate-partial"  # the lists decoded so far: a killed evaluation resumes
-    # config holds the user sample; lists decoded before the beam search left masked history out are not these
-    key = {"config": config, "inputs": {k: fingerprint(v) for k, v in inputs.items()}, "beam_excludes_history": True}
+    # config holds the user sample; "decoder": 2 since beam search leaves masked history items out as it goes
+    # (lists kept by the decoder before it are not these)
+    key = {"config": config, "inputs": {k: fingerprint(v) for k, v in inputs.items()}, "decoder": 2}
 
     def build(tmp: Path) -> dict:
         ds = Dataset.load(run_dir / "data")
