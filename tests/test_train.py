@@ -400,6 +400,16 @@ def test_train_from_a_run_config_runs_every_stage_then_skips(tiny_backbone, tmp_
     assert not list((tmp_path / "run").glob(".ckpt-*"))  # checkpoints are removed once the model is written
 
 
+def targets_by_hand(lm, batch):
+    """(row, position, target token, logits over the whole vocabulary from the tied embedding) of
+    every target token of a collated batch, one at a time."""
+    h = lm.hidden(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+    weight = torch.cat([lm.embed.old, lm.embed.new])
+    for b, t in zip(*np.nonzero(batch["target_mask"].numpy()), strict=True):
+        if t > 0:
+            yield int(b), int(t), int(batch["input_ids"][b, t]), h[b, t - 1] @ weight.T
+
+
 def test_code_softmax_loss_by_hand(setup, tiny_backbone):
     """softmax=codes: a code target's NLL is over the code rows only, a text target's over the whole
     vocabulary (computed here from the hidden states and the tied embedding, one target at a time)."""
@@ -407,7 +417,6 @@ def test_code_softmax_loss_by_hand(setup, tiny_backbone):
 
     root, _, index = setup
     tr, _, meta = load_corpus(root / "corpus")
-    n_new = len(index.new_tokens)
     rows = np.arange(len(tr))[:40]
     batch = collate(tr, rows, 0, torch.device("cpu"))
     torch.manual_seed(0)
@@ -417,14 +426,9 @@ def test_code_softmax_loss_by_hand(setup, tiny_backbone):
         lm.embed.new.normal_(0, 0.5)  # trained-looking code rows
         nll, count, correct = lm(**batch)
         h = lm.hidden(batch["input_ids"], batch["attention_mask"]).last_hidden_state
-        weight = torch.cat([lm.embed.old, lm.embed.new])
-        n_old = weight.shape[0] - n_new
+        n_old = lm.n_old
         want, n, kinds, right = 0.0, 0, set(), 0
-        for b, t in zip(*np.nonzero(batch["target_mask"].numpy()), strict=True):
-            if t == 0:
-                continue
-            target = int(batch["input_ids"][b, t])
-            logits = h[b, t - 1] @ weight.T
+        for _, _, target, logits in targets_by_hand(lm, batch):
             if target >= n_old:
                 logp, pick = torch.log_softmax(logits[n_old:], -1), target - n_old
                 kinds.add("code")
@@ -756,14 +760,8 @@ def test_trie_softmax_loss_by_hand(setup, tiny_backbone):
     with torch.no_grad():
         lm.embed.new.normal_(0, 0.5)
         nll, count, _ = lm(**batch)
-        h = lm.hidden(batch["input_ids"], batch["attention_mask"]).last_hidden_state
-        weight = torch.cat([lm.embed.old, lm.embed.new])
         want, n, kinds = 0.0, 0, set()
-        for b, t in zip(*np.nonzero(batch["target_mask"].numpy()), strict=True):
-            if t == 0:
-                continue
-            target = int(batch["input_ids"][b, t])
-            logits = h[b, t - 1] @ weight.T
+        for b, t, target, logits in targets_by_hand(lm, batch):
             if target >= n_old:
                 prefix = [] if target in first else [int(batch["input_ids"][b, t - 1])]
                 allowed = trie.allowed(prefix)
