@@ -26,17 +26,13 @@ from genrec.artifacts import read_manifest  # noqa: E402
 from genrec.config import EvaluateSection  # noqa: E402
 from genrec.data.dataset import Dataset  # noqa: E402
 from genrec.data.preprocess import PrepareConfig  # noqa: E402
+from genrec.evaluate import MASK_WORDS, resolve_mask_history  # noqa: E402
 from genrec.pipeline import stage_baseline, stage_data  # noqa: E402
 from genrec.report import COLS  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 MODELS = ["pop", "sasrec", "sasrec-ce", "bert4rec", "gru4rec", "fmlp", "lightgcn", "dccf"]
 FORMATS = {"scientific": "lcrec", "instruments": "lcrec", "ml-100k": "recbole"}  # as in configs/NAME.yaml
-
-
-def resolved_mask(setting, data: Path) -> bool:
-    """The evaluator's history masking for a stage's setting on its data (``auto``: deduplicated data)."""
-    return (not Dataset.load(data).has_repeats()) if setting == "auto" else bool(setting)
 
 
 def rows_from(run_dir: Path, datasets: list[str], models: list[str]) -> list[dict]:
@@ -47,7 +43,7 @@ def rows_from(run_dir: Path, datasets: list[str], models: list[str]) -> list[dic
             if m is None:
                 continue
             test, fit = m["metrics"]["test"]["metrics"], m["metrics"].get("fit", {})
-            mask = resolved_mask(m["config"]["evaluate"].get("mask_history", False), run_dir / ds / "data")
+            mask = resolve_mask_history(m["config"]["evaluate"].get("mask_history", False), Dataset.load(run_dir / ds / "data"))
             row = {"dataset": ds, "method": name, "mask_history": mask, **{c: round(test[c], 4) for c in COLS}}
             row["seconds_per_epoch"] = fit.get("seconds_per_epoch")
             row["best_epoch"] = fit.get("best_epoch")
@@ -116,14 +112,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report-only", action="store_true", help="rewrite the results from finished rows, train nothing")
     ap.add_argument("--note", default="", help="a line for the report, e.g. how the machine was shared")
-    ap.add_argument("--mask-history", default="auto", choices=["auto", "on", "off"],
+    ap.add_argument("--mask-history", default="auto", choices=list(MASK_WORDS),
                     help="the evaluator's history masking (auto: on deduplicated data)")
     args = ap.parse_args()
     command = "OMP_NUM_THREADS=1 python benchmarks/baselines.py  # all datasets and models; a subset with --datasets/--models"
     if args.report_only:
         write_results(rows_from(args.run_dir, args.datasets, MODELS), args.out, command, args.note)
         return
-    ev = EvaluateSection(mask_history={"auto": "auto", "on": True, "off": False}[args.mask_history])
+    ev = EvaluateSection(mask_history=MASK_WORDS[args.mask_history])
     for ds in args.datasets:
         src = SHARED / ds
         if not src.is_dir():

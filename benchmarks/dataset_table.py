@@ -36,11 +36,11 @@ def read_eval(path: Path) -> dict:
     manifest = path.parent / "manifest.json"  # an evaluate stage's: its evaluate settings and its data
     if mask is None and manifest.is_file():
         m = json.loads(manifest.read_text())
-        mask = m["config"].get("evaluate", {}).get("mask_history", False)
-        if mask == "auto":
-            from genrec.data.dataset import Dataset
+        from genrec.data.dataset import Dataset
+        from genrec.evaluate import resolve_mask_history
 
-            mask = not Dataset.load(m["inputs"]["data"]["path"]).has_repeats()
+        mask = resolve_mask_history(m["config"].get("evaluate", {}).get("mask_history", False),
+                                    Dataset.load(m["inputs"]["data"]["path"]))
     mask = bool(mask)
     if "test" in raw:  # the pipeline's evaluate stage
         return {"metrics": raw["test"]["metrics"], "n_users": raw["test"].get("n_users"), "beams": raw.get("beams", 20),

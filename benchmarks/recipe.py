@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._machine import describe, machine  # noqa: E402
 from genrec.artifacts import read_manifest  # noqa: E402
 from genrec.data.dataset import Dataset  # noqa: E402
-from genrec.evaluate import Evaluator  # noqa: E402
+from genrec.evaluate import Evaluator, resolve_mask_history  # noqa: E402
 
 COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
 STAGES = ["data", "cf/*", "index", "tasks", "model", "evaluate"]
@@ -54,9 +54,9 @@ def tail_ndcg(dump: Path, dataset: Dataset, max_pop: int, k: int = 10) -> tuple[
     return (round(float(gain.mean()), 4) if len(gain) else None), int(tail.sum())
 
 
-def dataset_name(run: Path) -> str:
-    """The name of the data a run was built from: its source folder's, or 'synth' for generated data."""
-    source = Path(read_manifest(run / "data")["inputs"]["source"]["path"])
+def dataset_name(data: Path) -> str:
+    """The name of a prepared dataset folder's data: its source folder's, or 'synth' for generated data."""
+    source = Path(read_manifest(data)["inputs"]["source"]["path"])
     synth = read_manifest(source)
     return "synth" if synth is not None and synth.get("stage") == "synth" else source.name
 
@@ -97,24 +97,24 @@ def row_from_run(name: str, run: Path, tail: int) -> dict:
         raise SystemExit(f"{run}: not a finished run (needs model/ and evaluate/ stages)")
     test = json.loads((run / "evaluate" / "metrics.json").read_text())["test"]["metrics"]
     ds = Dataset.load(run / "data")
-    mask = ev_m["config"]["evaluate"].get("mask_history", False)
-    mask = (not ds.has_repeats()) if mask == "auto" else bool(mask)
+    mask = resolve_mask_history(ev_m["config"]["evaluate"].get("mask_history", False), ds)
     tail_v, tail_n = tail_ndcg(run / "evaluate" / "test_users.parquet", ds, tail)
     secs = stage_seconds(run)
     m = model_m["metrics"]
     sel = selection(run)
+    kept = settings(run)
     return {
-        "dataset": dataset_name(run),
+        "dataset": dataset_name(run / "data"),
         "method": name, **{c: round(test[c], 4) for c in COLS},
         "coverage@10": round(test["coverage@10"], 4), "tail_NDCG@10": tail_v, "tail_users": tail_n,
         "valid_HR@10": sel.get("valid", {}).get("HR@10"), "valid_NDCG@10": sel.get("valid", {}).get("NDCG@10"),
-        "valid_users": settings(run)["train"].get("select_users"),
+        "valid_users": kept["train"].get("select_users"),
         "selections": sel.get("selections"),
-        "seed": int(settings(run)["train"].get("seed", 0)),
+        "seed": int(kept["train"].get("seed", 0)),
         "epochs_run": m.get("epochs"), "steps": m.get("steps"), "selected_epoch": m.get("selected_epoch"),
         "pipeline_seconds": round(sum(secs.values()), 1), "train_seconds": round(m.get("train_seconds", 0.0), 1),
         "decode_seconds": round(ev_m["wall_seconds"], 1), "stage_seconds": secs,
-        "mask_history": mask, "settings": settings(run), "chosen": False,
+        "mask_history": mask, "settings": kept, "chosen": False,
     }
 
 
@@ -146,20 +146,26 @@ def row_from_baseline(stage: Path, tail: int) -> dict:
     test = json.loads((stage / "metrics.json").read_text())["test"]["metrics"]
     data = Path(m["inputs"]["data"]["path"])
     ds = Dataset.load(data)
-    mask = m["config"]["evaluate"].get("mask_history", False)
-    mask = (not ds.has_repeats()) if mask == "auto" else bool(mask)
+    mask = resolve_mask_history(m["config"]["evaluate"].get("mask_history", False), ds)
     tail_v, tail_n = tail_ndcg(stage / "test_users.parquet", ds, tail)
-    return {"dataset": Path(read_manifest(data)["inputs"]["source"]["path"]).name, "method": f"baseline: {stage.name}",
+    return {"dataset": dataset_name(data), "method": f"baseline: {stage.name}",
             **{c: round(test[c], 4) for c in COLS}, "coverage@10": round(test["coverage@10"], 4), "tail_NDCG@10": tail_v,
             "tail_users": tail_n, "mask_history": mask, "chosen": False, "baseline": True,
             "pipeline_seconds": round(m["wall_seconds"], 1), "seed": int(m["config"].get("seed", 0))}
 
 
 def merge(rows: list[dict], out: Path) -> list[dict]:
+    """The rows measured now merged into recipe.json: a re-measured row takes its old row's place and
+    keeps its note and chosen mark (curation, not measurement: --note and --chosen set them); new
+    rows come last."""
     key = lambda r: (r["dataset"], r["method"], r.get("seed", 0), r["mask_history"])  # noqa: E731
-    have = {key(r) for r in rows}
+    fresh = {key(r): r for r in rows}
     old = json.loads((out / "recipe.json").read_text()) if (out / "recipe.json").is_file() else []
-    return [r for r in old if key(r) not in have] + rows
+    merged = []
+    for r in old:
+        new = fresh.pop(key(r), None)
+        merged.append(r if new is None else {**new, **{f: r[f] for f in ("note", "chosen") if f in r}})
+    return merged + list(fresh.values())
 
 
 def cell(v, fmt="{:.4f}") -> str:

@@ -234,7 +234,7 @@ def baselines_run(
 ) -> None:
     """Fit a baseline on the training split and print its metrics on the chosen split."""
     from genrec.config import apply_overrides
-    from genrec.evaluate import Evaluator
+    from genrec.evaluate import MASK_WORDS, Evaluator
     from genrec.pipeline import load_dataset, make_baseline
 
     model = make_baseline(name, apply_overrides({}, set_ or []))
@@ -246,10 +246,9 @@ def baselines_run(
         raise GenrecError(f"--ks must be comma-separated integers, got {ks!r}") from None
     ds = load_dataset(data, format, _prepare_config(kcore, missing_items))
     model.fit(ds, seed=seed)
-    masks = {"auto": "auto", "on": True, "off": False}
-    if mask_history not in masks:
+    if mask_history not in MASK_WORDS:
         raise GenrecError(f"--mask-history must be auto, on or off, got {mask_history!r}")
-    res = Evaluator(ds, ks=cutoffs, mask_history=masks[mask_history]).evaluate(model, stage=stage, dump_path=dump)
+    res = Evaluator(ds, ks=cutoffs, mask_history=MASK_WORDS[mask_history]).evaluate(model, stage=stage, dump_path=dump)
     if as_json:
         typer.echo(json.dumps(res.to_dict()))
         return

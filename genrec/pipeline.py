@@ -194,12 +194,15 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         note("cache", stage_cache(run_dir, cfg, progress))
 
 
-def selection_users(dataset: Dataset, n: int, seed: int) -> np.ndarray:
-    """A seeded sample of ``n`` users with a validation target (all of them when fewer), sorted."""
-    users = np.flatnonzero(dataset.eval_split("valid").targets >= 0)
+def validation_sample(dataset: Dataset, cfg: RunConfig, n: int) -> tuple[Evaluator, np.ndarray]:
+    """What choices are made on: the run's evaluator (its masking, NDCG@10 always among the
+    cut-offs) and a seeded sample of ``n`` users with a validation target (all when fewer), sorted."""
+    ev = Evaluator(dataset, ks=tuple(sorted({*cfg.evaluate.ks, 10})), mask_history=cfg.evaluate.mask_history,
+                   progress=False)
+    users = np.flatnonzero(ev.split("valid").targets >= 0)
     if n < len(users):
-        users = np.sort(np.random.default_rng([seed, 1]).choice(users, size=n, replace=False))
-    return users
+        users = np.sort(np.random.default_rng([cfg.seed, 1]).choice(users, size=n, replace=False))
+    return ev, users
 
 
 def ranking_selector(run_dir: Path, cfg: RunConfig) -> Callable:
@@ -215,8 +218,7 @@ def ranking_selector(run_dir: Path, cfg: RunConfig) -> Callable:
     ds = Dataset.load(run_dir / "data")
     index = ItemIndex.load(run_dir / "index")
     meta = load_meta(run_dir / "tasks")
-    users = selection_users(ds, t.select_users, cfg.seed)
-    ev = Evaluator(ds, ks=tuple(sorted({*cfg.evaluate.ks, 10})), mask_history=cfg.evaluate.mask_history, progress=False)
+    ev, users = validation_sample(ds, cfg, t.select_users)
     batch = cfg.decode.batch_users if cfg.decode is not None else 8
 
     def select(lm, tokenizer) -> dict:
@@ -234,8 +236,7 @@ def pick_pop_alpha(rec, ds: Dataset, cfg: RunConfig) -> tuple[float, dict]:
     alphas = cfg.decode.pop_alpha
     if len(alphas) == 1:
         return float(alphas[0]), {}
-    users = selection_users(ds, cfg.decode.select_users, cfg.seed)
-    ev = Evaluator(ds, ks=tuple(sorted({*cfg.evaluate.ks, 10})), mask_history=cfg.evaluate.mask_history, progress=False)
+    ev, users = validation_sample(ds, cfg, cfg.decode.select_users)
     on_valid = {}
     for a in alphas:
         rec.pop_alpha = float(a)

@@ -11,11 +11,13 @@ from genrec.evaluate.metrics import (
     ranks_from_scores,
     top_k_from_scores,
 )
-from genrec.evaluate.protocol import EvalResult, Evaluator
+from genrec.evaluate.protocol import MASK_WORDS, EvalResult, Evaluator, resolve_mask_history
 
 __all__ = [
+    "MASK_WORDS",
     "EvalResult",
     "Evaluator",
+    "resolve_mask_history",
     "expected_rank",
     "metrics_from_rank_range",
     "metrics_from_ranked_lists",

@@ -35,6 +35,19 @@ from genrec.evaluate.metrics import (
 )
 
 ScoreFn = Callable[[list[np.ndarray], np.ndarray], np.ndarray]
+
+#: the command-line words for the ``mask_history`` setting
+MASK_WORDS: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+
+
+def resolve_mask_history(setting: bool | str, dataset: Dataset) -> bool:
+    """Whether history items are masked for ``dataset`` under ``setting`` (true, false, or
+    ``"auto"``: exactly when the data holds no repeated user-item pair)."""
+    if setting == "auto":
+        return not dataset.has_repeats()
+    if not isinstance(setting, bool):
+        raise ValueError(f"mask_history must be true, false or 'auto', got {setting!r}")
+    return setting
 RankFn = Callable[[list[np.ndarray], np.ndarray, int], Sequence[Sequence[int]] | np.ndarray]
 
 
@@ -138,11 +151,7 @@ class Evaluator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
         self.ks = sorted(normalize_ks(ks))
-        if mask_history == "auto":
-            mask_history = not dataset.has_repeats()
-        elif not isinstance(mask_history, bool):
-            raise ValueError(f"mask_history must be true, false or 'auto', got {mask_history!r}")
-        self.mask_history = mask_history
+        self.mask_history = resolve_mask_history(mask_history, dataset)
         self.batch_size = int(batch_size)
         self.progress = bool(progress)
         self._splits: dict[str, EvalSplit] = {}
