@@ -181,8 +181,20 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         if until == "train":
             raise GenrecError("the config has no train section")
         return
+    distill = None
+    if cfg.train.distill is not None:  # the teacher: a baseline fitted on this run's training split
+        from genrec.llm.stages import stage_distill
+
+        teacher = cfg.train.distill.teacher
+        res = stage_baseline(teacher, data, run_dir / "baselines" / teacher, cfg.evaluate, cfg.seed,
+                             cfg.baseline_params.get(teacher), force)
+        note(f"baseline:{teacher}", res)
+        distill = run_dir / "distill"
+        res = stage_distill(run_dir / "tasks", res.path / "model", data, distill, cfg.train.distill,
+                            cfg.evaluate.mask_history, force)
+        note("distill", res)
     select = ranking_selector(run_dir, cfg) if cfg.train.select_users else None
-    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after, progress, select)
+    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after, progress, select, distill)
     if res is None:
         return
     note("train", res)

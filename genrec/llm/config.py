@@ -7,6 +7,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class DistillConfig(BaseModel):
+    """Distillation from a classic recommender (the ``train.distill`` section): each code target of
+    the sequential task also learns the teacher's next-item distribution, marginalised onto that
+    code step (the probability of the items under each valid child of the item's codes so far)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field("sasrec-ce", description="a baseline (genrec.baselines), fitted on the run's training split by "
+                                                  "the baseline stage; its settings: the run's baseline_params")
+    weight: float = Field(0.5, gt=0, le=1, description="the loss is (1 - weight) x the target's NLL + weight x the "
+                                                       "cross-entropy against the teacher's distribution")
+    temperature: float = Field(1.0, gt=0, description="the teacher's scores are divided by it before the softmax")
+
+
 class LLMTrainConfig(BaseModel):
     """Fine-tuning settings (the ``train`` section of a run config)."""
 
@@ -66,5 +80,7 @@ class LLMTrainConfig(BaseModel):
     select_metric: str = Field("NDCG@10", pattern=r"^(HR|NDCG)@\d+$|^MRR$")
     select_beams: int = Field(20, ge=1)
     patience: int | None = Field(None, ge=1, description="stop after this many selections without a better metric")
+    distill: DistillConfig | None = Field(None, description="learn from a classic recommender's soft targets too "
+                                                             "(sequential-task code targets only)")
     log_every: int = Field(10, ge=1)
     seed: int = 0

@@ -94,6 +94,7 @@ class CodeLM(nn.Module):
             self.out_new = nn.Parameter(w[n_old:].clone().float(), requires_grad=True)
         base.lm_head = None  # never computed over every position; see head_weight
         self.dropout = float(dropout)
+        self.distill_weight = 0.0  # set by the trainer with train.distill
         if self.dropout > 0:
             for layer in self.body.layers:
                 for block in (layer.self_attn.o_proj, layer.mlp):
@@ -170,12 +171,17 @@ class CodeLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None, pred_from: torch.Tensor | None = None,
+                soft_rows: torch.Tensor | None = None, soft_table: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sum of target-token NLL, number of target tokens, number correct at argmax).
 
         ``target_mask[b, t]`` marks token t of row b as a target; it is predicted from position
         ``pred_from[b, t]``, t-1 when not given. A 4D ``attention_mask`` with ``position_ids`` is
         a batch of shared prompts (see :func:`genrec.llm.train.collate_units`).
+
+        Distillation: a code target whose ``soft_rows[b, t]`` is a row r >= 0 of ``soft_table``
+        ([rows, code tokens], a distribution over the code tokens) takes the loss
+        ``(1 - w) * NLL + w * cross-entropy(soft_table[r], model)``, w = ``self.distill_weight``.
         """
         kw = {} if position_ids is None else {"position_ids": position_ids}
         h = self.hidden(input_ids, attention_mask, **kw).last_hidden_state
@@ -189,9 +195,11 @@ class CodeLM(nn.Module):
             states = h[rows, pred_from[rows, cols]]
         targets = input_ids[rows, cols]
         n = torch.tensor(targets.numel(), device=states.device)
+        soft = soft_rows[rows, cols] if soft_rows is not None and soft_table is not None else None
         if self.softmax == "full":
             logits = (states @ self.head_weight(states.dtype).T).float()
-            return F.cross_entropy(logits, targets, reduction="sum"), n, (logits.argmax(-1) == targets).sum()
+            nll = self._distilled(logits, targets, soft, soft_table, self.n_old)
+            return nll, n, (logits.argmax(-1) == targets).sum()
         code = targets >= self.n_old
         old, new = self._heads()
         logits = (states[code] @ new.to(states.dtype).T).float()
@@ -201,7 +209,7 @@ class CodeLM(nn.Module):
                 raise GenrecError("softmax='trie' needs the items' trie: call set_trie first")
             node = self.trie_nodes(input_ids, rows[code], cols[code])
             logits = logits.masked_fill(self.child[node] < 0, float("-inf"))
-        nll = F.cross_entropy(logits, code_targets, reduction="sum")
+        nll = self._distilled(logits, code_targets, None if soft is None else soft[code], soft_table, 0)
         correct = (logits.argmax(-1) == code_targets).sum()
         text = ~code
         if text.any():
@@ -211,6 +219,20 @@ class CodeLM(nn.Module):
         elif old.requires_grad and self.out_old is not None:
             nll = nll + 0.0 * old.sum()  # every trainable weight takes part in every forward (DDP needs it)
         return nll, n, correct
+
+    def _distilled(self, logits: torch.Tensor, targets: torch.Tensor, soft: torch.Tensor | None,
+                   table: torch.Tensor | None, first_code: int) -> torch.Tensor:
+        """Summed loss over some target rows: the NLL, mixed with the soft targets where a row has one
+        (``soft`` >= 0; the code tokens are the logits' columns from ``first_code`` on)."""
+        nll = F.cross_entropy(logits, targets, reduction="none")
+        if soft is None or not bool((soft >= 0).any()):
+            return nll.sum()
+        has = soft >= 0
+        q = table[soft[has]].float()
+        logp = torch.log_softmax(logits[has], -1)[:, first_code : first_code + q.shape[1]]
+        ce = -(q * logp.masked_fill(q == 0, 0.0)).sum(-1)  # q is 0 wherever the model's probability may be (-inf in log)
+        w = self.distill_weight
+        return nll[~has].sum() + ((1 - w) * nll[has] + w * ce).sum()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of some hidden states (decoding), without concatenating the weights;

@@ -37,6 +37,34 @@ def stage_tasks(
     return run_stage(out, "tasks", config, {"data": data, "index": index}, build, force)
 
 
+def stage_distill(corpus: Path, teacher: Path, data: Path, out: Path, cfg, mask_history: bool | str = "auto",
+                  force: bool = False) -> StageResult:
+    """The teacher's soft targets for the corpus's sequential code targets (see :mod:`genrec.llm.distill`);
+    ``teacher`` is a fitted baseline's folder (the baseline stage's ``model``), ``cfg`` a DistillConfig."""
+    from genrec.baselines import BASELINES
+    from genrec.data.dataset import Dataset
+    from genrec.evaluate import resolve_mask_history
+    from genrec.llm.distill import save_targets, soft_targets
+
+    if cfg.teacher not in BASELINES:
+        raise GenrecError(f"distill.teacher {cfg.teacher!r}: expected one of {', '.join(BASELINES)}")
+    config = {"teacher": cfg.teacher, "temperature": cfg.temperature, "mask_history": mask_history}
+
+    def build(tmp: Path) -> dict:
+        train, _, meta = load_corpus(corpus)
+        items = load_item_tokens(corpus)
+        if items is None or meta.get("new_token_ids") is None:
+            raise GenrecError(f"{corpus}: a corpus without its items' tokens; rebuild it with `genrec tasks build`")
+        n_old = int(meta["new_token_ids"][0])
+        masked = resolve_mask_history(mask_history, Dataset.load(data))
+        model = BASELINES[cfg.teacher].load(teacher)
+        rows, probs = soft_targets(train, items, n_old, int(meta["new_tokens"]), model, cfg.temperature, masked)
+        save_targets(tmp, rows, probs)
+        return {"targets": int(len(probs)), "tokens_with_targets": int((rows >= 0).sum()), "mask_history": masked}
+
+    return run_stage(out, "distill", config, {"corpus": corpus, "teacher": teacher, "data": data}, build, force)
+
+
 def task_fingerprint(cfg: TaskConfig) -> dict:
     """The task settings that name a corpus. Settings at their defaults stay out, so adding a
     setting later does not orphan existing artifacts and checkpoints; ``long_histories`` arrived
@@ -64,7 +92,7 @@ def _per_user(corpus) -> dict:
     return {"users": int(len(n)), "mean": round(float(n.mean()), 2), "max": int(n.max())}
 
 
-def train_fingerprint(corpus: Path, cfg: LLMTrainConfig) -> tuple[dict, dict, str]:
+def train_fingerprint(corpus: Path, cfg: LLMTrainConfig, distill: Path | None = None) -> tuple[dict, dict, str]:
     """(config, inputs, fingerprint) of a train stage; the checkpoint folder is named after it.
     ``share_prefixes`` arrived with a new default (true): it is the old behaviour (false) that
     stays out, so runs started before it keep their checkpoints when they pin it."""
@@ -74,18 +102,22 @@ def train_fingerprint(corpus: Path, cfg: LLMTrainConfig) -> tuple[dict, dict, st
         train["share_prefixes"] = True
     config = {"train": train}
     inputs = {"corpus": corpus}
+    if cfg.distill is not None:
+        if distill is None:
+            raise GenrecError("train.distill needs the distill stage's targets: run it through a run config (genrec run)")
+        inputs["distill"] = distill
     return config, inputs, config_hash(config, {k: fingerprint(v) for k, v in inputs.items()})
 
 
 def stage_train(
     corpus: Path, out: Path, cfg: LLMTrainConfig, force: bool = False, stop_after: int | None = None,
-    progress: bool = True, select=None,
+    progress: bool = True, select=None, distill: Path | None = None,
 ) -> StageResult | None:
     """Fine-tune the corpus's backbone on it (``select``: model selection by ranking, see
     :func:`genrec.llm.train.train`). Checkpoints live next to ``out`` (keyed by corpus and config), so
     rerunning a killed or budgeted run resumes it. Under ``accelerate launch`` every rank trains
     and rank 0 writes the artifact. Returns None when stopped by ``stop_after`` steps."""
-    config, inputs, fp = train_fingerprint(corpus, cfg)
+    config, inputs, fp = train_fingerprint(corpus, cfg, distill)
     old = read_manifest(out)
     if not force and old is not None and old.get("fingerprint") == fp:
         return StageResult(out, old, skipped=True)
@@ -98,10 +130,15 @@ def stage_train(
 
     from genrec.llm.train import train
 
+    soft = None
+    if cfg.distill is not None:
+        from genrec.llm.distill import load_targets
+
+        soft = load_targets(distill, train_c, len(tokens))
     result = ckpt / "result"
     metrics = train(cfg, backbone, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after,
                     layout=meta.get("layout", "per_prefix"), prompt=meta.get("prompt", "chat"), select=select,
-                    item_tokens=load_item_tokens(corpus) if cfg.softmax == "trie" else None)
+                    item_tokens=load_item_tokens(corpus) if cfg.softmax == "trie" else None, soft=soft)
     if metrics.get("stopped"):
         return None
     from genrec.device import launch_rank

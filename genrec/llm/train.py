@@ -116,23 +116,32 @@ class Units:
         return len(self.groups)
 
 
-def collate(corpus: Corpus, rows: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded input ids, attention mask and target mask of some samples."""
+def collate(corpus: Corpus, rows: np.ndarray, pad_id: int, device: torch.device,
+            soft_rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded input ids, attention mask and target mask of some samples (and, given
+    ``soft_rows``, a per-token array parallel to the corpus's tokens, its values laid out alike)."""
     n = max(int(corpus.offsets[r + 1] - corpus.offsets[r]) for r in rows)
     ids = np.full((len(rows), n), pad_id, dtype=np.int64)
     att = np.zeros((len(rows), n), dtype=np.int64)
     tgt = np.zeros((len(rows), n), dtype=np.bool_)
+    soft = np.full((len(rows), n), -1, dtype=np.int64)
     for b, r in enumerate(rows):
         x, m = corpus.sample(int(r))
         ids[b, : len(x)], att[b, : len(x)], tgt[b, : len(x)] = x, 1, m
-    return {
+        if soft_rows is not None:
+            soft[b, : len(x)] = soft_rows[corpus.offsets[r] : corpus.offsets[r + 1]]
+    out = {
         "input_ids": torch.from_numpy(ids).to(device),
         "attention_mask": torch.from_numpy(att).to(device),
         "target_mask": torch.from_numpy(tgt).to(device),
     }
+    if soft_rows is not None:
+        out["soft_rows"] = torch.from_numpy(soft).to(device)
+    return out
 
 
-def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int, device: torch.device,
+                  soft_rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The micro-batch of some units. A batch of single samples is :func:`collate`'s. A batch with a
     shared prompt lays each unit out as prompt, then every branch, with a 4D attention mask
     ([batch, 1, T, T], True = may attend: the prompt causally, each branch to the prompt and
@@ -140,11 +149,12 @@ def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int,
     position whose hidden state predicts each token (a branch's first token is predicted from
     the prompt's last one)."""
     if all(units.prompt[int(u)] == 0 for u in picked):  # single samples only
-        return collate(corpus, np.array([units.groups[int(u)][0] for u in picked]), pad_id, device)
+        return collate(corpus, np.array([units.groups[int(u)][0] for u in picked]), pad_id, device, soft_rows)
     n = int(units.lengths[picked].max())
     ids = np.full((len(picked), n), pad_id, dtype=np.int64)
     tgt = np.zeros((len(picked), n), dtype=np.bool_)
     pos = np.zeros((len(picked), n), dtype=np.int64)
+    soft = np.full((len(picked), n), -1, dtype=np.int64)
     src = np.tile(np.arange(-1, n - 1, dtype=np.int64), (len(picked), 1))
     att = np.zeros((len(picked), 1, n, n), dtype=np.bool_)
     att[:, 0, np.arange(n), np.arange(n)] = True  # padding attends to itself (no empty softmax rows)
@@ -153,24 +163,31 @@ def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int,
         rows, p = units.groups[int(u)], units.prompt[int(u)]
         x, m = corpus.sample(int(rows[0]))
         ids[b, :p], tgt[b, :p], pos[b, :p] = x[:p], m[:p], np.arange(p)
+        if soft_rows is not None:
+            soft[b, :p] = soft_rows[corpus.offsets[rows[0]] : corpus.offsets[rows[0]] + p]
         att[b, 0, :p, :p] = causal[:p, :p]
         at = p
         for r in rows:
             x, m = corpus.sample(int(r))
             k = len(x) - p
             ids[b, at : at + k], tgt[b, at : at + k], pos[b, at : at + k] = x[p:], m[p:], np.arange(p, p + k)
+            if soft_rows is not None:
+                soft[b, at : at + k] = soft_rows[corpus.offsets[r] + p : corpus.offsets[r + 1]]
             att[b, 0, at : at + k, :p] = True
             att[b, 0, at : at + k, at : at + k] = causal[:k, :k]
             if p:
                 src[b, at] = p - 1
             at += k
-    return {
+    out = {
         "input_ids": torch.from_numpy(ids).to(device),
         "attention_mask": torch.from_numpy(att).to(device),
         "target_mask": torch.from_numpy(tgt).to(device),
         "position_ids": torch.from_numpy(pos).to(device),
         "pred_from": torch.from_numpy(src).to(device),
     }
+    if soft_rows is not None:
+        out["soft_rows"] = torch.from_numpy(soft).to(device)
+    return out
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -349,6 +366,7 @@ def train(
     prompt: str = "chat",
     select=None,
     item_tokens: list[list[int]] | None = None,
+    soft: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
     """Fine-tune; write ``trainable.pt``, ``log.jsonl`` and ``train_config.json`` to ``out``.
 
@@ -362,6 +380,9 @@ def train(
     Under a launch only the main process's values count.
 
     ``item_tokens`` (every item's token ids) gives ``softmax="trie"`` its trie of valid items.
+
+    ``soft``: with ``cfg.distill``, the teacher's targets of :mod:`genrec.llm.distill` (rows per
+    corpus token, probabilities per row); the loss of a token with one mixes them in.
 
     Resumes from ``checkpoint_dir`` when it holds a checkpoint of this run. ``stop_after`` ends
     this call after that many optimizer steps with a checkpoint (a session budget; the schedule
@@ -383,6 +404,12 @@ def train(
         if item_tokens is None:
             raise GenrecError("softmax='trie' needs the items' token ids: rebuild the corpus (genrec tasks build) so it keeps them")
         lm.set_trie(item_tokens)
+    soft_rows, soft_table = None, None
+    if cfg.distill is not None:
+        if soft is None:
+            raise GenrecError("train.distill needs the teacher's targets (the distill stage of a run)")
+        soft_rows, soft_table = soft[0], torch.from_numpy(soft[1]).to(device)
+        lm.distill_weight = cfg.distill.weight
     run_config = {**cfg.model_dump(), "backbone": backbone, "new_tokens": len(new_tokens), "layout": layout,
                   "prompt": prompt}
     dtype = lm.compute_dtype
@@ -436,7 +463,9 @@ def train(
             g["lr"] = g.get("base_lr", cfg.lr) * lr_factor(step, total, warmup, cfg.min_lr_ratio)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for j, rows in enumerate(mine[acc.process_index :: world]):
-            batch = collate_units(corpus, units, rows, pad_id, device)
+            batch = collate_units(corpus, units, rows, pad_id, device, soft_rows)
+            if soft_table is not None:
+                batch["soft_table"] = soft_table
             sync = j == accum - 1
             with acc.no_sync(lm) if not sync else contextlib.nullcontext():
                 with autocast(device, dtype):
