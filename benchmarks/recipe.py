@@ -36,9 +36,10 @@ from benchmarks._machine import describe, machine  # noqa: E402
 from genrec.artifacts import read_manifest  # noqa: E402
 from genrec.data.dataset import Dataset  # noqa: E402
 from genrec.evaluate import Evaluator, resolve_mask_history  # noqa: E402
+from genrec.llm.config import DistillConfig  # noqa: E402
 
 COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
-STAGES = ["data", "cf/*", "index", "tasks", "model", "evaluate"]
+STAGES = ["data", "cf/*", "index", "tasks", "distill", "model", "evaluate"]
 
 
 def tail_ndcg(dump: Path, dataset: Dataset, max_pop: int, k: int = 10) -> tuple[float | None, int]:
@@ -62,9 +63,11 @@ def dataset_name(data: Path) -> str:
 
 
 def stage_seconds(run: Path) -> dict[str, float]:
-    """Wall seconds of each stage of a run from its manifests."""
+    """Wall seconds of each stage of a run from its manifests (a distilling run's teacher included)."""
     out = {}
-    for pattern in STAGES:
+    train = (read_manifest(run / "model") or {}).get("config", {}).get("train", {})
+    teacher = [f"baselines/{DistillConfig(**train['distill']).teacher}"] if train.get("distill") is not None else []
+    for pattern in STAGES + teacher:
         for folder in sorted(run.glob(pattern)):
             m = read_manifest(folder)
             if m is not None:

@@ -1,7 +1,7 @@
 """The recipe of configs/scientific.yaml end to end on a tiny shop: codes prompts, the trie softmax,
-a truncated backbone fine-tuned in full with frozen text rows, model selection by validation
-ranking, the popularity adjustment picked on validation; then benchmarks/recipe.py (its smoke run)
-reads the run into a recipe row."""
+a truncated backbone fine-tuned in full with frozen text rows, distillation from SASRec-CE, model
+selection by validation ranking, the popularity adjustment picked on validation; then
+benchmarks/recipe.py (its smoke run) reads the run into a recipe row."""
 
 from __future__ import annotations
 
@@ -27,12 +27,13 @@ def recipe_run(tiny_backbone, tmp_path_factory):
         "name": "recipe", "run_dir": str(root / "run"), "seed": 0,
         "data": {"source": "synth", "synth": {"n_users": 60, "n_items": 40, "seed": 3}, "prepare": {"kcore": 2}},
         "baselines": [], "backbone": str(tiny_backbone),
+        "baseline_params": {"sasrec-ce": {"train": {"epochs": 2}}},
         "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
         "index": {"method": "alignment", "config": {"levels": 2, "codebook_size": 8, "epochs": 3, "progress": False}},
         "tasks": {"tasks": ["seq"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
         "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 3e-3,
                   "code_init": "scaled", "untie_codes": True, "code_lr": 1e-2, "epochs": 3, "batch_size": 8,
-                  "select_users": 20, "select_beams": 5, "patience": 2, "save_every": 1000},
+                  "select_users": 20, "select_beams": 5, "patience": 2, "save_every": 1000, "distill": {"weight": 0.5}},
         "decode": {"beams": 5, "batch_users": 8, "pop_alpha": [0.0, 0.5, 2.0], "select_users": 20},
     }
     path = root / "run.yaml"
@@ -50,6 +51,7 @@ def test_the_recipe_selects_on_validation_and_decodes_with_the_picked_adjustment
     assert model["selected_step"] == best["step"] and model["valid_NDCG@10"] == pytest.approx(best["select_value"], abs=1e-5)
     saved = json.loads((recipe_run / "model" / "train_config.json").read_text())
     assert saved["prompt"] == "codes" and saved["softmax"] == "trie" and saved["layers"] == 1
+    assert saved["distill"] == {"teacher": "sasrec-ce", "weight": 0.5, "temperature": 1.0}
     ev = json.loads((recipe_run / "evaluate" / "metrics.json").read_text())
     on_valid = ev["pop_alpha_valid"]
     assert set(on_valid) == {"0.0", "0.5", "2.0"}
@@ -78,7 +80,8 @@ def test_recipe_benchmark_smoke_run_reads_the_run_into_a_row(recipe_run, tmp_pat
         assert field in row, field
     test = json.loads((recipe_run / "evaluate" / "metrics.json").read_text())["test"]["metrics"]
     assert row["NDCG@10"] == pytest.approx(test["NDCG@10"], abs=1e-4) and row["chosen"] is True and row["mask_history"] is True
-    stages = [recipe_run / s for s in ("data", "cf/lightgcn", "index", "tasks", "model", "evaluate")]
+    stages = [recipe_run / s for s in ("data", "cf/lightgcn", "index", "tasks", "baselines/sasrec-ce", "distill", "model",
+                                       "evaluate")]
     total = sum(json.loads((s / "manifest.json").read_text())["wall_seconds"] for s in stages)
     assert row["pipeline_seconds"] == pytest.approx(total, abs=0.2)
     assert row["dataset"] == "synth"
