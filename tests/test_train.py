@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from genrec.data.loaders import load_raw
 from genrec.data.preprocess import PrepareConfig, preprocess
@@ -127,7 +128,7 @@ def test_training_lowers_loss_and_moves_only_new_rows_and_adapters(setup, tiny_b
     assert metrics["steps"] == len(curve)
     lm, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
     fresh = lm.trainable_state()
-    trained = torch.load(tmp_path / "out" / "trainable.pt")
+    trained = load_file(tmp_path / "out" / "trainable.safetensors")
     assert set(trained) == set(fresh)
     assert any("lora" in k for k in trained) and any(k.endswith("embed_tokens.new") for k in trained)
     assert not any(k.endswith(".old") for k in trained)  # the backbone's vocabulary rows are frozen
@@ -142,12 +143,12 @@ def test_trained_weights_survive_save_and_load(setup, tiny_backbone, tmp_path):
     c = cfg(tiny_backbone, max_steps=3)
     train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
     a, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
-    a.load_trainable(torch.load(tmp_path / "out" / "trainable.pt"))
+    a.load_trainable(load_file(tmp_path / "out" / "trainable.safetensors"))
     b, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
     batch = collate(tr, np.arange(4), 0, torch.device("cpu"))
     with torch.no_grad():
         trained, untrained = a(**batch)[0], b(**batch)[0]
-        b.load_trainable(torch.load(tmp_path / "out" / "trainable.pt"))
+        b.load_trainable(load_file(tmp_path / "out" / "trainable.safetensors"))
         assert float(b(**batch)[0]) == pytest.approx(float(trained), rel=1e-6)
     assert float(untrained) != pytest.approx(float(trained), rel=1e-3)
 
@@ -164,8 +165,9 @@ def test_interrupted_then_resumed_matches_uninterrupted(setup, tiny_backbone, tm
     from genrec.decode.recommender import GenerativeRecommender
 
     rec = GenerativeRecommender.load(tmp_path / "ckpt-b", root / "index", device="cpu", beams=4)
-    state = torch.load(tmp_path / "ckpt-b" / "state.pt", weights_only=False)
-    torch.testing.assert_close(rec.lm.embed.new.detach(), state["trainable"]["model.base_model.model.model.embed_tokens.new"])
+    state = load_file(tmp_path / "ckpt-b" / "trainable.safetensors")
+    assert json.loads((tmp_path / "ckpt-b" / "state.json").read_text())["step"] == 3
+    torch.testing.assert_close(rec.lm.embed.new.detach(), state["model.base_model.model.model.embed_tokens.new"])
     assert rec.rank([np.array([0, 1])], np.array([0]), k=3).shape == (1, 3)
     done = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
                  progress=False)
@@ -176,7 +178,7 @@ def test_interrupted_then_resumed_matches_uninterrupted(setup, tiny_backbone, tm
     assert done["sessions"] == 2 and done["train_seconds"] == pytest.approx(clock[2] + clock[-1], abs=0.1)
     assert len(full) == len(resumed) > 4
     np.testing.assert_allclose(resumed, full, rtol=1e-5)
-    a, b = torch.load(tmp_path / "a" / "trainable.pt"), torch.load(tmp_path / "b" / "trainable.pt")
+    a, b = load_file(tmp_path / "a" / "trainable.safetensors"), load_file(tmp_path / "b" / "trainable.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k])
 
@@ -221,7 +223,7 @@ def test_two_processes_match_one_with_doubled_accumulation(setup, tiny_backbone,
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) >= 4
     np.testing.assert_allclose(two, one, rtol=1e-4)
-    a, b = torch.load(tmp_path / "one" / "trainable.pt"), torch.load(tmp_path / "two" / "trainable.pt")
+    a, b = load_file(tmp_path / "one" / "trainable.safetensors"), load_file(tmp_path / "two" / "trainable.safetensors")
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
@@ -587,7 +589,7 @@ def test_sharing_prompts_trains_like_padding_every_sample(setup, tiny_backbone, 
         c = cfg(tiny_backbone, max_steps=1, batch_size=10_000, batch_tokens=10**7, share_prefixes=share, warmup_ratio=0.0)
         m = train(c, str(tiny_backbone), corpus, None, index.new_tokens, tmp_path / f"o{share}", tmp_path / f"c{share}",
                   info["vocab_size"], progress=False)
-        out[share] = (losses(tmp_path / f"o{share}"), torch.load(tmp_path / f"o{share}" / "trainable.pt"), m)
+        out[share] = (losses(tmp_path / f"o{share}"), load_file(tmp_path / f"o{share}" / "trainable.safetensors"), m)
     assert out[True][2]["tokens_per_s"] > 0
     np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5)
     for k, v in out[False][1].items():
@@ -635,7 +637,7 @@ def test_model_selection_keeps_the_best_weights_and_stops_when_patience_runs_out
     assert len(seen) == 4  # one selection per epoch; stopped after the 4th epoch
     per_epoch = m["steps_per_epoch"]
     assert m["steps"] == 4 * per_epoch and m["selected_step"] == 2 * per_epoch and m["valid_NDCG@10"] == pytest.approx(0.30)
-    saved = torch.load(tmp_path / "a" / "trainable.pt")
+    saved = load_file(tmp_path / "a" / "trainable.safetensors")
     best = seen[1][0]
     assert set(saved) == set(best) and all(torch.equal(saved[k], best[k]) for k in saved)
     assert not all(torch.equal(saved[k], seen[3][0][k]) for k in saved)  # not the last weights
@@ -649,7 +651,7 @@ def test_model_selection_keeps_the_best_weights_and_stops_when_patience_runs_out
     m_b = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
                 progress=False, select=selector(seen_b))
     assert len(seen_b) == 4 and m_b["selected_step"] == m["selected_step"]
-    saved_b = torch.load(tmp_path / "b" / "trainable.pt")
+    saved_b = load_file(tmp_path / "b" / "trainable.safetensors")
     assert all(torch.allclose(saved_b[k], saved[k], atol=1e-6) for k in saved)
     # without a dataset to rank, selection is refused up front
     with pytest.raises(Exception, match="select_users"):
