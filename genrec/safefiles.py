@@ -60,5 +60,9 @@ def load_weights_only(path: str | Path, remedy: str) -> object:
 def _refused(error: Exception) -> str:
     """What the weights-only loader refused, in a few words (its message goes on to suggest
     loading the file in full, which genrec never does)."""
-    found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(error))
-    return found.group(0).replace("GLOBAL ", "") if found else type(error).__name__
+    text = str(error)
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"it refers to {found.group(1)}"
+    if found := re.search(r"Unsupported operand (\d+)", text):
+        return f"pickle operation {found.group(1)} is not allowed"
+    return type(error).__name__
