@@ -76,7 +76,7 @@ class Shortlists:
 
     @classmethod
     def load(cls, path: Path) -> Shortlists:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             return cls(z["users"], z["items"], z["base"], z["llm"])
 
     @classmethod
