@@ -4,9 +4,10 @@ A pickle (``torch.save``) can run arbitrary code when it is loaded, so genrec wr
 model folder, an index folder or the server reads. Files of older versions are still read, but
 only through ``torch.load(..., weights_only=True)``, which builds tensors, numbers, strings,
 lists, tuples and dicts and refuses everything else; a file that needs more is a DataError
-saying how to make a new one, never a reason to unpickle it in full. The one pickle genrec still
-writes is a training checkpoint's optimizer state (tensors, numbers, lists and dicts), which only
-the trainer that wrote it reads, weights-only.
+saying how to make a new one, never a reason to unpickle it in full. The pickles genrec still
+writes are training checkpoints' (a fine-tune's optimizer state, a neural baseline's ``last.pt``
+and ``best.pt``): tensors, numbers, strings, lists and dicts, read weights-only by the trainer
+that wrote them.
 """
 
 from __future__ import annotations
