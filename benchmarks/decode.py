@@ -34,21 +34,21 @@ def load(args):
     from genrec.data.dataset import Dataset
     from genrec.index.base import ItemIndex
     from genrec.llm.config import LLMTrainConfig
+    from genrec.llm.files import checkpoint_step, has_trained_weights, is_checkpoint, load_trained_weights
     from genrec.llm.train import build_model
 
     ds = Dataset.load(args.run / "data")
     index = ItemIndex.load(args.run / "index")
     cfg = LLMTrainConfig(mode="full")
     weights, label = None, "untrained code rows"
-    if args.model and (args.model / "trainable.pt").is_file():
+    if args.model and has_trained_weights(args.model):
         cfg = LLMTrainConfig.model_validate({k: v for k, v in json.loads((args.model / "train_config.json").read_text()).items()
-                                             if k not in ("backbone", "new_tokens")})
-        weights, label = torch.load(args.model / "trainable.pt"), str(args.model)
+                                             if k not in ("backbone", "new_tokens", "layout", "prompt")})
+        weights, label = load_trained_weights(args.model), str(args.model)
     else:
-        ckpts = sorted(args.run.glob(".ckpt-model-*/state.pt"))
+        ckpts = sorted(d for d in args.run.glob(".ckpt-model-*") if is_checkpoint(d))
         if ckpts:
-            state = torch.load(ckpts[-1], weights_only=False)
-            weights, label = state["trainable"], f"{ckpts[-1].parent.name} step {state['step']}"
+            weights, label = load_trained_weights(ckpts[-1]), f"{ckpts[-1].name} step {checkpoint_step(ckpts[-1])}"
             cfg = LLMTrainConfig.model_validate(_train_section(args.config))
 
     def make():

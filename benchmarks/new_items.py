@@ -45,6 +45,7 @@ def main() -> None:
     import numpy as np
 
     from genrec.decode.recommender import GenerativeRecommender
+    from genrec.llm.files import checkpoint_step, is_checkpoint
     from genrec.serve.catalog import Catalog
     from genrec.serve.store import open_store
 
@@ -54,11 +55,7 @@ def main() -> None:
         if not found:
             sys.exit(f"no model or checkpoint in {args.run}")
         model = found[-1]
-    step = None
-    if (model / "state.pt").is_file():
-        import torch
-
-        step = int(torch.load(model / "state.pt", map_location="cpu", weights_only=False)["step"])
+    step = checkpoint_step(model) if is_checkpoint(model) else None
     rng = np.random.default_rng(args.seed)
     st = open_store(Path(tempfile.mkdtemp()) / "cache.db")
     catalog = Catalog(args.run / "index", args.run / "data", st)

@@ -116,6 +116,7 @@ def main() -> None:
     from genrec.data.dataset import Dataset
     from genrec.decode.recommender import GenerativeRecommender
     from genrec.decode.rerank import shortlist
+    from genrec.llm.files import has_trained_weights
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "scientific")
@@ -128,7 +129,7 @@ def main() -> None:
     if args.quality:
         quality(args.quality.resolve(), args.out)
         return
-    if not (args.run / "model" / "trainable.pt").is_file():
+    if not has_trained_weights(args.run / "model"):
         sys.exit(f"{args.run}/model: no trained model; run `genrec run configs/scientific.yaml` first")
     ds = Dataset.load(args.run / "data")
     rec = GenerativeRecommender.load(args.run / "model", args.run / "index", device="cpu", batch_users=args.batch)

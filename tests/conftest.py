@@ -88,3 +88,36 @@ def launch_two(*args: str, timeout: int = 600):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrec", *map(str, args)]
     return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout)
+
+
+class _RunsOnLoad:
+    """Unpickling this runs a shell command: what a pickle planted in a model folder could do."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def plant_pickle(path: Path, marker: Path) -> Path:
+    """Write to ``path`` a torch.save file whose unpickling creates ``marker``."""
+    import shlex
+
+    import torch
+
+    torch.save({"payload": _RunsOnLoad(f"touch {shlex.quote(str(marker))}")}, path)
+    return path
+
+
+def unpickle_in_full(path: Path) -> None:
+    """Unpickle a torch.save file with the plain pickle module: what loading it without
+    ``weights_only`` would do, to show that a planted file is live."""
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+        pickle.loads(z.read(name))

@@ -185,7 +185,7 @@ def test_cf_train_command_writes_embeddings_and_skips_rerun(cli, grouped, tmp_pa
     assert manifest["config"]["model"] == "dccf" and manifest["config"]["dim"] == 8
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"valid", "test"} <= set(metrics) and "NDCG@10" in metrics["test"]["metrics"]
-    assert (out / "model" / "model.pt").is_file() and (out / "train_log.txt").read_text()
+    assert (out / "model" / "model.safetensors").is_file() and (out / "train_log.txt").read_text()
     assert "NDCG@10" in stdout and str(out) in stdout
     code, stdout2, err = cli("cf", "train", "dccf", "--data", data, "--out", out, "--dim", "8", "--epochs", "2")
     assert code == 0, err

@@ -3,6 +3,7 @@ behaviours particular to each method (RQ-VAE training, CID structure, TID text h
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,13 +153,79 @@ def test_save_load_round_trip(method: str, inputs: IndexInputs, tmp_path: Path) 
         assert indexer.encode(["x", ""]) == loaded.encode(["x", ""])
 
 
-def test_alignment_save_load(inputs: IndexInputs, tmp_path: Path) -> None:
-    indexer, index = build("alignment", inputs)
+@pytest.mark.parametrize("with_llm", [True, False])
+def test_alignment_save_load(inputs: IndexInputs, tmp_path: Path, with_llm: bool) -> None:
+    """The fitted tokenizer goes through tokenizer.safetensors + tokenizer.json (no pickle) and
+    comes back the same: the same arrays, and the same codes for the catalogue and for new items
+    from each kind of input."""
+    fitted_on = inputs if with_llm else IndexInputs(inputs.dataset, inputs.behaviour, None, inputs.seed)
+    indexer, index = build("alignment", fitted_on)
     indexer.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer.safetensors"]
     loaded = INDEXERS["alignment"].load(tmp_path)
     np.testing.assert_array_equal(loaded.codes, index.codes)
+    assert loaded.scale == indexer.scale and loaded.log == indexer.log
+    assert loaded.cfg.model_dump(exclude={"device"}) == indexer.cfg.model_dump(exclude={"device"})  # loaded onto the CPU
+    absent = set() if with_llm else {"llm_mean", "llm_std", "text_map"}  # fitted without LLM embeddings
+    for name in ("mean", "llm_mean", "llm_std", "item_emb", "text_map"):
+        a, b = getattr(indexer, name), getattr(loaded, name)
+        assert (a is None) == (b is None) == (name in absent)
+        if a is not None:
+            assert type(a) is type(b)
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    state, again = indexer.module.state_dict(), loaded.module.state_dict()
+    assert set(state) == set(again) and all(torch.equal(state[k], again[k]) for k in state)
     beh = inputs.behaviour[:4] + 0.01
     np.testing.assert_array_equal(indexer.encode(behaviour=beh), loaded.encode(behaviour=beh))
+    nb = [[0, 1], [5], [7, 8, 9]]
+    np.testing.assert_array_equal(indexer.encode(neighbours=nb), loaded.encode(neighbours=nb))
+    if with_llm:
+        llm = np.random.default_rng(4).standard_normal((4, inputs.llm.shape[1])).astype(np.float32)
+        np.testing.assert_array_equal(indexer.encode(llm=llm), loaded.encode(llm=llm))
+        np.testing.assert_array_equal(indexer.encode(behaviour=beh, llm=llm), loaded.encode(behaviour=beh, llm=llm))
+
+
+def test_an_old_pickled_alignment_tokenizer_is_refused_unread(inputs: IndexInputs, tmp_path: Path) -> None:
+    """tokenizer.pt (older versions pickled numpy arrays in it) is never unpickled: loading says to
+    rebuild the index, and a planted one runs nothing."""
+    from genrec.errors import DataError
+    from tests.conftest import plant_pickle, unpickle_in_full
+
+    indexer, _ = build("alignment", inputs)
+    torch.save({"config": indexer.cfg.model_dump(), "state": indexer.module.state_dict(), "codes": indexer.codes,
+                "item_emb": indexer.item_emb, "log": indexer.log}, tmp_path / "tokenizer.pt")  # as older versions wrote
+    with pytest.raises(DataError, match=r"tokenizer\.pt.*rebuild the index"):
+        INDEXERS["alignment"].load(tmp_path)
+    marker = tmp_path / "planted-code-ran"
+    plant_pickle(tmp_path / "tokenizer.pt", marker)
+    with pytest.raises(DataError, match=r"tokenizer\.pt"):
+        INDEXERS["alignment"].load(tmp_path)
+    assert not marker.exists()
+    unpickle_in_full(tmp_path / "tokenizer.pt")  # the planted file is live: loaded in full, it runs
+    assert marker.exists()
+
+
+def test_rqvae_weights_are_safetensors_and_old_ones_load_weights_only(inputs: IndexInputs, tmp_path: Path) -> None:
+    """rqvae.safetensors holds the RQ-VAE's weights; an older folder's rqvae.pt of plain tensors
+    still loads (weights-only) to the same codes, and a planted rqvae.pt runs nothing."""
+    from genrec.errors import DataError
+    from tests.conftest import plant_pickle
+
+    indexer, index = build("rqvae", inputs)
+    indexer.save(tmp_path / "new")
+    assert not list((tmp_path / "new").glob("*.pt"))
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "new", old)
+    (old / "rqvae.safetensors").unlink()
+    torch.save({k: v.detach().cpu() for k, v in indexer.module.state_dict().items()}, old / "rqvae.pt")
+    new_items = np.random.default_rng(5).standard_normal((6, inputs.llm.shape[1])).astype(np.float32)
+    for folder in (tmp_path / "new", old):
+        np.testing.assert_array_equal(INDEXERS["rqvae"].load(folder).encode(new_items), indexer.encode(new_items))
+    marker = tmp_path / "planted-code-ran"
+    plant_pickle(old / "rqvae.pt", marker)
+    with pytest.raises(DataError, match=r"rqvae\.pt.*rebuild the index"):
+        INDEXERS["rqvae"].load(old)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("method", sorted(ENCODERS))

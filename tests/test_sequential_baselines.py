@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,12 +80,62 @@ def test_loss_falls_and_beats_random(name, fitted, dataset):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_save_load_identical_scores(name, fitted, dataset, tmp_path):
+    """Saved as model.json + model.safetensors (no pickle), loaded back to the same scores; an older
+    version's folder (model.pt by torch.save) loads weights-only to the same scores too."""
     model = fitted[name]
     model.save(tmp_path / name)
-    back = BASELINES[name].load(tmp_path / name, device="cpu")
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["model.json", "model.safetensors"]
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / name, old)
+    (old / "model.safetensors").unlink()
+    torch.save(model.model.state_dict(), old / "model.pt")
     split = dataset.eval_split("test")
     users = np.arange(N_USERS)
-    assert np.array_equal(back.score(split.histories, users), model.score(split.histories, users))
+    expected = model.score(split.histories, users)
+    for folder in (tmp_path / name, old):
+        back = BASELINES[name].load(folder, device="cpu")
+        assert np.array_equal(back.score(split.histories, users), expected)
+
+
+def test_a_killed_fit_resumes_from_its_checkpoint_to_the_uninterrupted_scores(dataset, tmp_path):
+    """Killed after epoch 2's checkpoint, a fit resumes at epoch 3 to the scores of one that ran
+    through (dropout: the RNG states come back too), from this version's last.pt (the numpy RNG
+    state as JSON text) and from an older one's (the state as a dict); a planted last.pt is
+    refused and runs nothing."""
+    from genrec.errors import DataError
+    from tests.conftest import plant_pickle
+
+    config, train = CASES["sasrec-ce"]
+    train = {**train, "epochs": 4}
+    split = dataset.eval_split("test")
+    users = np.arange(N_USERS)
+
+    def fit(folder, log=lambda *_: None):
+        model = BASELINES["sasrec-ce"](config, train)
+        model.fit(dataset, checkpoint_dir=folder, log=log)
+        return model.score(split.histories, users)
+
+    def kill_at_epoch_3(line: str) -> None:
+        if " epoch 3:" in line:
+            raise KeyboardInterrupt(line)
+
+    whole = fit(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "cut", kill_at_epoch_3)
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and isinstance(state["rng"], str)
+    shutil.copytree(tmp_path / "cut", tmp_path / "old")
+    torch.save({**state, "rng": json.loads(state["rng"])}, tmp_path / "old" / "last.pt")  # as older versions wrote
+    for folder in ("cut", "old"):
+        lines: list[str] = []
+        resumed = fit(tmp_path / folder, lines.append)
+        assert lines[0].startswith("resumed from") and "at epoch 3" in lines[0]
+        np.testing.assert_allclose(resumed, whole, rtol=1e-5, atol=1e-6)
+    marker = tmp_path / "planted-code-ran"
+    plant_pickle(tmp_path / "old" / "last.pt", marker)
+    with pytest.raises(DataError, match=r"last\.pt"):
+        fit(tmp_path / "old")
+    assert not marker.exists()
 
 
 def causal_models() -> dict:

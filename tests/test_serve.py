@@ -388,6 +388,38 @@ def test_a_new_item_joins_the_rebuilt_cache_ranked_exactly_as_the_model_scores_i
     assert body["cache_version"] == st.active()["version"] and "new-1" in [x["item_id"] for x in body["items"]]
 
 
+def test_the_folders_the_server_reads_hold_no_pickle_and_old_names_planted_beside_them_go_unread(run, tmp_path):
+    """The trained model and the index folder (with its fitted tokenizer) hold safetensors, JSON
+    and .npy files only; pickles planted under the older names (trainable.pt, state.pt,
+    tokenizer.pt) are never read: the server's model loads and a new item gets its codes, and
+    nothing planted runs."""
+    from fastapi.testclient import TestClient
+
+    from genrec.decode.recommender import GenerativeRecommender
+    from genrec.serve.app import create_app
+    from genrec.serve.catalog import Catalog
+    from tests.conftest import plant_pickle
+
+    for folder in (run / "model", run / "index"):
+        kinds = {p.suffix for p in folder.rglob("*") if p.is_file()}
+        assert kinds <= {".safetensors", ".json", ".jsonl", ".npy"}, (folder, kinds)
+    assert (run / "index" / "indexer" / "tokenizer.safetensors").is_file()
+    model, index = tmp_path / "model", tmp_path / "index"
+    shutil.copytree(run / "model", model)
+    shutil.copytree(run / "index", index)
+    marker = tmp_path / "planted-code-ran"
+    for planted in (model / "trainable.pt", model / "state.pt", index / "indexer" / "tokenizer.pt"):
+        plant_pickle(planted, marker)
+    st = open_store(tmp_path / "s.db")
+    catalog = Catalog(index, run / "data", st)
+    client = TestClient(create_app(st, catalog, admin_token="s3cret"))
+    r = client.post("/items", json={"item_id": "new-1", "title": "new", "neighbours": catalog.ids[:2]}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    rec = GenerativeRecommender.load(model, catalog.extended_index(), device="cpu", beams=4)
+    assert rec.rank([catalog.ds.sequences[0]], np.array([0]), k=3).shape == (1, 3)
+    assert not marker.exists()
+
+
 # --- fuzzing the API through its OpenAPI schema ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def api_schema(run, tmp_path_factory):

@@ -5,10 +5,13 @@ move, batches cover the corpus, and a resumed run takes the same steps as an uni
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from genrec.data.loaders import load_raw
 from genrec.data.preprocess import PrepareConfig, preprocess
@@ -19,7 +22,7 @@ from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus, build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
 from genrec.llm.train import collate, lr_factor, make_batches, sessions, train, training_seconds
-from tests.conftest import launch_two
+from tests.conftest import launch_two, plant_pickle, unpickle_in_full
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,7 +130,7 @@ def test_training_lowers_loss_and_moves_only_new_rows_and_adapters(setup, tiny_b
     assert metrics["steps"] == len(curve)
     lm, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
     fresh = lm.trainable_state()
-    trained = torch.load(tmp_path / "out" / "trainable.pt")
+    trained = load_file(tmp_path / "out" / "trainable.safetensors")
     assert set(trained) == set(fresh)
     assert any("lora" in k for k in trained) and any(k.endswith("embed_tokens.new") for k in trained)
     assert not any(k.endswith(".old") for k in trained)  # the backbone's vocabulary rows are frozen
@@ -142,12 +145,12 @@ def test_trained_weights_survive_save_and_load(setup, tiny_backbone, tmp_path):
     c = cfg(tiny_backbone, max_steps=3)
     train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
     a, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
-    a.load_trainable(torch.load(tmp_path / "out" / "trainable.pt"))
+    a.load_trainable(load_file(tmp_path / "out" / "trainable.safetensors"))
     b, _ = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
     batch = collate(tr, np.arange(4), 0, torch.device("cpu"))
     with torch.no_grad():
         trained, untrained = a(**batch)[0], b(**batch)[0]
-        b.load_trainable(torch.load(tmp_path / "out" / "trainable.pt"))
+        b.load_trainable(load_file(tmp_path / "out" / "trainable.safetensors"))
         assert float(b(**batch)[0]) == pytest.approx(float(trained), rel=1e-6)
     assert float(untrained) != pytest.approx(float(trained), rel=1e-3)
 
@@ -164,11 +167,19 @@ def test_interrupted_then_resumed_matches_uninterrupted(setup, tiny_backbone, tm
     from genrec.decode.recommender import GenerativeRecommender
 
     rec = GenerativeRecommender.load(tmp_path / "ckpt-b", root / "index", device="cpu", beams=4)
-    state = torch.load(tmp_path / "ckpt-b" / "state.pt", weights_only=False)
-    torch.testing.assert_close(rec.lm.embed.new.detach(), state["trainable"]["model.base_model.model.model.embed_tokens.new"])
+    state = load_file(tmp_path / "ckpt-b" / "trainable.safetensors")
+    assert json.loads((tmp_path / "ckpt-b" / "state.json").read_text())["step"] == 3
+    torch.testing.assert_close(rec.lm.embed.new.detach(), state["model.base_model.model.model.embed_tokens.new"])
     assert rec.rank([np.array([0, 1])], np.array([0]), k=3).shape == (1, 3)
+    assert sorted(p.name for p in (tmp_path / "ckpt-b").iterdir()) == [
+        "log.jsonl", "optimizer.pt", "rng-0.safetensors", "state.json", "train_config.json", "trainable.safetensors"]
+    as_older_versions_wrote(tmp_path / "ckpt-b", tmp_path / "ckpt-c")
     done = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
                  progress=False)
+    # a checkpoint of an older version (state.pt, rng-0.pt of plain tensors) resumes too, weights-only
+    train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "c", tmp_path / "ckpt-c", meta["vocab_size"],
+          progress=False)
+    np.testing.assert_allclose(losses(tmp_path / "c"), losses(tmp_path / "a"), rtol=1e-5)
     full, resumed = losses(tmp_path / "a"), losses(tmp_path / "b")
     # training time adds both sessions: the first one's clock at step 3 plus the second one's at the end
     log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
@@ -176,9 +187,97 @@ def test_interrupted_then_resumed_matches_uninterrupted(setup, tiny_backbone, tm
     assert done["sessions"] == 2 and done["train_seconds"] == pytest.approx(clock[2] + clock[-1], abs=0.1)
     assert len(full) == len(resumed) > 4
     np.testing.assert_allclose(resumed, full, rtol=1e-5)
-    a, b = torch.load(tmp_path / "a" / "trainable.pt"), torch.load(tmp_path / "b" / "trainable.pt")
+    a, b = load_file(tmp_path / "a" / "trainable.safetensors"), load_file(tmp_path / "b" / "trainable.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+def as_older_versions_wrote(checkpoint, out) -> None:
+    """Copy a checkpoint folder into the files older versions wrote: state.pt (trainable weights,
+    optimizer, step, epoch) and rng-0.pt, by torch.save."""
+    shutil.copytree(checkpoint, out)
+    state = json.loads((out / "state.json").read_text())
+    torch.save({"trainable": load_file(out / "trainable.safetensors"),
+                "optimizer": torch.load(out / "optimizer.pt", weights_only=True), **state}, out / "state.pt")
+    torch.save({"torch": load_file(out / "rng-0.safetensors")["torch"], "cuda": None}, out / "rng-0.pt")
+    for name in ("state.json", "trainable.safetensors", "optimizer.pt", "rng-0.safetensors"):
+        (out / name).unlink()
+
+
+def test_a_model_folder_round_trips_through_safetensors_to_the_same_scores(setup, tiny_backbone, tmp_path, monkeypatch):
+    """The folder holds the trained weights as trainable.safetensors (no pickle); loaded, the
+    recommender scores every item exactly as the model built from the weights in memory does,
+    and so does an older version's folder with trainable.pt instead (read weights-only)."""
+    from genrec.decode.recommender import GenerativeRecommender
+    from genrec.llm import files
+    from genrec.llm.train import build_model
+
+    root, ds, index = setup
+    tr, _, meta = load_corpus(root / "corpus")
+    c = cfg(tiny_backbone, max_steps=2)
+    in_memory, save = {}, files.save_trainable
+    monkeypatch.setattr(files, "save_trainable", lambda folder, state: (in_memory.update({folder.name: state}), save(folder, state)))
+    train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "out", tmp_path / "ckpt", meta["vocab_size"], progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["log.jsonl", "train_config.json", "trainable.safetensors"]
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "out", old)
+    (old / "trainable.safetensors").unlink()
+    torch.save(in_memory["out"], old / "trainable.pt")
+
+    histories = [np.asarray(s[:-2]) for s in ds.sequences[:6]]
+    items = np.tile(np.arange(index.n_items), (len(histories), 1))
+
+    def scores(weights):
+        lm, tok = build_model(c, str(tiny_backbone), index.new_tokens, torch.device("cpu"), meta["vocab_size"])
+        if weights is not None:
+            lm.load_trainable(weights)
+        return GenerativeRecommender(lm.merge_for_inference(), tok, index, beams=4).score_items(histories, items)
+
+    expected = scores(in_memory["out"])
+    for folder in (tmp_path / "out", old):
+        loaded = GenerativeRecommender.load(folder, root / "index", device="cpu", beams=4)
+        np.testing.assert_array_equal(loaded.score_items(histories, items), expected)
+    assert not np.allclose(scores(None), expected)  # the trained weights are what the scores depend on
+
+
+@pytest.mark.parametrize("name", ["trainable.pt", "state.pt", "trainable.safetensors"])
+def test_a_pickle_planted_in_a_model_folder_is_refused_and_runs_nothing(setup, tmp_path, name):
+    from genrec.decode.recommender import GenerativeRecommender
+    from genrec.errors import DataError
+
+    root, _, _ = setup
+    folder, marker = tmp_path / "model", tmp_path / "planted-code-ran"
+    folder.mkdir()
+    (folder / "train_config.json").write_text(json.dumps({"backbone": "never-read"}))
+    plant_pickle(folder / name, marker)
+    with pytest.raises(DataError, match=re.escape(str(folder / name))):
+        GenerativeRecommender.load(folder, root / "index", device="cpu")
+    assert not marker.exists()
+    unpickle_in_full(folder / name)  # the planted file is live: loaded in full, it runs
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "state.pt", "rng-0.pt"])
+def test_a_pickle_planted_in_a_checkpoint_stops_the_resume_and_runs_nothing(setup, tiny_backbone, tmp_path, name):
+    """A checkpoint's one pickle (optimizer.pt), or an older version's state.pt or rng-0.pt, is read
+    weights-only: a planted one is a DataError before any step, and nothing of it runs."""
+    from genrec.errors import DataError
+
+    root, _, index = setup
+    tr, _, meta = load_corpus(root / "corpus")
+    c = cfg(tiny_backbone, max_steps=4)
+    stopped = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "o", tmp_path / "new", meta["vocab_size"],
+                    progress=False, stop_after=1)
+    assert stopped["stopped"]
+    ckpt = tmp_path / "new"
+    if name != "optimizer.pt":
+        as_older_versions_wrote(tmp_path / "new", tmp_path / "old")
+        ckpt = tmp_path / "old"
+    marker = tmp_path / "planted-code-ran"
+    plant_pickle(ckpt / name, marker)
+    with pytest.raises(DataError, match=re.escape(str(ckpt / name))):
+        train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "o", ckpt, meta["vocab_size"], progress=False)
+    assert not marker.exists() and not (tmp_path / "o").exists()
 
 
 def test_corpus_rejects_another_vocabulary(setup, tiny_backbone, tmp_path):
@@ -221,7 +320,7 @@ def test_two_processes_match_one_with_doubled_accumulation(setup, tiny_backbone,
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(one) == len(two) >= 4
     np.testing.assert_allclose(two, one, rtol=1e-4)
-    a, b = torch.load(tmp_path / "one" / "trainable.pt"), torch.load(tmp_path / "two" / "trainable.pt")
+    a, b = load_file(tmp_path / "one" / "trainable.safetensors"), load_file(tmp_path / "two" / "trainable.safetensors")
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
@@ -587,7 +686,7 @@ def test_sharing_prompts_trains_like_padding_every_sample(setup, tiny_backbone, 
         c = cfg(tiny_backbone, max_steps=1, batch_size=10_000, batch_tokens=10**7, share_prefixes=share, warmup_ratio=0.0)
         m = train(c, str(tiny_backbone), corpus, None, index.new_tokens, tmp_path / f"o{share}", tmp_path / f"c{share}",
                   info["vocab_size"], progress=False)
-        out[share] = (losses(tmp_path / f"o{share}"), torch.load(tmp_path / f"o{share}" / "trainable.pt"), m)
+        out[share] = (losses(tmp_path / f"o{share}"), load_file(tmp_path / f"o{share}" / "trainable.safetensors"), m)
     assert out[True][2]["tokens_per_s"] > 0
     np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-5)
     for k, v in out[False][1].items():
@@ -635,7 +734,7 @@ def test_model_selection_keeps_the_best_weights_and_stops_when_patience_runs_out
     assert len(seen) == 4  # one selection per epoch; stopped after the 4th epoch
     per_epoch = m["steps_per_epoch"]
     assert m["steps"] == 4 * per_epoch and m["selected_step"] == 2 * per_epoch and m["valid_NDCG@10"] == pytest.approx(0.30)
-    saved = torch.load(tmp_path / "a" / "trainable.pt")
+    saved = load_file(tmp_path / "a" / "trainable.safetensors")
     best = seen[1][0]
     assert set(saved) == set(best) and all(torch.equal(saved[k], best[k]) for k in saved)
     assert not all(torch.equal(saved[k], seen[3][0][k]) for k in saved)  # not the last weights
@@ -649,7 +748,7 @@ def test_model_selection_keeps_the_best_weights_and_stops_when_patience_runs_out
     m_b = train(c, str(tiny_backbone), tr, None, index.new_tokens, tmp_path / "b", tmp_path / "ckpt-b", meta["vocab_size"],
                 progress=False, select=selector(seen_b))
     assert len(seen_b) == 4 and m_b["selected_step"] == m["selected_step"]
-    saved_b = torch.load(tmp_path / "b" / "trainable.pt")
+    saved_b = load_file(tmp_path / "b" / "trainable.safetensors")
     assert all(torch.allclose(saved_b[k], saved[k], atol=1e-6) for k in saved)
     # without a dataset to rank, selection is refused up front
     with pytest.raises(Exception, match="select_users"):

@@ -28,6 +28,11 @@ from tqdm import tqdm
 from genrec.data.dataset import Dataset
 from genrec.device import pick_device
 from genrec.evaluate import Evaluator
+from genrec.safefiles import load_tensors, load_weights_only, save_tensors
+
+#: a saved baseline's weights (beside model.json); older versions wrote model.pt (torch.save), read weights-only
+WEIGHTS_FILE, OLD_WEIGHTS_FILE = "model.safetensors", "model.pt"
+RESTART = "delete the checkpoint folder to train from the start, or finish with the genrec version that wrote it"
 
 
 class TrainConfig(BaseModel):
@@ -117,7 +122,9 @@ def fit(
     """Train ``model`` with early stopping on validation ``cfg.metric``; return a training log.
 
     With ``checkpoint_dir``, ``last.pt`` (weights, optimiser, epoch, best so far) is written
-    after every evaluation and a rerun resumes from it; ``best.pt`` holds the best weights.
+    after every evaluation and a rerun resumes from it; ``best.pt`` holds the best weights. Both
+    hold tensors, numbers, strings, lists and dicts only (the numpy RNG state as JSON text), so
+    they are read weights-only (:mod:`genrec.safefiles`).
     """
     log = log or log_stderr
     seed_everything(cfg.seed)
@@ -135,13 +142,14 @@ def fit(
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt and (ckpt / "last.pt").is_file():
-        state = torch.load(ckpt / "last.pt", map_location=device, weights_only=False)
+        state = load_weights_only(ckpt / "last.pt", RESTART)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
+        # JSON text; older versions stored the (plain) dict itself
+        rng.bit_generator.state = json.loads(state["rng"]) if isinstance(state["rng"], str) else state["rng"]
         torch.set_rng_state(state["torch_rng"])
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
-        best_state = torch.load(ckpt / "best.pt", map_location=device, weights_only=True)
+        best_state = load_weights_only(ckpt / "best.pt", RESTART)
         start_epoch = state["epoch"] + 1
         log(f"resumed from {ckpt / 'last.pt'} at epoch {start_epoch}")
 
@@ -191,10 +199,10 @@ def fit(
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
-                    "rng": rng.bit_generator.state,
+                    "rng": json.dumps(rng.bit_generator.state),
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
-                    "best": best,
+                    "best": float(best),
                     "best_epoch": best_epoch,
                     "epoch": epoch,
                 },
@@ -259,7 +267,7 @@ class NeuralBaseline:
             "log": self.log,
         }
         (folder / "model.json").write_text(json.dumps(meta, indent=2))
-        _save(self.model.state_dict(), folder / "model.pt")
+        save_tensors(folder / WEIGHTS_FILE, self.model.state_dict())
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto") -> NeuralBaseline:
@@ -268,8 +276,15 @@ class NeuralBaseline:
         obj = cls(meta["config"], meta["train"])
         obj.model = cls.model_cls(meta["n_items"], meta["n_users"], obj.config)
         dev = pick_device(device)
-        obj.model.load_state_dict(torch.load(folder / "model.pt", map_location=dev, weights_only=True))
+        obj.model.load_state_dict(_weights(folder))
         obj.model.device, obj.model.precision = dev, obj.train_cfg.precision
         obj.model.to(dev)
         obj.log = meta.get("log", {})
         return obj
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A saved baseline's state dict: model.safetensors, or an older version's model.pt read weights-only."""
+    if (folder / WEIGHTS_FILE).is_file() or not (folder / OLD_WEIGHTS_FILE).is_file():
+        return load_tensors(folder / WEIGHTS_FILE)
+    return load_weights_only(folder / OLD_WEIGHTS_FILE, "fit and save the baseline again")

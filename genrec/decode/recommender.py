@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from genrec.decode.beam import BeamResult, Decoder, TrieTensors, rank_prompts
 from genrec.errors import DataError
@@ -53,19 +52,15 @@ class GenerativeRecommender:
         extended with items added after training)."""
         from genrec.device import pick_device
         from genrec.llm.config import LLMTrainConfig
+        from genrec.llm.files import has_trained_weights, load_trained_weights
         from genrec.llm.train import build_model
 
         model_dir = Path(model_dir)
         cfg_file = model_dir / "train_config.json"
-        if (model_dir / "trainable.pt").is_file():
-            weights = torch.load(model_dir / "trainable.pt", map_location="cpu")
-        elif (model_dir / "state.pt").is_file():
-            weights = torch.load(model_dir / "state.pt", map_location="cpu", weights_only=False)["trainable"]
-        else:
-            weights = None
-        if not cfg_file.is_file() or weights is None:
-            raise DataError(model_dir, None, "a trained model folder (train_config.json, trainable.pt) from `genrec train`, "
-                                             "or one of its checkpoint folders (train_config.json, state.pt)")
+        if not cfg_file.is_file() or not has_trained_weights(model_dir):
+            raise DataError(model_dir, None, "a trained model folder (train_config.json, trainable.safetensors) from "
+                                             "`genrec train`, or one of its checkpoint folders")
+        weights = load_trained_weights(model_dir)
         raw = json.loads(cfg_file.read_text())
         backbone = raw.pop("backbone", "default")
         raw.pop("new_tokens", None)

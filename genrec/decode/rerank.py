@@ -39,7 +39,7 @@ def load_scorer(folder: str | Path):
         return Pop.load(folder)
     meta = folder / "model.json"
     if not meta.is_file():
-        raise DataError(folder, None, "a baseline's saved model (model.json and model.pt, or pop.json), "
+        raise DataError(folder, None, "a baseline's saved model (model.json and model.safetensors, or pop.json), "
                                       "e.g. runs/scientific/baselines/sasrec-ce/model")
     name = json.loads(meta.read_text()).get("name")
     if name not in BASELINES or name == "tiger":  # TIGER-style ranks by decoding, it scores no items
@@ -76,7 +76,7 @@ class Shortlists:
 
     @classmethod
     def load(cls, path: Path) -> Shortlists:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             return cls(z["users"], z["items"], z["base"], z["llm"])
 
     @classmethod

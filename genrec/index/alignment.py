@@ -25,6 +25,7 @@ from text through a ridge map from LLM embedding to behaviour embedding fitted o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,17 @@ from torch import nn
 from tqdm import tqdm
 
 from genrec.device import pick_device
+from genrec.errors import DataError
 from genrec.index.base import ItemIndex, collision_rate, perplexity, unique_codes
 from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
+from genrec.safefiles import load_tensors, save_tensors
+
+#: a fitted tokenizer's files (see :meth:`AlignmentTokenizer.save`); older versions pickled it all to ``tokenizer.pt``
+TENSORS_FILE, META_FILE, OLD_FILE = "tokenizer.safetensors", "tokenizer.json", "tokenizer.pt"
+#: the tokenizer's array attributes saved beside the module's weights; those kept as numpy arrays, the rest tensors
+ARRAYS = ("mean", "llm_mean", "llm_std", "item_emb", "text_map", "codes")
+NUMPY_ARRAYS = {"item_emb", "text_map", "codes"}
 
 
 class AlignmentConfig(BaseModel):
@@ -328,36 +337,38 @@ class AlignmentTokenizer:
 
     # persistence -----------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
+        """``tokenizer.safetensors``: the codebooks and LLM projection (``module.*``), the
+        standardisation (``mean``, ``llm_mean``, ``llm_std``), the catalogue's standardised
+        behaviour embeddings (``item_emb``), the ridge ``text_map`` and the catalogue's ``codes``
+        (those fitted without LLM embeddings lack the LLM ones); ``tokenizer.json``: the
+        settings, the dimensions, the scale and the training log."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "config": self.cfg.model_dump(),
-                "state": self.module.state_dict(),
-                "dim": self.module.codebooks[0].shape[1],
-                "llm_dim": self.module.proj[0].in_features,
-                "mean": self.mean,
-                "scale": self.scale,
-                "item_emb": self.item_emb,
-                "text_map": self.text_map,
-                "llm_mean": self.llm_mean,
-                "llm_std": self.llm_std,
-                "codes": self.codes,
-                "log": self.log,
-            },
-            folder / "tokenizer.pt",
-        )
+        tensors = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        for name in ARRAYS:
+            value = getattr(self, name)
+            if value is not None:
+                tensors[name] = torch.as_tensor(value)
+        save_tensors(folder / TENSORS_FILE, tensors)
+        meta = {"config": self.cfg.model_dump(), "dim": self.module.codebooks[0].shape[1],
+                "llm_dim": self.module.proj[0].in_features, "scale": self.scale, "log": self.log}
+        (folder / META_FILE).write_text(json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> AlignmentTokenizer:
-        blob = torch.load(Path(folder) / "tokenizer.pt", map_location=device, weights_only=False)
-        tok = cls(AlignmentConfig(**{**blob["config"], "device": device}))
-        tok.module = CascadedCodebooks(blob["dim"], blob["llm_dim"], tok.cfg)
-        tok.module.load_state_dict(blob["state"])
+        folder = Path(folder)
+        if not (folder / TENSORS_FILE).is_file() and (folder / OLD_FILE).is_file():
+            raise DataError(folder / OLD_FILE, None, "an alignment tokenizer of an older genrec, pickled with numpy "
+                            "arrays, which is not loaded (unpickling can run code); rebuild the index with `genrec index "
+                            "build ... --force` to write tokenizer.safetensors and tokenizer.json (its codes can change: "
+                            "retrain models built on the old ones)")
+        meta = json.loads((folder / META_FILE).read_text())
+        tensors = load_tensors(folder / TENSORS_FILE)
+        tok = cls(AlignmentConfig(**{**meta["config"], "device": device}))
+        tok.module = CascadedCodebooks(meta["dim"], meta["llm_dim"], tok.cfg)
+        tok.module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items() if k.startswith("module.")})
         tok.module.to(device)
-        tok.mean, tok.scale = blob["mean"], blob["scale"]
-        tok.item_emb, tok.text_map, tok.codes, tok.log = blob["item_emb"], blob["text_map"], blob["codes"], blob["log"]
-        tok.llm_mean, tok.llm_std = blob["llm_mean"], blob["llm_std"]
+        tok.scale, tok.log = float(meta["scale"]), meta["log"]
+        for name in ARRAYS:
+            value = tensors.get(name)
+            setattr(tok, name, value.numpy() if value is not None and name in NUMPY_ARRAYS else value)
         return tok
-
-

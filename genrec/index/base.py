@@ -195,7 +195,7 @@ class ItemIndex:
     def load(cls, folder: str | Path) -> ItemIndex:
         folder = Path(folder)
         meta = json.loads((folder / INDEX_FILE).read_text())
-        codes = np.load(folder / CODES_FILE) if (folder / CODES_FILE).is_file() else None
+        codes = np.load(folder / CODES_FILE, allow_pickle=False) if (folder / CODES_FILE).is_file() else None
         return cls(codes=codes, **meta)
 
 

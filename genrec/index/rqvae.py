@@ -49,9 +49,11 @@ from genrec.index.semid import (
     resolve_seed,
     standardise,
 )
+from genrec.safefiles import load_tensors, load_weights_only, save_tensors
 
-MODEL_FILE = "rqvae.pt"
-STATE_FILE = "rqvae.npz"
+MODEL_FILE = "rqvae.safetensors"  # the encoder, codebooks, decoder and projection weights
+STATE_FILE = "rqvae.npz"  # the standardisation mean
+OLD_MODEL_FILE = "rqvae.pt"  # the weights as older versions wrote them (torch.save), read weights-only
 
 
 def info_nce_levels(chosen: list[torch.Tensor], anchor: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -293,7 +295,7 @@ class RQVAEIndexer:
             "log": self.log,
         }
         (folder / INDEXER_FILE).write_text(json.dumps(meta, indent=1))
-        torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, folder / MODEL_FILE)
+        save_tensors(folder / MODEL_FILE, self.module.state_dict())
         np.savez(folder / STATE_FILE, mean=self.mean)
         self.index.save(folder)
 
@@ -304,9 +306,16 @@ class RQVAEIndexer:
         out = cls(RQVAEConfig(**{**meta["config"], "device": device}))
         out.seed, out.scale, out.log = meta["seed"], float(meta["scale"]), meta["log"]
         out.module = RQVAE(meta["in_dim"], meta["llm_dim"], out.cfg)
-        out.module.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+        out.module.load_state_dict(_weights(folder))
         out.module.to(pick_device(device)).eval()
-        with np.load(folder / STATE_FILE) as z:
+        with np.load(folder / STATE_FILE, allow_pickle=False) as z:
             out.mean = z["mean"]
         out.index = ItemIndex.load(folder)
         return out
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The RQ-VAE's state dict: rqvae.safetensors, or an older version's rqvae.pt read weights-only."""
+    if (folder / MODEL_FILE).is_file() or not (folder / OLD_MODEL_FILE).is_file():
+        return load_tensors(folder / MODEL_FILE)
+    return load_weights_only(folder / OLD_MODEL_FILE, "rebuild the index (genrec index build ... --force)")

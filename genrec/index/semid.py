@@ -228,7 +228,7 @@ class SemIDIndexer:
         meta = json.loads((folder / INDEXER_FILE).read_text())
         out = cls(SemIDConfig(**meta["config"]))
         out.seed, out.scale = meta["seed"], float(meta["scale"])
-        with np.load(folder / "semid.npz") as z:
+        with np.load(folder / "semid.npz", allow_pickle=False) as z:
             out.mean, out.codebooks = z["mean"], z["codebooks"]
             out.projection = z["projection"] if "projection" in z.files else None
         out.index = ItemIndex.load(folder)

@@ -31,7 +31,7 @@ def load_embeddings(path: str | Path, n_items: int) -> np.ndarray:
     f = path / EMBEDDINGS_FILE if path.is_dir() else path
     if not f.is_file():
         raise DataError(f, None, f"expected behaviour embeddings ({EMBEDDINGS_FILE}); run `genrec cf train` first")
-    emb = np.load(f)
+    emb = np.load(f, allow_pickle=False)
     if emb.ndim != 2 or emb.shape[0] != n_items:
         raise DataError(f, None, f"expected an array [n_items={n_items}, dim], found shape {emb.shape}")
     return emb.astype(np.float32)

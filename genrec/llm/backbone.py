@@ -207,7 +207,7 @@ def item_llm_embeddings(items, backbone: str | None = None, cache_dir: str | Pat
     key = hashlib.sha256(("\x00".join([label, str(max_tokens), *texts])).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"llm_emb-{key}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
-        return np.load(cache)
+        return np.load(cache, allow_pickle=False)
     model, tok = load_backbone(backbone, device="cpu", dtype="fp32")
     emb = mean_input_embeddings(texts, tok, model.get_input_embeddings().weight, max_tokens)
     del model

@@ -110,7 +110,7 @@ class Corpus:
     @classmethod
     def load(cls, path: Path) -> Corpus:
         try:
-            z = np.load(path)
+            z = np.load(path, allow_pickle=False)
             return cls(z["ids"], z["mask"], z["offsets"], z["task"], z["user"], z["item"], [str(t) for t in z["task_names"]])
         except (OSError, KeyError, ValueError) as e:
             raise DataError(path, None, f"a genrec task corpus (.npz with ids, mask, offsets, ...): {e}") from None

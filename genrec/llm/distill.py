@@ -106,7 +106,7 @@ def load_targets(folder: str | Path, corpus: Corpus, n_new: int) -> tuple[np.nda
     """(rows, probs) for ``corpus``, checked against it."""
     path = Path(folder) / "targets.npz"
     try:
-        z = np.load(path)
+        z = np.load(path, allow_pickle=False)
         rows, probs = z["rows"], z["probs"]
     except (OSError, KeyError, ValueError) as e:
         raise DataError(path, None, f"distillation targets (.npz with rows, probs) from the distill stage: {e}") from None

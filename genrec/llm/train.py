@@ -15,7 +15,7 @@ fewer tokens.
 
 A checkpoint (every ``save_every`` steps and at each epoch end) holds the trainable weights,
 the optimizer, the step and every rank's RNG state: a killed run resumed from it takes the
-same next step as an uninterrupted run. Runs unchanged under ``accelerate launch`` (DDP; FSDP
+same next step as an uninterrupted run (its files: :mod:`genrec.llm.files`). Runs unchanged under ``accelerate launch`` (DDP; FSDP
 and DeepSpeed through an accelerate config on GPUs).
 """
 
@@ -37,6 +37,7 @@ import torch
 
 from genrec.artifacts import write_json_atomic
 from genrec.errors import GenrecError
+from genrec.llm import files
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus
 
@@ -264,24 +265,21 @@ def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log
                     train_config: dict | None = None, best: dict | None = None) -> None:
     """Atomically replace ``folder`` with the state after ``step`` optimizer steps (with the
     ``train_config.json`` of the run, so a checkpoint can be decoded like a finished model), and
-    the best weights of model selection so far (``best``: trainable state, step, metric)."""
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    the best weights of model selection so far (``best``: trainable state, step, metric). The
+    files are those of :mod:`genrec.llm.files`."""
     rank = acc.process_index
     tmp = folder.parent / f".{folder.name}.tmp"
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    torch.save(rng, tmp / f"rng-{rank}.pt")
+    files.write_rng(tmp, rank)
     if acc.is_main_process:
-        torch.save({"trainable": acc.unwrap_model(lm).trainable_state(), "optimizer": optimizer.state_dict(),
-                    "step": step, "epoch": epoch}, tmp / "state.pt")
+        files.write_checkpoint(tmp, acc.unwrap_model(lm).trainable_state(), optimizer.state_dict(), step, epoch, best)
         with open(tmp / "log.jsonl", "w") as f:
             f.writelines(json.dumps(x) + "\n" for x in log_lines)
         if train_config is not None:
             (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2, sort_keys=True, default=str))
-        if best is not None:
-            torch.save(best, tmp / "best.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
         old = folder.parent / f".{folder.name}.old"
@@ -295,22 +293,16 @@ def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log
 
 def load_best(folder: Path) -> dict | None:
     """The best weights of model selection a checkpoint holds (trainable state, step, metric), if any."""
-    f = folder / "best.pt"
-    return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+    return files.read_best(folder)
 
 
 def load_checkpoint(folder: Path, lm, optimizer, acc) -> tuple[int, list[dict]]:
-    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-    acc.unwrap_model(lm).load_trainable(state["trainable"], folder)
-    optimizer.load_state_dict(state["optimizer"])
-    rng_file = folder / f"rng-{acc.process_index}.pt"
-    if rng_file.is_file():
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+    trainable, optimizer_state, step = files.read_checkpoint(folder)
+    acc.unwrap_model(lm).load_trainable(trainable, folder)
+    optimizer.load_state_dict(optimizer_state)
+    files.restore_rng(folder, acc.process_index)
     log = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines() if x.strip()]
-    return int(state["step"]), log
+    return step, log
 
 
 # ---------------------------------------------------------------------------------------- loop
@@ -368,7 +360,7 @@ def train(
     item_tokens: list[list[int]] | None = None,
     soft: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict:
-    """Fine-tune; write ``trainable.pt``, ``log.jsonl`` and ``train_config.json`` to ``out``.
+    """Fine-tune; write ``trainable.safetensors``, ``log.jsonl`` and ``train_config.json`` to ``out``.
 
     ``layout`` and ``prompt`` are the corpus's sequential layout and prompt form, recorded in
     ``train_config.json`` so decoding builds its prompts in the form the model was trained on.
@@ -435,7 +427,7 @@ def train(
         raise GenrecError("model selection (train.select_users) ranks validation users: it needs the dataset and the index, "
                           "so run it through a run config (genrec run / genrec train --config)")
     step, log_lines, best = 0, [], None
-    if (checkpoint_dir / "state.pt").is_file():
+    if files.is_checkpoint(checkpoint_dir):
         step, log_lines = load_checkpoint(checkpoint_dir, lm, optimizer, acc)
         best = load_best(checkpoint_dir)
         log(f"resumed from {checkpoint_dir} at step {step}")
@@ -523,7 +515,7 @@ def train(
                        **{f"valid_{cfg.select_metric}": best["metric"]})
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(best["trainable"] if best is not None else acc.unwrap_model(lm).trainable_state(), out / "trainable.pt")
+        files.save_trainable(out, best["trainable"] if best is not None else acc.unwrap_model(lm).trainable_state())
         with open(out / "log.jsonl", "w") as f:
             f.writelines(json.dumps(x) + "\n" for x in log_lines)
         write_json_atomic(out / "train_config.json", run_config)
