@@ -78,8 +78,10 @@ def stage_seconds(run: Path) -> dict[str, float]:
 def settings(run: Path) -> dict:
     """The index, task and training settings of a run (from its stage manifests)."""
     index, tasks, model = (read_manifest(run / s) or {} for s in ("index", "tasks", "model"))
-    return {"index": index.get("config", {}), "tasks": tasks.get("config", {}).get("tasks", {}),
-            "train": model.get("config", {}).get("train", {})}
+    train = dict(model.get("config", {}).get("train", {}))
+    if train.get("distill") is not None:  # the manifest leaves defaults out; a row names them
+        train["distill"] = DistillConfig(**train["distill"]).model_dump()
+    return {"index": index.get("config", {}), "tasks": tasks.get("config", {}).get("tasks", {}), "train": train}
 
 
 def selection(run: Path) -> dict:
