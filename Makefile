@@ -27,6 +27,7 @@ demo: setup
 	$(VENV)/bin/genrec run configs/demo.yaml --serve
 
 test: setup
+	$(VENV)/bin/ruff check genrec tests benchmarks
 	$(PY) -m pytest -q
 
 lint: setup
