@@ -1,4 +1,4 @@
-"""Alignment tokenization (stage one of the reference paper), as read in DESIGN.md.
+"""Alignment tokenization (stage one of the reference paper), as read in docs/method.md (Item tokenization).
 
 L cascaded codebooks of K codes quantise an item's behaviour embedding coarse to fine:
 ``r_1 = e``, ``c_l = argmin_k ||r_l - C_l[k]||``, ``r_{l+1} = r_l - C_l[c_l]``. There is no

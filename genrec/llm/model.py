@@ -13,7 +13,7 @@ tokens, with the loss (and the output layer) computed only where a target token 
   after the item's codes before it (:meth:`CodeLM.set_trie`): each step of an item is a choice
   among its valid children only, in training and in constrained decoding alike.
 - ``mode="full"`` trains every backbone weight as well (on CPU, full fine-tuning is not slower
-  than LoRA; see DESIGN.md).
+  than LoRA; see docs/method.md, "The backbone").
 
 Frozen weights may be bf16; trainable ones are fp32 and the forward runs under autocast.
 """
