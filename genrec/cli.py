@@ -67,11 +67,12 @@ def run_cmd(
     """Run every stage of a config in order, skipping stages whose inputs and config are unchanged."""
     import time
 
-    from genrec import pipeline
     from genrec.config import load_config
 
     start = time.time()
-    cfg = load_config(config, set_)
+    cfg = load_config(config, set_)  # every section checked, before the stages (and torch) load
+    from genrec import pipeline
+
     done = pipeline.run(cfg, force=force, echo=lambda s: typer.echo(s, err=True), progress=progress)
     run_dir = cfg.resolved_run_dir()
     stats = done["data"]["metrics"]
@@ -464,13 +465,18 @@ def train_cmd(
 ) -> None:
     """Fine-tune the backbone on the alignment tasks. Works unchanged under `accelerate launch`."""
 
-    from genrec.config import apply_overrides
+    from genrec.config import apply_overrides, load_config
+
+    if (config is None) == (corpus is None):
+        raise GenrecError("give either --config (a run config) or --corpus with --out")
+    if config is not None:
+        cfg = load_config(config, set_)  # every section checked, before the stages (and torch) load
+        if cfg.train is None:
+            raise GenrecError(f"{config}: no train section")
     from genrec.device import launch_rank
 
     main_rank = launch_rank()[0] == 0
     say = (lambda s: typer.echo(s, err=True)) if main_rank else (lambda s: None)
-    if (config is None) == (corpus is None):
-        raise GenrecError("give either --config (a run config) or --corpus with --out")
     if corpus is not None:
         from genrec.llm.config import LLMTrainConfig
         from genrec.llm.stages import stage_train
@@ -481,11 +487,7 @@ def train_cmd(
         res = stage_train(corpus, out, cfg, force, stop_after, progress)
     else:
         from genrec import pipeline
-        from genrec.config import load_config
 
-        cfg = load_config(config, set_)
-        if cfg.train is None:
-            raise GenrecError(f"{config}: no train section")
         with _main_process_first():
             pipeline.run(cfg, force=force, echo=say, until="tasks")
         done = pipeline.run(cfg, force=False, echo=say, until="train", stop_after=stop_after, progress=progress)

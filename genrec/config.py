@@ -1,16 +1,26 @@
-"""Run configuration: YAML validated by pydantic, with ``--set a.b=value`` overrides."""
+"""Run configuration: YAML validated by pydantic, with ``--set a.b=value`` overrides.
+
+The sections that name a class (``baselines``, ``baseline_params``, ``cf``, ``index``,
+``train.distill.teacher``) stay plain dicts, as written: the stages hash them into their
+fingerprints. :func:`check_settings` checks them against the named class's settings model at
+load time, without importing torch, so a typo fails before any stage runs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genrec.baselines import SPECS as BASELINE_SPECS
+from genrec.baselines.configs import TrainConfig
+from genrec.cf.embeddings import EMBEDDING_MODELS
 from genrec.data.preprocess import PrepareConfig
 from genrec.data.synth import SynthConfig
 from genrec.errors import DataError, GenrecError
+from genrec.index.configs import CONFIGS as INDEX_CONFIGS
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.tasks import TaskConfig
 
@@ -42,15 +52,18 @@ class CFSection(BaseModel):
 
     model: str = Field("dccf", description="dccf, lightgcn or sasrec")
     dim: int = Field(32, ge=1)
-    train: dict[str, Any] = Field(default_factory=dict, description="trainer settings, e.g. {epochs: 50}")
-    config: dict[str, Any] = Field(default_factory=dict, description="model settings")
+    train: dict[str, Any] = Field(default_factory=dict, description="trainer settings (genrec.baselines.configs."
+                                                                    "TrainConfig), e.g. {epochs: 50}")
+    config: dict[str, Any] = Field(default_factory=dict, description="model settings (the model's baseline's, see "
+                                                                     "genrec.baselines.SPECS); dim comes from dim")
 
 
 class IndexSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str = Field("alignment", description="alignment, rqvae, semid, cid, rid, tid or iid")
-    config: dict[str, Any] = Field(default_factory=dict, description="indexer settings, e.g. {levels: 4}")
+    config: dict[str, Any] = Field(default_factory=dict, description="indexer settings (genrec.index.configs), "
+                                                                     "e.g. {levels: 4}")
 
 
 class DecodeSection(BaseModel):
@@ -95,7 +108,7 @@ class RunConfig(BaseModel):
     baselines: list[str] = Field(default_factory=lambda: ["pop"])
     baseline_params: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
-        description="per baseline: {'config': model settings, 'train': trainer settings}",
+        description="per baseline: {'config': model settings, 'train': trainer settings} (genrec.baselines.SPECS)",
     )
 
     backbone: str = Field("default", description="LLM for item text, tasks and fine-tuning: default, a folder, a .gguf or a hub id")
@@ -142,10 +155,86 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(raw, dict):
             raise DataError(path, None, "expected a mapping of sections at the top level")
     apply_overrides(raw, overrides or [])
+    cfg = _validated(RunConfig, raw, "", path)
+    check_settings(cfg, path)
+    return cfg
+
+
+def check_settings(cfg: RunConfig, path: str | Path | None = None) -> None:
+    """Check every section that names a class against that class's settings model: the baseline
+    names and ``baseline_params`` (for the baselines and the distillation teacher too when they have
+    none), the behaviour model (``cf``) and the indexer (``index``). Raises a DataError naming
+    ``path``, the key and what is allowed at the first problem. Nothing is changed: the stages get
+    the dicts as written (their fingerprints hash them). Needs no torch, so it is quick."""
+    baselines = list(BASELINE_SPECS)
+    for name in cfg.baselines:
+        if name not in BASELINE_SPECS:
+            raise DataError(path, "baselines", f"unknown baseline {name!r}; expected one of: {_listed(baselines)}")
+    for name in cfg.baseline_params:
+        if name not in BASELINE_SPECS:
+            raise DataError(path, f"baseline_params.{name}", f"unknown baseline; expected one of: {_listed(baselines)}")
+    teacher = cfg.train.distill.teacher if cfg.train is not None and cfg.train.distill is not None else None
+    if teacher is not None and teacher not in BASELINE_SPECS:
+        raise DataError(path, "train.distill.teacher", f"unknown baseline {teacher!r}; expected one of: {_listed(baselines)}")
+    for name in dict.fromkeys([*cfg.baselines, *([teacher] if teacher else []), *cfg.baseline_params]):
+        params, where = cfg.baseline_params.get(name, {}), f"baseline_params.{name}"
+        for key in params:
+            if key not in ("config", "train"):
+                raise DataError(path, f"{where}.{key}", "unknown key; expected one of: config, train")
+        model = BASELINE_SPECS[name].config
+        if model is None:
+            for key, value in params.items():
+                if value:
+                    raise DataError(path, f"{where}.{key}", f"{name} has no settings")
+            continue
+        _validated(model, params.get("config", {}), f"{where}.config", path)
+        _validated(TrainConfig, params.get("train", {}), f"{where}.train", path)
+    if cfg.cf is not None:
+        if cfg.cf.model not in EMBEDDING_MODELS:
+            raise DataError(path, "cf.model", f"unknown model {cfg.cf.model!r}; expected one of: {_listed(EMBEDDING_MODELS)}")
+        model = BASELINE_SPECS[EMBEDDING_MODELS[cfg.cf.model]].config
+        # as the cf stage builds it: cf.dim is the model's dim, and early stopping reads unmasked validation
+        _validated(model, {**cfg.cf.config, "dim": cfg.cf.dim}, "cf.config", path, {"cf.config.dim": "cf.dim"})
+        _validated(TrainConfig, {"mask_history": False, **cfg.cf.train}, "cf.train", path)
+    if cfg.index is not None:
+        if cfg.index.method not in INDEX_CONFIGS:
+            raise DataError(path, "index.method",
+                            f"unknown indexer {cfg.index.method!r}; expected one of: {_listed(INDEX_CONFIGS)}")
+        _validated(INDEX_CONFIGS[cfg.index.method], cfg.index.config, "index.config", path)
+
+
+def _validated(model: type[BaseModel], values: dict, prefix: str, path: str | Path | None,
+               renamed: dict[str, str] | None = None) -> BaseModel:
+    """``model`` validated from ``values``, or a DataError at the first error: its key path under
+    ``prefix`` (``renamed`` maps some to where they are set), and for an unknown key the keys allowed."""
     try:
-        cfg = RunConfig.model_validate(raw)
+        return model.model_validate(values)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise DataError(path, where, f"{err['msg']} (input {err.get('input')!r})") from None
-    return cfg
+        where = ".".join([prefix, *map(str, err["loc"])] if prefix else map(str, err["loc"]))
+        where = (renamed or {}).get(where, where)
+        owner = _model_at(model, err["loc"][:-1])
+        if err["type"] == "extra_forbidden" and owner is not None:
+            what = f"unknown key; expected one of: {_listed(owner.model_fields)}"
+        elif err["type"] == "missing":
+            what = err["msg"]
+        else:
+            what = f"{err['msg']} (input {err.get('input')!r})"
+        raise DataError(path, where, what) from None
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The settings model at key path ``loc`` under ``model`` (through optional sections), or None."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        kinds = (field.annotation, *get_args(field.annotation))
+        model = next((t for t in kinds if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _listed(names) -> str:
+    return ", ".join(names)

@@ -31,21 +31,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from genrec.baselines.sequential import SequentialConfig, SequentialRecommender, left_pad, shuffled_rows
+from genrec.baselines.configs import BERT4RecConfig
+from genrec.baselines.sequential import SequentialRecommender, left_pad, shuffled_rows
 from genrec.baselines.trainer import NeuralBaseline
 from genrec.data.dataset import Dataset
-
-
-class BERT4RecConfig(SequentialConfig):
-    dim: int = 64  # the paper's d
-    layers: int = Field(2, ge=1)  # the paper's L
-    heads: int = Field(2, ge=1)  # the paper's h
-    dropout: float = 0.1  # the paper's dropout
-    mask_prob: float = Field(0.6, gt=0, le=1, description="Cloze mask proportion (paper: 0.6 for Amazon Beauty)")
-    last_share: float = Field(0.3, ge=0, le=1, description="share of sequences masked at the last item only")
 
 
 class Block(nn.Module):

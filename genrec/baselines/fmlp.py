@@ -24,18 +24,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
-from genrec.baselines.sequential import SequentialConfig, SequentialRecommender
+from genrec.baselines.configs import FMLPConfig
+from genrec.baselines.sequential import SequentialRecommender
 from genrec.baselines.trainer import NeuralBaseline
 from genrec.data.dataset import Dataset
-
-
-class FMLPConfig(SequentialConfig):
-    dim: int = 64  # the paper's embedding size
-    layers: int = Field(2, ge=1)  # the paper's two filter-enhanced blocks
-    dropout: float = 0.5
 
 
 class FilterBlock(nn.Module):

@@ -20,18 +20,11 @@ zero state at the first item whatever the padding length.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from genrec.baselines.sequential import SequentialConfig, SequentialRecommender
+from genrec.baselines.configs import GRU4RecConfig
+from genrec.baselines.sequential import SequentialRecommender
 from genrec.baselines.trainer import NeuralBaseline
-
-
-class GRU4RecConfig(SequentialConfig):
-    dim: int = 64  # item-embedding size
-    hidden: int = Field(100, ge=1)  # the paper's 100 GRU units
-    layers: int = Field(1, ge=1)  # the paper's single GRU layer
-    dropout: float = 0.5  # as in the paper's best RSC15 setting; 0.5 beat 0.25 on validation here
 
 
 class GRU4Rec(SequentialRecommender):

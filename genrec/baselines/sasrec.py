@@ -17,19 +17,11 @@ every model here.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from genrec.baselines.sequential import SequentialConfig, SequentialRecommender
+from genrec.baselines.configs import SASRecConfig
+from genrec.baselines.sequential import SequentialRecommender
 from genrec.baselines.trainer import NeuralBaseline
-
-
-class SASRecConfig(SequentialConfig):
-    dim: int = 50  # the paper's d for Amazon data
-    layers: int = Field(2, ge=1)
-    heads: int = Field(1, ge=1)
-    dropout: float = 0.5  # the paper's rate for the sparse Amazon datasets
-    loss: str = Field("bce", pattern="^(bce|ce)$")
 
 
 class Block(nn.Module):

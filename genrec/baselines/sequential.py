@@ -10,19 +10,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genrec.baselines.configs import SequentialConfig
 from genrec.baselines.trainer import NeuralRecommender
 from genrec.data.dataset import Dataset
-
-
-class SequentialConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_len: int = Field(20, ge=2, description="history items the model sees (the protocol's cap is 20)")
-    dim: int = Field(64, ge=4)
-    dropout: float = Field(0.2, ge=0, lt=1)
 
 
 def left_pad(seqs: list[np.ndarray], length: int, shift: int = 1) -> np.ndarray:

@@ -19,29 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genrec.baselines.configs import TigerConfig
 from genrec.baselines.sequential import shuffled_rows
 from genrec.baselines.trainer import NeuralBaseline, NeuralRecommender
 from genrec.data.dataset import Dataset
 from genrec.errors import GenrecError
 
 PAD, BOS = 0, 1
-
-
-class TigerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    index: str = Field(..., description="folder of a code-based item index (e.g. runs/scientific/index)")
-    max_len: int = Field(20, ge=1, description="history items the encoder reads")
-    dim: int = Field(128, ge=8)
-    heads: int = Field(4, ge=1)
-    layers: int = Field(2, ge=1, description="encoder and decoder layers each")
-    ff: int = Field(512, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    beams: int = Field(20, ge=1)
-    batch_users: int = Field(64, ge=1, description="users per beam-search batch")
 
 
 def code_tokens(codes: np.ndarray, sizes: list[int]) -> np.ndarray:

@@ -17,14 +17,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from torch import nn
 from tqdm import tqdm
 
+from genrec.baselines.configs import TrainConfig
 from genrec.data.dataset import Dataset
 from genrec.device import pick_device
 from genrec.evaluate import Evaluator
@@ -33,28 +33,6 @@ from genrec.safefiles import load_tensors, load_weights_only, save_tensors
 #: a saved baseline's weights (beside model.json); older versions wrote model.pt (torch.save), read weights-only
 WEIGHTS_FILE, OLD_WEIGHTS_FILE = "model.safetensors", "model.pt"
 RESTART = "delete the checkpoint folder to train from the start, or finish with the genrec version that wrote it"
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings shared by every neural baseline."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    patience: int = Field(10, ge=1, description="epochs without a better validation NDCG@10 before stopping")
-    eval_every: int = Field(1, ge=1)
-    metric: str = "NDCG@10"
-    mask_history: bool | Literal["auto"] = Field("auto", description="the validation ranking early stopping reads: "
-                                                                      "as the evaluator's setting of that name")
-    seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-    eval_batch_size: int = Field(1024, ge=1)
-    grad_clip: float | None = Field(5.0, description="max gradient norm; None: off")
-    progress: bool = True
 
 
 def log_stderr(message: str) -> None:

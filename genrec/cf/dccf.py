@@ -43,23 +43,11 @@ Differences:
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
+from genrec.cf.configs import DCCFConfig
 from genrec.cf.graph import BipartiteGraph, GraphBaseline, GraphRecommender
-
-
-class DCCFConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dim: int = Field(32, ge=1)
-    layers: int = Field(2, ge=1)
-    intents: int = Field(128, ge=1, description="global intent prototypes, each for users and items")
-    temperature: float = Field(1.0, gt=0)
-    ssl_weight: float = Field(0.1, ge=0)
-    emb_reg: float = Field(5e-3, ge=0, description="times the batch's summed squared ego embeddings (code: 2.5e-5)")
-    cen_reg: float = Field(5e-3, ge=0, description="times the squared norm of the intent prototypes")
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:

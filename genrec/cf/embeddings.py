@@ -25,11 +25,11 @@ import numpy as np
 
 from genrec.artifacts import StageResult, config_hash, fingerprint, run_stage
 
-#: model name -> (module, class) of its NeuralBaseline, imported on use
-EMBEDDING_MODELS: dict[str, tuple[str, str]] = {
-    "dccf": ("genrec.cf.dccf", "DCCFBaseline"),
-    "lightgcn": ("genrec.cf.lightgcn", "LightGCNBaseline"),
-    "sasrec": ("genrec.baselines.sasrec", "SASRecCE"),
+#: model name -> the baseline (genrec.baselines) it trains: its class, model and trainer settings
+EMBEDDING_MODELS: dict[str, str] = {
+    "dccf": "dccf",
+    "lightgcn": "lightgcn",
+    "sasrec": "sasrec-ce",
 }
 
 
@@ -74,13 +74,11 @@ def train_embeddings(
     ckpt = out_folder.parent / f".ckpt-{out_folder.name}-{config_hash(stage_config, {'data': fingerprint(data_folder)})[:12]}"
 
     def build(tmp: Path) -> dict:
-        import importlib
-
+        from genrec.baselines import BASELINES
         from genrec.evaluate import Evaluator
         from genrec.pipeline import load_dataset
 
-        module, cls_name = EMBEDDING_MODELS[name]
-        cls = getattr(importlib.import_module(module), cls_name)
+        cls = BASELINES[EMBEDDING_MODELS[name]]
         ds = load_dataset(data_folder)
         lines: list[str] = []
 

@@ -18,19 +18,10 @@ pairs, with users uniform (the authors' sampler).
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from genrec.cf.configs import LightGCNConfig
 from genrec.cf.graph import GraphBaseline, GraphRecommender
-
-
-class LightGCNConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dim: int = Field(64, ge=1)
-    layers: int = Field(3, ge=0)
-    reg: float = Field(1e-4, ge=0, description="L2 weight on the batch's ego embeddings")
-    init_std: float = Field(0.1, gt=0)
 
 
 class LightGCN(GraphRecommender):

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm import tqdm
 
 from genrec.device import pick_device
 from genrec.errors import DataError
 from genrec.index.base import ItemIndex, collision_rate, perplexity, unique_codes
+from genrec.index.configs import AlignmentConfig
 from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
 from genrec.safefiles import load_tensors, save_tensors
@@ -46,24 +46,6 @@ TENSORS_FILE, META_FILE, OLD_FILE = "tokenizer.safetensors", "tokenizer.json", "
 #: the tokenizer's array attributes saved beside the module's weights; those kept as numpy arrays, the rest tensors
 ARRAYS = ("mean", "llm_mean", "llm_std", "item_emb", "text_map", "codes")
 NUMPY_ARRAYS = {"item_emb", "text_map", "codes"}
-
-
-class AlignmentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    levels: int = Field(4, ge=1, le=8)
-    codebook_size: int = Field(256, ge=2)
-    epochs: int = Field(200, ge=0)
-    batch_size: int = Field(1024, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    beta: float = Field(0.25, ge=0, description="commitment weight")
-    llm_weight: float = Field(0.5, ge=0, description="LLM alignment weight; 0 = the 'w/o LA' ablation")
-    temperature: float = Field(0.1, gt=0)
-    proj_hidden: int = Field(256, ge=1)
-    reset_dead_codes: bool = True
-    seed: int | None = Field(None, description="default: the index stage's seed")
-    device: str = "auto"
-    progress: bool = True
 
 
 class CascadedCodebooks(nn.Module):

@@ -36,25 +36,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
 from genrec.index.base import ItemIndex
+from genrec.index.configs import CIDConfig
 from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
 from genrec.index.semid import INDEXER_FILE, code_stats, resolve_seed
-
-
-class CIDConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    n_clusters: int = Field(32, ge=2, description="N: children per cluster, and the largest leaf")
-    window: int | None = Field(5, ge=1, description="co-occurrence window in a sequence; None: whole sequence")
-    dense_limit: int = Field(1500, ge=2, description="dense eigendecomposition up to this many items, else eigsh")
-    kmeans_iters: int = Field(50, ge=1)
-    max_spectral_depth: int = Field(6, ge=1, description="below this depth clusters are split in balanced chunks")
-    seed: int | None = Field(None, description="None: the pipeline's seed")
 
 
 def cooccurrence_graph(sequences: list[np.ndarray], n_items: int, window: int | None) -> sp.csr_matrix:

@@ -7,14 +7,15 @@ items (``encode``).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from genrec.errors import GenrecError
-from genrec.index.alignment import AlignmentConfig, AlignmentTokenizer
-from genrec.index.collaborative import CIDConfig, CIDIndexer
-from genrec.index.rqvae import RQVAEConfig, RQVAEIndexer
-from genrec.index.semid import SemIDConfig, SemIDIndexer
-from genrec.index.trivial import IIDConfig, IIDIndexer, RIDConfig, RIDIndexer, TIDConfig, TIDIndexer
+from genrec.index.alignment import AlignmentTokenizer
+from genrec.index.collaborative import CIDIndexer
+from genrec.index.configs import CONFIGS
+from genrec.index.rqvae import RQVAEIndexer
+from genrec.index.semid import SemIDIndexer
+from genrec.index.trivial import IIDIndexer, RIDIndexer, TIDIndexer
 
 #: method name -> indexer class
 INDEXERS: dict[str, type] = {
@@ -27,16 +28,8 @@ INDEXERS: dict[str, type] = {
     "iid": IIDIndexer,
 }
 
-#: method name -> its pydantic config class (extra keys are rejected)
-CONFIGS: dict[str, type[BaseModel]] = {
-    "alignment": AlignmentConfig,
-    "rqvae": RQVAEConfig,
-    "semid": SemIDConfig,
-    "cid": CIDConfig,
-    "rid": RIDConfig,
-    "tid": TIDConfig,
-    "iid": IIDConfig,
-}
+# CONFIGS (method name -> its settings, extra keys rejected) is in genrec.index.configs, which needs no torch
+__all__ = ["CONFIGS", "INDEXERS", "make_indexer"]
 
 
 def make_indexer(method: str, config: dict | None = None):

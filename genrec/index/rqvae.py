@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm import tqdm
 
 from genrec.device import pick_device
 from genrec.index.base import ItemIndex, unique_codes
+from genrec.index.configs import RQVAEConfig
 from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
 from genrec.index.semid import (
@@ -69,30 +68,6 @@ def info_nce_levels(chosen: list[torch.Tensor], anchor: torch.Tensor, temperatur
         logits = nn.functional.normalize(z, dim=1) @ a.T / temperature
         total = total + 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
     return total / len(chosen)
-
-
-class RQVAEConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input: Literal["llm", "behaviour"] = Field("llm", description="llm: TIGER / LC-Rec; behaviour: the 'ED' ablation")
-    hidden: list[int] = Field(default_factory=lambda: [512, 256, 128], description="encoder widths (decoder mirrors)")
-    latent_dim: int = Field(32, ge=1)
-    levels: int = Field(4, ge=1, le=8)
-    codebook_size: int = Field(256, ge=2)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    epochs: int = Field(150, ge=0)
-    batch_size: int = Field(512, ge=2)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    beta: float = Field(0.25, ge=0, description="commitment weight")
-    quant_weight: float = Field(1.0, ge=0, description="weight of the quantisation loss")
-    llm_weight: float = Field(0.0, ge=0, description="LLM alignment (InfoNCE) weight; needs LLM embeddings")
-    temperature: float = Field(0.1, gt=0)
-    proj_hidden: int = Field(256, ge=1)
-    reset_dead_codes: bool = True
-    seed: int | None = Field(None, description="None: the pipeline's seed")
-    device: str = "auto"
-    progress: bool = True
 
 
 def _mlp(dims: list[int], dropout: float) -> nn.Sequential:

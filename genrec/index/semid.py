@@ -27,14 +27,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from genrec.device import pick_device
 from genrec.index.base import ItemIndex, collision_rate, perplexity, unique_codes
+from genrec.index.configs import SemIDConfig
 from genrec.index.inputs import IndexInputs
 from genrec.index.kmeans import kmeans
 
@@ -133,20 +132,6 @@ def residual_assign(x: torch.Tensor, codebooks: Sequence[torch.Tensor]) -> tuple
 
 
 # the indexer -----------------------------------------------------------------------------
-class SemIDConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input: Literal["llm", "behaviour"] = Field("llm", description="which item embeddings to quantise")
-    levels: int = Field(4, ge=1, le=8)
-    codebook_size: int = Field(256, ge=2)
-    iters: int = Field(50, ge=1, description="k-means iterations per level")
-    pca_dim: int | None = Field(
-        None, ge=1, description="project onto this many principal components first; None: raw embeddings"
-    )
-    seed: int | None = Field(None, description="None: the pipeline's seed")
-    device: str = "auto"
-
-
 class SemIDIndexer:
     """Residual k-means over item embeddings; ``build`` gives an :class:`ItemIndex`, ``encode``
     codes new items from the same kind of embedding."""

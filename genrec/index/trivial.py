@@ -25,14 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from genrec.data.dataset import Dataset
 from genrec.index.base import ItemIndex, perplexity
+from genrec.index.configs import END_TOKEN, IIDConfig, RIDConfig, TIDConfig  # noqa: F401 (END_TOKEN re-exported)
 from genrec.index.inputs import IndexInputs
 from genrec.index.semid import INDEXER_FILE, resolve_seed
-
-END_TOKEN = "<end_item>"
 
 
 def _save(folder: str | Path, method: str, config: dict, index: ItemIndex | None, extra: dict | None = None) -> None:
@@ -60,14 +58,6 @@ def _text_stats(before: list[str], after: list[str]) -> dict:
 
 
 # RID -------------------------------------------------------------------------------------
-class RIDConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    digits: int | None = Field(None, ge=1, le=18, description="None: max(4, digits of 10 * n_items)")
-    end_token: str = END_TOKEN
-    seed: int | None = Field(None, description="None: the pipeline's seed")
-
-
 class RIDIndexer:
     """Random decimal ids of one length, unique, seeded."""
 
@@ -131,13 +121,6 @@ class RIDIndexer:
 
 
 # TID -------------------------------------------------------------------------------------
-class TIDConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    end_token: str = END_TOKEN
-    empty_title: str = Field("item {item_id}", description="stands in for an empty title; {item_id} is the raw id")
-
-
 def clean_title(value: object) -> str:
     """A title with runs of whitespace collapsed to one space and the ends stripped; '' for
     missing values."""
@@ -214,10 +197,6 @@ class TIDIndexer:
 
 
 # IID -------------------------------------------------------------------------------------
-class IIDConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def iid_token(i: int) -> str:
     return f"<item_{i}>"
 
