@@ -1,6 +1,9 @@
 """The fine-tuned LLM as a recommender: sequential prompt -> constrained beam search -> items.
 
-It has ``rank(histories, users, k)``, so it goes through the same evaluator as every baseline.
+It has ``rank(histories, users, k)``, so it goes through the same evaluator as every baseline,
+and ``recommend(history, k)`` over the dataset's own item ids. ``save_pretrained(folder)`` writes
+one self-contained folder (model settings and weights, corpus meta, decoding settings and the
+index with its item ids, no pickle) that ``from_pretrained(folder)`` loads.
 """
 
 from __future__ import annotations
@@ -11,14 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from genrec.decode.beam import BeamResult, Decoder, TrieTensors, rank_prompts
-from genrec.errors import DataError
+from genrec.errors import DataError, GenrecError
 from genrec.index.base import ItemIndex
+
+ITEM_IDS_FILE = "item_ids.json"  #: beside an index's files: the dataset's item id of each item index
+DECODING_FILE = "recommender.json"  #: in a save_pretrained folder: the decoding settings
+POPULARITY_FILE = "popularity.npy"  #: in a save_pretrained folder: the training popularity, if ranked with it
+INDEX_SUBDIR = "index"  #: in a save_pretrained folder: the index (ItemIndex.save) and its item ids
 
 
 class GenerativeRecommender:
     def __init__(self, lm, tokenizer, index: ItemIndex, beams: int = 20, batch_users: int = 8, max_history: int = 20,
                  cold_from: int | None = None, layout: str = "per_prefix", prompt: str = "chat",
-                 pop_alpha: float = 0.0, popularity: np.ndarray | None = None, exclude_history: bool = False):
+                 pop_alpha: float = 0.0, popularity: np.ndarray | None = None, exclude_history: bool = False,
+                 item_ids: list | None = None):
         """``cold_from``: items from this index on were added after training (their unseen last
         codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`).
         ``layout`` and ``prompt``: the sequential layout and prompt form ('chat', 'plain' or 'codes') the
@@ -26,7 +35,8 @@ class GenerativeRecommender:
         ``pop_alpha`` with ``popularity`` (training interactions per item; items past its end count
         0): rank by the model's log-probability minus ``pop_alpha`` times the item's log share of
         popularity + 1 (see :func:`genrec.decode.beam.beam_search`). ``exclude_history``: a user's
-        history items never come out (they take no beam slot), as the evaluator's masking wants."""
+        history items never come out (they take no beam slot), as the evaluator's masking wants.
+        ``item_ids``: the dataset's id of each item index (what :meth:`recommend` takes and gives)."""
         from genrec.llm.encode import PromptFormat
 
         self.lm = lm.eval()
@@ -43,13 +53,21 @@ class GenerativeRecommender:
         elif pop_alpha:
             raise ValueError("pop_alpha needs the items' training popularity")
         self.pop_alpha, self.exclude_history = pop_alpha, exclude_history
+        self.cold_from, self.prompt = cold_from, prompt
+        self.popularity = None if popularity is None else np.asarray(popularity)
+        if item_ids is not None and len(item_ids) != index.n_items:
+            raise GenrecError(f"{len(item_ids)} item ids for an index of {index.n_items} items")
+        self.item_ids = None if item_ids is None else list(item_ids)
+        self._positions: dict | None = None
+        self.model_dir: Path | None = None  # the folder the weights came from (load), which save_pretrained copies
         self.trie = TrieTensors.of(index.trie(self.fmt.items), self.decoder.device, cold, weight)
 
     @classmethod
     def load(cls, model_dir: str | Path, index: str | Path | ItemIndex, device: str = "auto", **kw) -> GenerativeRecommender:
         """A model folder from the train stage, or a checkpoint folder of an unfinished one (its
         latest weights), with the index it was trained on (a folder, or the index itself, e.g.
-        extended with items added after training)."""
+        extended with items added after training). An index folder's ``item_ids.json`` (written by
+        `genrec index build`) gives the item ids :meth:`recommend` works with, unless ``item_ids`` is given."""
         from genrec.device import pick_device
         from genrec.llm.config import LLMTrainConfig
         from genrec.llm.files import has_trained_weights, load_trained_weights
@@ -67,11 +85,100 @@ class GenerativeRecommender:
         layout = raw.pop("layout", None) or _corpus_layout(model_dir)
         prompt = raw.pop("prompt", "chat")
         cfg = LLMTrainConfig.model_validate(raw)
-        index = index if isinstance(index, ItemIndex) else ItemIndex.load(index)
+        if not isinstance(index, ItemIndex):
+            if kw.get("item_ids") is None and (Path(index) / ITEM_IDS_FILE).is_file():
+                kw["item_ids"] = json.loads((Path(index) / ITEM_IDS_FILE).read_text())
+            index = ItemIndex.load(index)
         dev = pick_device(device)
         lm, tok = build_model(cfg, backbone, list(index.new_tokens), dev)
         lm.load_trainable(weights, model_dir)
-        return cls(lm.merge_for_inference(), tok, index, **{"layout": layout, "prompt": prompt, **kw})
+        rec = cls(lm.merge_for_inference(), tok, index, **{"layout": layout, "prompt": prompt, **kw})
+        rec.model_dir = model_dir
+        return rec
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str = "auto", **kw) -> GenerativeRecommender:
+        """A folder written by :meth:`save_pretrained`: the model, its index (subfolder ``index``)
+        with the item ids, and the decoding settings it was saved with (``kw`` overrides them:
+        ``beams``, ``batch_users``, ``max_history``, ``exclude_history``, ``pop_alpha``, ...)."""
+        folder = Path(folder)
+        if not (folder / INDEX_SUBDIR / "index.json").is_file():
+            raise DataError(folder, None, "a folder written by GenerativeRecommender.save_pretrained (model files and "
+                                          f"an {INDEX_SUBDIR}/ subfolder)")
+        settings = json.loads((folder / DECODING_FILE).read_text()) if (folder / DECODING_FILE).is_file() else {}
+        if (folder / POPULARITY_FILE).is_file():
+            settings["popularity"] = np.load(folder / POPULARITY_FILE, allow_pickle=False)
+        return cls.load(folder, folder / INDEX_SUBDIR, device=device, **{**settings, **kw})
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write everything :meth:`from_pretrained` needs into ``folder``: ``train_config.json``
+        (settings, backbone reference, layout and prompt), ``trainable.safetensors`` (the trained
+        weights), ``corpus_meta.json``, ``recommender.json`` (decoding settings; with
+        ``popularity.npy`` if any) and ``index/`` (``ItemIndex.save`` plus ``item_ids.json``).
+        Needs a recommender made by :meth:`load` or :meth:`from_pretrained` (the weights are those
+        of its model folder, not the merged inference model) with item ids. Returns ``folder``."""
+        from genrec.llm.files import TRAINABLE_FILE, load_trained_weights, save_trainable
+
+        if self.model_dir is None:
+            raise GenrecError("save_pretrained needs a recommender made by GenerativeRecommender.load or from_pretrained")
+        if self.item_ids is None:
+            raise GenrecError("save_pretrained needs the item ids: load with an index folder holding item_ids.json, "
+                              "or pass item_ids=")
+        # everything read before anything is written, so saving into the folder loaded from works
+        weights = load_trained_weights(self.model_dir)
+        config = json.loads((self.model_dir / "train_config.json").read_text())
+        meta_file = self.model_dir / "corpus_meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        config.update(layout=self.layout, prompt=self.prompt)
+        meta.update(layout=self.layout, prompt=self.prompt)
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder.resolve() != self.model_dir.resolve() or not (folder / TRAINABLE_FILE).is_file():
+            save_trainable(folder, weights)
+        (folder / "train_config.json").write_text(json.dumps(config, indent=1))
+        (folder / "corpus_meta.json").write_text(json.dumps(meta, indent=1))
+        settings = {"beams": self.beams, "batch_users": self.batch_users, "max_history": self.max_history,
+                    "cold_from": self.cold_from, "pop_alpha": self.pop_alpha, "exclude_history": self.exclude_history}
+        (folder / DECODING_FILE).write_text(json.dumps(settings, indent=1))
+        if self.popularity is not None:
+            np.save(folder / POPULARITY_FILE, self.popularity, allow_pickle=False)
+        else:
+            (folder / POPULARITY_FILE).unlink(missing_ok=True)
+        self.index.save(folder / INDEX_SUBDIR)
+        ids = [i.item() if isinstance(i, np.generic) else i for i in self.item_ids]
+        (folder / INDEX_SUBDIR / ITEM_IDS_FILE).write_text(json.dumps(ids, ensure_ascii=False))
+        return folder
+
+    def item_positions(self, ids: list) -> np.ndarray:
+        """The item indices of the dataset's item ids; an unknown id raises GenrecError naming it."""
+        if self.item_ids is None:
+            raise GenrecError("this recommender has no item ids: load it with an index folder holding item_ids.json, "
+                              "from a save_pretrained folder, or pass item_ids=")
+        if self._positions is None:
+            self._positions = {i: k for k, i in enumerate(self.item_ids)}
+        out = []
+        for i in ids:
+            k = self._positions.get(i)
+            if k is None and not isinstance(i, str):
+                k = self._positions.get(str(i))  # ids stored as strings (item_ids.json), asked for as numbers
+            if k is None:
+                raise GenrecError(f"unknown item id {i!r}: not in the index's {len(self.item_ids)} items")
+            out.append(k)
+        return np.asarray(out, dtype=np.int64)
+
+    def recommend(self, history: list, k: int = 10) -> list[tuple[object, float]]:
+        """The top ``k`` items after ``history`` (the dataset's item ids, oldest first) as (item
+        id, log-probability) pairs, best first; history items are left out if ``exclude_history``."""
+        return self.recommend_batch([history], k)[0]
+
+    def recommend_batch(self, histories: list[list], k: int = 10) -> list[list[tuple[object, float]]]:
+        """:meth:`recommend` for each history, decoded ``batch_users`` at a time."""
+        hist = [self.item_positions(h) for h in histories]
+        if not hist:
+            return []
+        res = self.rank_scored(hist, k)
+        return [[(self.item_ids[int(i)], float(s)) for i, s in zip(items, scores, strict=True) if i >= 0]
+                for items, scores in zip(res.items, res.scores, strict=True)]
 
     def prompts(self, histories: list[np.ndarray]) -> list[list[int]]:
         return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history, self.layout) for h in histories]
