@@ -90,8 +90,8 @@ def test_the_saved_folder_is_self_contained_and_holds_no_pickle(saved):
 
 def test_from_pretrained_recommends_what_genrec_evaluate_and_load_rank(trained, saved, capsys):
     """Every test user's list from the saved folder, over item ids, equals `genrec evaluate`'s
-    dumped top-20 and load(model_dir, index_dir).rank(...), the ids mapped to indices through the
-    dataset, and its scores are rank_scored's log-probabilities."""
+    dumped top list (5 beams: 5 items) and load(model_dir, index_dir).rank_scored(...), the ids
+    mapped to indices through the dataset, and its scores are those log-probabilities."""
     from genrec import GenerativeRecommender
 
     root, ds = trained
@@ -106,19 +106,21 @@ def test_from_pretrained_recommends_what_genrec_evaluate_and_load_rank(trained, 
 
     rec = GenerativeRecommender.from_pretrained(saved, device="cpu")
     assert rec.beams == 5 and rec.exclude_history == (not ds.has_repeats())
-    lists = rec.recommend_batch(id_histories, k=20)
+    lists = rec.recommend_batch(id_histories, k=5)
     pos = {str(i): k for k, i in enumerate(ds.items["item_id"].astype(str))}
     as_indices = [[pos[i] for i, _ in row] for row in lists]
     assert as_indices == [list(t) for t in dumped["topk"]]
+    assert len(users) > 10 and all(len(row) == 5 for row in lists)  # lists to compare, not empty ones
 
     ref = GenerativeRecommender.load(root / "model", root / "index", device="cpu", beams=5,
                                      exclude_history=not ds.has_repeats())
     some = users[:6]
-    scored = ref.rank_scored([split.histories[u] for u in some], 20)
+    scored = ref.rank_scored([split.histories[u] for u in some], 5)
     for row, items, scores in zip(lists[:6], scored.items, scored.scores, strict=True):
         assert [i for i, _ in row] == ids_of(ds, items[items >= 0])
         assert [s for _, s in row] == pytest.approx(scores[items >= 0].tolist(), abs=1e-5)
-    assert rec.recommend(id_histories[0], k=20) == lists[0]
+    assert rec.recommend(id_histories[0], k=5) == lists[0]
+    assert [u for u, _ in ref.recommend(id_histories[0], k=5)] == [u for u, _ in lists[0]]  # load() reads item_ids.json
 
 
 def test_recommend_gives_k_dataset_ids_best_first_and_leaves_out_the_history(trained, saved):
@@ -135,6 +137,9 @@ def test_recommend_gives_k_dataset_ids_best_first_and_leaves_out_the_history(tra
         assert {i for i, _ in got} <= all_ids and not {i for i, _ in got} & set(history)
         scores = [s for _, s in got]
         assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores)) and max(scores) <= 0
+    # more than `beams` asked for: the beam widens to k
+    wide = rec.recommend(ids_of(ds, split.histories[0]), k=15)
+    assert len(wide) == 15 and len({i for i, _ in wide}) == 15
 
 
 def test_an_unknown_item_id_raises_naming_it(trained, saved):

@@ -172,24 +172,26 @@ class GenerativeRecommender:
         return self.recommend_batch([history], k)[0]
 
     def recommend_batch(self, histories: list[list], k: int = 10) -> list[list[tuple[object, float]]]:
-        """:meth:`recommend` for each history, decoded ``batch_users`` at a time."""
+        """:meth:`recommend` for each history, decoded ``batch_users`` at a time. Beam search keeps
+        at least ``k`` beams (``max(beams, k)``), so a list is shorter than ``k`` only when fewer
+        items are left to recommend."""
         hist = [self.item_positions(h) for h in histories]
         if not hist:
             return []
-        res = self.rank_scored(hist, k)
+        res = self.rank_scored(hist, k, max(self.beams, k))
         return [[(self.item_ids[int(i)], float(s)) for i, s in zip(items, scores, strict=True) if i >= 0]
                 for items, scores in zip(res.items, res.scores, strict=True)]
 
     def prompts(self, histories: list[np.ndarray]) -> list[list[int]]:
         return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history, self.layout) for h in histories]
 
-    def rank_scored(self, histories: list[np.ndarray], k: int) -> BeamResult:
+    def rank_scored(self, histories: list[np.ndarray], k: int, beams: int | None = None) -> BeamResult:
         """Top-``k`` items per history with their log-probabilities, best first (-1 / -inf pad a
-        list with fewer than k items)."""
+        list with fewer than k items). ``beams``: instead of ``self.beams``."""
         from genrec.llm.train import autocast
 
         with autocast(self.decoder.device, self.lm.compute_dtype):
-            return rank_prompts(self.decoder, self.prompts(histories), self.trie, self.beams, k, self.batch_users,
+            return rank_prompts(self.decoder, self.prompts(histories), self.trie, beams or self.beams, k, self.batch_users,
                                 self.pop_alpha, histories if self.exclude_history else None)
 
     def rank(self, histories: list[np.ndarray], users: np.ndarray, k: int) -> np.ndarray:
