@@ -17,6 +17,27 @@ def shared(name: str) -> Path:
     return path
 
 
+def tiny_shop(root: Path, codes_per_level: int = 8, mean_length: int = 6):
+    """(dataset, index) of a small seeded synthetic shop saved under ``root`` (``data/``, ``index/``):
+    40 users, 30 items, 2-core, and a 2-level alignment index of distinct random codes."""
+    import numpy as np
+
+    from genrec.data.loaders import load_raw
+    from genrec.data.preprocess import PrepareConfig, preprocess
+    from genrec.data.synth import SynthConfig, write
+    from genrec.index.base import ItemIndex
+
+    write(SynthConfig(n_users=40, n_items=30, seed=2, mean_length=mean_length), root / "raw")
+    ds = preprocess(load_raw(root / "raw"), PrepareConfig(kcore=2))
+    ds.save(root / "data")
+    rng = np.random.default_rng(0)
+    n = codes_per_level
+    codes = np.array(sorted({(int(a), int(b)) for a, b in rng.integers(0, n, size=(400, 2))})[: ds.n_items])
+    index = ItemIndex.from_codes("alignment", codes[rng.permutation(len(codes))], [n, n])
+    index.save(root / "index")
+    return ds, index
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the genrec CLI in-process: returns (exit code, stdout, stderr)."""

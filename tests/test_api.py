@@ -17,14 +17,11 @@ import pandas as pd
 import pytest
 
 from genrec.cli import main
-from genrec.data.loaders import load_raw
-from genrec.data.preprocess import PrepareConfig, preprocess
-from genrec.data.synth import SynthConfig, write
 from genrec.errors import GenrecError
-from genrec.index.base import ItemIndex
 from genrec.llm.backbone import add_tokens
 from genrec.llm.corpus import build_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
+from tests.conftest import tiny_shop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,13 +35,7 @@ def trained(tmp_path_factory, real_tokenizer, tiny_backbone):
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("api")
-    write(SynthConfig(n_users=40, n_items=30, seed=2, mean_length=6), root / "raw")
-    ds = preprocess(load_raw(root / "raw"), PrepareConfig(kcore=2))
-    ds.save(root / "data")
-    rng = np.random.default_rng(0)
-    codes = np.array(sorted({(int(a), int(b)) for a, b in rng.integers(0, 8, size=(400, 2))})[: ds.n_items])
-    index = ItemIndex.from_codes("alignment", codes[rng.permutation(len(codes))], [8, 8])
-    index.save(root / "index")
+    ds, index = tiny_shop(root)
     (root / "index" / "item_ids.json").write_text(json.dumps(ds.items["item_id"].astype(str).tolist()))
     tok = AutoTokenizer.from_pretrained(real_tokenizer)
     add_tokens(tok, None, index.new_tokens)

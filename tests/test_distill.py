@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.data.loaders import load_raw
-from genrec.data.preprocess import PrepareConfig, preprocess
-from genrec.data.synth import SynthConfig, write
-from genrec.index.base import ItemIndex
 from genrec.llm.backbone import add_tokens
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import build_corpus, load_item_tokens, save_corpus
 from genrec.llm.distill import corpus_items, soft_targets
 from genrec.llm.tasks import TaskConfig
 from genrec.llm.train import collate
+from tests.conftest import tiny_shop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,13 +25,7 @@ def setup(tmp_path_factory, real_tokenizer):
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("distill")
-    write(SynthConfig(n_users=40, n_items=30, seed=2, mean_length=8), root / "raw")
-    ds = preprocess(load_raw(root / "raw"), PrepareConfig(kcore=2))
-    ds.save(root / "data")
-    rng = np.random.default_rng(0)
-    codes = np.array(sorted({(int(a), int(b)) for a, b in rng.integers(0, 6, size=(400, 2))})[: ds.n_items])
-    index = ItemIndex.from_codes("alignment", codes[rng.permutation(len(codes))], [6, 6])
-    index.save(root / "index")
+    ds, index = tiny_shop(root, codes_per_level=6, mean_length=8)
     tok = AutoTokenizer.from_pretrained(real_tokenizer)
     add_tokens(tok, None, index.new_tokens)
     corpora = {}

@@ -13,16 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genrec.data.loaders import load_raw
-from genrec.data.preprocess import PrepareConfig, preprocess
-from genrec.data.synth import SynthConfig, write
-from genrec.index.base import ItemIndex
 from genrec.llm.backbone import add_tokens
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import Corpus, build_corpus, load_corpus, save_corpus
 from genrec.llm.tasks import TaskConfig
 from genrec.llm.train import collate, lr_factor, make_batches, sessions, train, training_seconds
-from tests.conftest import launch_two, plant_pickle, unpickle_in_full
+from tests.conftest import launch_two, plant_pickle, tiny_shop, unpickle_in_full
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,13 +28,7 @@ def setup(tmp_path_factory, real_tokenizer, tiny_backbone):
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("train")
-    write(SynthConfig(n_users=40, n_items=30, seed=2, mean_length=6), root / "raw")
-    ds = preprocess(load_raw(root / "raw"), PrepareConfig(kcore=2))
-    ds.save(root / "data")
-    rng = np.random.default_rng(0)
-    codes = np.array(sorted({(int(a), int(b)) for a, b in rng.integers(0, 8, size=(400, 2))})[: ds.n_items])
-    index = ItemIndex.from_codes("alignment", codes[rng.permutation(len(codes))], [8, 8])
-    index.save(root / "index")
+    ds, index = tiny_shop(root)
     tok = AutoTokenizer.from_pretrained(real_tokenizer)
     add_tokens(tok, None, index.new_tokens)
     tr, va, info = build_corpus(ds, index, tok, TaskConfig(negatives_per_positive=1), valid_users=10)
