@@ -15,7 +15,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genrec.baselines import SPECS as BASELINE_SPECS
-from genrec.baselines.configs import TrainConfig
 from genrec.cf.embeddings import EMBEDDING_MODELS
 from genrec.data.preprocess import PrepareConfig
 from genrec.data.synth import SynthConfig
@@ -23,6 +22,7 @@ from genrec.errors import DataError, GenrecError
 from genrec.index.configs import CONFIGS as INDEX_CONFIGS
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.tasks import TaskConfig
+from genrec.training.config import TrainConfig
 
 
 class DataSection(BaseModel):
@@ -52,7 +52,7 @@ class CFSection(BaseModel):
 
     model: str = Field("dccf", description="dccf, lightgcn or sasrec")
     dim: int = Field(32, ge=1)
-    train: dict[str, Any] = Field(default_factory=dict, description="trainer settings (genrec.baselines.configs."
+    train: dict[str, Any] = Field(default_factory=dict, description="trainer settings (genrec.training.config."
                                                                     "TrainConfig), e.g. {epochs: 50}")
     config: dict[str, Any] = Field(default_factory=dict, description="model settings (the model's baseline's, see "
                                                                      "genrec.baselines.SPECS); dim comes from dim")

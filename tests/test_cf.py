@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from genrec.baselines.trainer import TrainConfig, fit
 from genrec.cf.dccf import DCCF, DCCFBaseline, DCCFConfig
 from genrec.cf.graph import BipartiteGraph, BPRSampler, normalized_adjacency, training_pairs
 from genrec.cf.lightgcn import LightGCN, LightGCNBaseline, LightGCNConfig
 from genrec.data.dataset import Dataset
+from genrec.training.config import TrainConfig
+from genrec.training.trainer import fit
 
 QUIET = {"progress": False}
 

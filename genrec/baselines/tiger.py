@@ -22,10 +22,9 @@ import torch
 from torch import nn
 
 from genrec.baselines.configs import TigerConfig
-from genrec.baselines.sequential import shuffled_rows
-from genrec.baselines.trainer import NeuralBaseline, NeuralRecommender
 from genrec.data.dataset import Dataset
 from genrec.errors import GenrecError
+from genrec.training.trainer import NeuralBaseline, NeuralRecommender, shuffled_rows
 
 PAD, BOS = 0, 1
 
