@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from genrec.version import __version__
 
 #: public name -> "module:attribute", imported the first time it is asked for
 _LAZY = {

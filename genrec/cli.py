@@ -146,7 +146,7 @@ def data_stats(
 
     A raw folder is preprocessed in memory first (dedup, k-core), without writing anything.
     """
-    from genrec.pipeline import load_dataset
+    from genrec.data.preprocess import load_dataset
 
     ds = load_dataset(path, format, _prepare_config(kcore, missing_items))
     s = ds.stats()
@@ -235,8 +235,9 @@ def baselines_run(
 ) -> None:
     """Fit a baseline on the training split and print its metrics on the chosen split."""
     from genrec.config import apply_overrides
+    from genrec.data.preprocess import load_dataset
     from genrec.evaluate import MASK_WORDS, Evaluator
-    from genrec.pipeline import load_dataset, make_baseline
+    from genrec.pipeline import make_baseline
 
     model = make_baseline(name, apply_overrides({}, set_ or []))
     if stage not in ("valid", "test"):

@@ -51,13 +51,6 @@ def stage_data(
     return run_stage(out, "data", config, {"source": source}, build, force)
 
 
-def load_dataset(path: str | Path, format: str | None = None, prepare: PrepareConfig | None = None) -> Dataset:
-    """A prepared dataset folder, or a raw folder prepared in memory with ``prepare``."""
-    if Dataset.is_prepared(path):
-        return Dataset.load(path)
-    return preprocess(load_raw(path, format), prepare or PrepareConfig())
-
-
 def evaluate_model(model, dataset: Dataset, ev: EvaluateSection, out: Path | None = None) -> dict:
     """Validation and test metrics of a fitted model through the shared evaluator."""
     evaluator = Evaluator(dataset, ks=tuple(ev.ks), mask_history=ev.mask_history, batch_size=ev.batch_size)

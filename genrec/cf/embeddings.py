@@ -75,8 +75,8 @@ def train_embeddings(
 
     def build(tmp: Path) -> dict:
         from genrec.baselines import BASELINES
+        from genrec.data.preprocess import load_dataset
         from genrec.evaluate import Evaluator
-        from genrec.pipeline import load_dataset
 
         cls = BASELINES[EMBEDDING_MODELS[name]]
         ds = load_dataset(data_folder)
