@@ -178,7 +178,7 @@ def main() -> None:
     src = SHARED / "scientific"
     if not src.is_dir():
         sys.exit(f"{src} is absent")
-    from genrec.cf import train_embeddings
+    from genrec.pipeline import train_embeddings
 
     run = args.run_dir / "scientific"
     data = stage_data(src, run / "data", PrepareConfig(), "lcrec").path

@@ -21,7 +21,7 @@ _LAZY = {
     "run": "genrec.pipeline:run",
     "load_config": "genrec.config:load_config",
     "Evaluator": "genrec.evaluate:Evaluator",
-    "BASELINES": "genrec.baselines:BASELINES",
+    "BASELINES": "genrec.registry:BASELINES",
     "INDEXERS": "genrec.index.registry:INDEXERS",
 }
 

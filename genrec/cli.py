@@ -209,7 +209,7 @@ def data_download(
 @baselines_app.command("list")
 def baselines_list() -> None:
     """Name every classic baseline."""
-    from genrec.baselines import BASELINES
+    from genrec.registry import BASELINES
 
     for name, cls in BASELINES.items():
         typer.echo(f"{name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}")
@@ -274,7 +274,7 @@ def cf_train(
     force: Annotated[bool, typer.Option(help="retrain even when up to date")] = False,
 ) -> None:
     """Train a CF model on the training split and write its item embeddings (row i = item i)."""
-    from genrec.cf import train_embeddings
+    from genrec.pipeline import train_embeddings
 
     train = {"epochs": epochs} if epochs is not None else {}
     res = train_embeddings(name, data, out, dim=dim, seed=seed, train=train, force=force,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,14 +13,14 @@ import numpy as np
 from pydantic import ValidationError
 
 from genrec.artifacts import StageResult, config_hash, fingerprint, run_stage
-from genrec.baselines import BASELINES
 from genrec.config import EvaluateSection, RunConfig
 from genrec.data import synth
 from genrec.data.dataset import Dataset
 from genrec.data.loaders import load_raw
-from genrec.data.preprocess import PrepareConfig, preprocess
+from genrec.data.preprocess import PrepareConfig, load_dataset, preprocess
 from genrec.errors import GenrecError
-from genrec.evaluate import Evaluator
+from genrec.evaluate import Evaluator, resolve_mask_history
+from genrec.registry import EMBEDDING_MODELS, SPECS
 
 
 def stage_synth(out: Path, cfg: synth.SynthConfig, force: bool = False) -> StageResult:
@@ -62,15 +63,97 @@ def evaluate_model(model, dataset: Dataset, ev: EvaluateSection, out: Path | Non
     return result
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def item_embedding_matrix(name: str, model) -> np.ndarray:
+    """[n_items, dim] float32 item embeddings of a fitted ``EMBEDDING_MODELS[name]`` baseline."""
+    if name == "sasrec":
+        weights = model.model.item_emb.weight[1:]  # row 0 is padding
+        return weights.detach().float().cpu().numpy().astype(np.float32)
+    return np.asarray(model.item_embeddings(), dtype=np.float32)
+
+
+def train_embeddings(
+    name: str,
+    data_folder: str | Path,
+    out_folder: str | Path,
+    dim: int = 32,
+    seed: int = 0,
+    train: dict | None = None,
+    config: dict | None = None,
+    force: bool = False,
+    log: Callable[[str], None] | None = _stderr,
+) -> StageResult:
+    """The cf stage: train ``name`` (dccf, lightgcn or sasrec) on ``data_folder`` and write its item
+    embeddings, the behaviour input of the index stage. The output folder holds ``item_embeddings.npy``
+    (float32 [n_items, dim], row i is item_idx i), ``model/`` (loadable with the class's ``load``),
+    ``metrics.json`` (validation and test metrics through the shared evaluator), ``train_log.txt``
+    and ``train_log.json``. dccf and lightgcn give their final item representations, sasrec (SASRec
+    with full cross-entropy) its item embedding table without the padding row.
+
+    ``train`` overrides the model's training defaults (``TrainConfig`` fields, e.g. epochs),
+    ``config`` its model settings (``dim`` always comes from ``dim``). ``data_folder`` is a
+    prepared dataset (or a raw folder, prepared in memory with the default settings).
+    """
+    if name not in EMBEDDING_MODELS:
+        raise GenrecError(f"unknown embedding model {name!r}; expected one of {', '.join(EMBEDDING_MODELS)}")
+    train = dict(train or {})
+    model_config = {**(config or {}), "dim": int(dim)}
+    stage_config = {"model": name, "dim": int(dim), "seed": int(seed), "train": train, "config": model_config}
+    # checkpoints next to the stage folder, keyed by config and data: a killed stage resumes
+    out_folder = Path(out_folder)
+    ckpt = out_folder.parent / f".ckpt-{out_folder.name}-{config_hash(stage_config, {'data': fingerprint(data_folder)})[:12]}"
+
+    def build(tmp: Path) -> dict:
+        cls = SPECS[EMBEDDING_MODELS[name]].load()
+        ds = load_dataset(data_folder)
+        lines: list[str] = []
+
+        def keep(line: str) -> None:
+            lines.append(line)
+            if log is not None:
+                log(line)
+
+        # early stopping of a behaviour model reads unmasked validation ranking unless told otherwise
+        # (the embeddings feed the index, they are not a recommendation we report; every index so
+        # far was built that way, so the stage's result does not change with the evaluator's default)
+        model = cls(model_config, {"mask_history": False, **train})
+        fit_info = model.fit(ds, seed=seed, log=keep, checkpoint_dir=ckpt)
+        emb = item_embedding_matrix(name, model)
+        if emb.shape != (ds.n_items, dim):
+            raise RuntimeError(f"{name}: item embeddings have shape {emb.shape}, expected {(ds.n_items, dim)}")
+        np.save(tmp / "item_embeddings.npy", emb)
+        model.save(tmp / "model")
+        evaluator = Evaluator(ds, progress=False)
+        results = {stage: evaluator.evaluate(model, stage=stage).to_dict() for stage in ("valid", "test")}
+        metrics = {**results, "fit": fit_info}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        (tmp / "train_log.txt").write_text("".join(f"{line}\n" for line in lines))
+        (tmp / "train_log.json").write_text(json.dumps(model.log, indent=2))
+        return {
+            "valid": results["valid"]["metrics"],
+            "test": results["test"]["metrics"],
+            "fit": fit_info,
+            "n_items": ds.n_items,
+            "dim": int(dim),
+        }
+
+    res = run_stage(out_folder, f"cf:{name}", stage_config, {"data": data_folder}, build, force)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return res
+
+
 def make_baseline(name: str, params: dict | None = None):
     """An unfitted baseline by name, with optional {'config': ..., 'train': ...} settings."""
-    if name not in BASELINES:
-        raise GenrecError(f"unknown baseline {name!r}; expected one of {', '.join(BASELINES)}")
+    if name not in SPECS:
+        raise GenrecError(f"unknown baseline {name!r}; expected one of {', '.join(SPECS)}")
     params = params or {}
     unknown = set(params) - {"config", "train"}
     if unknown:
         raise GenrecError(f"baseline {name!r}: unknown settings {sorted(unknown)}; expected 'config' and/or 'train'")
-    cls = BASELINES[name]
+    cls = SPECS[name].load()
     try:
         return cls(params.get("config"), params.get("train")) if params else cls()
     except (ValidationError, ValueError) as e:
@@ -106,6 +189,33 @@ def stage_baseline(
     res = run_stage(out, f"baseline:{name}", config, {"data": data}, build, force)
     shutil.rmtree(ckpt, ignore_errors=True)
     return res
+
+
+def stage_distill(corpus: Path, teacher: Path, data: Path, out: Path, cfg, mask_history: bool | str = "auto",
+                  force: bool = False) -> StageResult:
+    """The teacher's soft targets for the corpus's sequential code targets (see :mod:`genrec.llm.distill`);
+    ``teacher`` is a fitted baseline's folder (the baseline stage's ``model``), ``cfg`` a DistillConfig.
+    On top because the teacher is any registered baseline; the train stage only reads ``targets.npz``."""
+    from genrec.llm.corpus import load_corpus, load_item_tokens
+    from genrec.llm.distill import save_targets, soft_targets
+
+    if cfg.teacher not in SPECS:
+        raise GenrecError(f"distill.teacher {cfg.teacher!r}: expected one of {', '.join(SPECS)}")
+    config = {"teacher": cfg.teacher, "temperature": cfg.temperature, "mask_history": mask_history}
+
+    def build(tmp: Path) -> dict:
+        train, _, meta = load_corpus(corpus)
+        items = load_item_tokens(corpus)
+        if items is None or meta.get("new_token_ids") is None:
+            raise GenrecError(f"{corpus}: a corpus without its items' tokens; rebuild it with `genrec tasks build`")
+        n_old = int(meta["new_token_ids"][0])
+        masked = resolve_mask_history(mask_history, Dataset.load(data))
+        model = SPECS[cfg.teacher].load().load(teacher)
+        rows, probs = soft_targets(train, items, n_old, int(meta["new_tokens"]), model, cfg.temperature, masked)
+        save_targets(tmp, rows, probs)
+        return {"targets": int(len(probs)), "tokens_with_targets": int((rows >= 0).sum()), "mask_history": masked}
+
+    return run_stage(out, "distill", config, {"corpus": corpus, "teacher": teacher, "data": data}, build, force)
 
 
 def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print, until: str | None = None,
@@ -149,7 +259,6 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         if until is not None:
             raise GenrecError(f"the config has no index section: nothing to build up to {until!r}")
         return
-    from genrec.cf.embeddings import train_embeddings
     from genrec.config import CFSection
     from genrec.index.stage import NEEDS_BEHAVIOUR, stage_index
 
@@ -176,8 +285,6 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         return
     distill = None
     if cfg.train.distill is not None:  # the teacher: a baseline fitted on this run's training split
-        from genrec.llm.stages import stage_distill
-
         teacher = cfg.train.distill.teacher
         res = stage_baseline(teacher, data, run_dir / "baselines" / teacher, cfg.evaluate, cfg.seed,
                              cfg.baseline_params.get(teacher), force)

@@ -195,7 +195,7 @@ def test_cf_train_command_writes_embeddings_and_skips_rerun(cli, grouped, tmp_pa
 
 
 def test_cf_train_sasrec_embeddings(grouped, tmp_path):
-    from genrec.cf import train_embeddings
+    from genrec.pipeline import train_embeddings
 
     data = tmp_path / "data"
     grouped.save(data)
@@ -206,7 +206,7 @@ def test_cf_train_sasrec_embeddings(grouped, tmp_path):
 
 @pytest.mark.parametrize("model", ["lightgcn", "dccf"])
 def test_a_killed_cf_stage_resumes_to_the_uninterrupted_embeddings(grouped, tmp_path, model):
-    from genrec.cf import train_embeddings
+    from genrec.pipeline import train_embeddings
 
     data = tmp_path / "data"
     grouped.save(data)

@@ -134,10 +134,9 @@ def test_overrides_are_checked_too(tmp_path):
 
 def test_the_settings_registries_match_the_classes():
     """The torch-free registries the checks read name the settings the classes are built with."""
-    from genrec.baselines import BASELINES, SPECS
-    from genrec.cf.embeddings import EMBEDDING_MODELS
     from genrec.index.configs import CONFIGS
     from genrec.index.registry import INDEXERS
+    from genrec.registry import BASELINES, EMBEDDING_MODELS, SPECS
 
     assert list(BASELINES) == list(SPECS)
     for name, spec in SPECS.items():

@@ -57,19 +57,3 @@ class FMLPConfig(SequentialConfig):
     dim: int = 64  # the paper's embedding size
     layers: int = Field(2, ge=1)  # the paper's two filter-enhanced blocks
     dropout: float = 0.5
-
-
-class TigerConfig(BaseModel):
-    """:mod:`genrec.baselines.tiger`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    index: str = Field(..., description="folder of a code-based item index (e.g. runs/scientific/index)")
-    max_len: int = Field(20, ge=1, description="history items the encoder reads")
-    dim: int = Field(128, ge=8)
-    heads: int = Field(4, ge=1)
-    layers: int = Field(2, ge=1, description="encoder and decoder layers each")
-    ff: int = Field(512, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    beams: int = Field(20, ge=1)
-    batch_users: int = Field(64, ge=1, description="users per beam-search batch")

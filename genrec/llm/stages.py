@@ -37,34 +37,6 @@ def stage_tasks(
     return run_stage(out, "tasks", config, {"data": data, "index": index}, build, force)
 
 
-def stage_distill(corpus: Path, teacher: Path, data: Path, out: Path, cfg, mask_history: bool | str = "auto",
-                  force: bool = False) -> StageResult:
-    """The teacher's soft targets for the corpus's sequential code targets (see :mod:`genrec.llm.distill`);
-    ``teacher`` is a fitted baseline's folder (the baseline stage's ``model``), ``cfg`` a DistillConfig."""
-    from genrec.baselines import BASELINES
-    from genrec.data.dataset import Dataset
-    from genrec.evaluate import resolve_mask_history
-    from genrec.llm.distill import save_targets, soft_targets
-
-    if cfg.teacher not in BASELINES:
-        raise GenrecError(f"distill.teacher {cfg.teacher!r}: expected one of {', '.join(BASELINES)}")
-    config = {"teacher": cfg.teacher, "temperature": cfg.temperature, "mask_history": mask_history}
-
-    def build(tmp: Path) -> dict:
-        train, _, meta = load_corpus(corpus)
-        items = load_item_tokens(corpus)
-        if items is None or meta.get("new_token_ids") is None:
-            raise GenrecError(f"{corpus}: a corpus without its items' tokens; rebuild it with `genrec tasks build`")
-        n_old = int(meta["new_token_ids"][0])
-        masked = resolve_mask_history(mask_history, Dataset.load(data))
-        model = BASELINES[cfg.teacher].load(teacher)
-        rows, probs = soft_targets(train, items, n_old, int(meta["new_tokens"]), model, cfg.temperature, masked)
-        save_targets(tmp, rows, probs)
-        return {"targets": int(len(probs)), "tokens_with_targets": int((rows >= 0).sum()), "mask_history": masked}
-
-    return run_stage(out, "distill", config, {"corpus": corpus, "teacher": teacher, "data": data}, build, force)
-
-
 def task_fingerprint(cfg: TaskConfig) -> dict:
     """The task settings that name a corpus. Settings at their defaults stay out, so adding a
     setting later does not orphan existing artifacts and checkpoints; ``long_histories`` arrived
