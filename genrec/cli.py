@@ -310,7 +310,8 @@ def index_build(
 ) -> None:
     """Build an item index (codes, trie-ready item strings, statistics) from a prepared dataset."""
     from genrec.config import apply_overrides
-    from genrec.index.stage import stage_index
+    from genrec.index.stage import NEEDS_LLM, stage_index
+    from genrec.llm.stages import stage_text
 
     config = apply_overrides({}, set_ or [])
     if levels is not None:
@@ -319,7 +320,9 @@ def index_build(
         config["codebook_size"] = codebook_size
     if no_llm_alignment:
         config["llm_weight"] = 0.0
-    res = stage_index(method, data, out, embeddings, config, backbone, seed, force=force)
+    # the items' text embeddings beside the index, kept while data and backbone stay the same
+    text = stage_text(data, out.parent / f".{out.name}-text", backbone).path if method in NEEDS_LLM else None
+    res = stage_index(method, data, out, embeddings, config, text, seed, force=force)
     typer.echo(_index_summary(out, res.manifest, res.skipped))
 
 
@@ -364,9 +367,10 @@ def index_assign(
     import time
 
     from genrec.index.stage import assign_new_items
+    from genrec.llm.backbone import item_llm_embeddings
 
     t0 = time.perf_counter()
-    rows = assign_new_items(index, new_items)
+    rows = assign_new_items(index, new_items, item_llm_embeddings)
     ms = 1000 * (time.perf_counter() - t0) / len(rows)
     if out is not None:
         tmp = out.with_name(f".{out.name}.tmp")

@@ -254,13 +254,14 @@ def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print
 
 def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, StageResult], None],
                until: str | None = None, stop_after: int | None = None, progress: bool = True) -> None:
-    """cf -> index -> tasks -> train, as far as the config has sections (and ``until`` allows)."""
+    """cf -> text -> index -> tasks -> train, as far as the config has sections (and ``until`` allows)."""
     if cfg.index is None:
         if until is not None:
             raise GenrecError(f"the config has no index section: nothing to build up to {until!r}")
         return
     from genrec.config import CFSection
-    from genrec.index.stage import NEEDS_BEHAVIOUR, stage_index
+    from genrec.index.stage import NEEDS_BEHAVIOUR, NEEDS_LLM, stage_index
+    from genrec.llm.stages import stage_tasks, stage_text, stage_train
 
     data = run_dir / "data"
     emb = None
@@ -269,14 +270,17 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         res = train_embeddings(cf.model, data, run_dir / "cf" / cf.model, cf.dim, cfg.seed, cf.train, cf.config, force)
         note(f"cf:{cf.model}", res)
         emb = res.path
-    res = stage_index(cfg.index.method, data, run_dir / "index", emb, cfg.index.config, cfg.backbone, cfg.seed, force=force)
+    text = None
+    if cfg.index.method in NEEDS_LLM:
+        res = stage_text(data, run_dir / "text", cfg.backbone, force)
+        note("text", res)
+        text = res.path
+    res = stage_index(cfg.index.method, data, run_dir / "index", emb, cfg.index.config, text, cfg.seed, force=force)
     note(f"index:{cfg.index.method}", res)
     if until == "index" or cfg.tasks is None:
         if until in ("tasks", "train"):
             raise GenrecError("the config has no tasks section")
         return
-    from genrec.llm.stages import stage_tasks, stage_train
-
     res = stage_tasks(data, run_dir / "index", run_dir / "tasks", cfg.tasks, cfg.backbone, force=force)
     note("tasks", res)
     if until == "tasks" or cfg.train is None:

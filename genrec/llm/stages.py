@@ -1,15 +1,40 @@
-"""The tasks and train stages: (dataset, index) -> token corpus -> fine-tuned model."""
+"""The LLM's stages: dataset -> the items' text embeddings (for the index stage, below); (dataset,
+index) -> token corpus -> fine-tuned model."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from genrec.artifacts import StageResult, config_hash, fingerprint, read_manifest, run_stage
 from genrec.errors import GenrecError
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import build_corpus, load_corpus, load_item_tokens, save_corpus
 from genrec.llm.tasks import TaskConfig
+
+
+def stage_text(data: Path, out: Path, backbone: str = "default", force: bool = False) -> StageResult:
+    """The items' LLM embeddings (:func:`genrec.llm.backbone.item_llm_embeddings`) as an artifact the
+    index stage reads: ``item_embeddings.npy`` (float32 [n_items, hidden], row i is item_idx i), left
+    out when no item has a title (the indexers then go without text). A stage of its own because the
+    index sits below the LLM; its config names the backbone as given, which the index stage copies
+    into its own config."""
+    from genrec.data.dataset import Dataset
+    from genrec.index.stage import EMBEDDINGS_FILE
+
+    def build(tmp: Path) -> dict:
+        ds = Dataset.load(data)
+        if not (ds.items["title"].str.len() > 0).any():
+            return {"n_items": ds.n_items, "dim": None}
+        from genrec.llm.backbone import item_llm_embeddings
+
+        emb = item_llm_embeddings(ds.items, backbone)
+        np.save(tmp / EMBEDDINGS_FILE, emb)
+        return {"n_items": ds.n_items, "dim": int(emb.shape[1])}
+
+    return run_stage(out, "text", {"backbone": backbone}, {"data": data}, build, force)
 
 
 def stage_tasks(
@@ -54,8 +79,6 @@ def task_fingerprint(cfg: TaskConfig) -> dict:
 
 
 def _per_user(corpus) -> dict:
-    import numpy as np
-
     users = corpus.user[corpus.user >= 0]
     if not len(users):
         return {}
