@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -529,11 +528,9 @@ def evaluate_cmd(
     """Evaluate a fine-tuned generative model with constrained beam search through the shared evaluator.
 
     Under `accelerate launch` the users are sharded across ranks and rank 0 prints the result."""
-    import numpy as np
-
-    from genrec.data.dataset import Dataset
-    from genrec.decode.recommender import GenerativeRecommender, evaluate_generative
-    from genrec.evaluate import Evaluator
+    from genrec.config import DecodeSection, EvaluateSection
+    from genrec.evaluate import EvalResult
+    from genrec.pipeline import evaluate_decoding, stage_evaluate
 
     if config is not None:
         from genrec.config import load_config
@@ -544,32 +541,22 @@ def evaluate_cmd(
         raise GenrecError("give --config, or --model, --index and --data")
     if stage not in ("valid", "test"):
         raise GenrecError(f"--stage {stage!r}: expected valid or test")
-    ds = Dataset.load(data)
-    rec = GenerativeRecommender.load(model, index, beams=beams, batch_users=batch_users)
-    chosen = None
-    if users is not None:
-        chosen = np.sort(np.random.default_rng(seed).choice(ds.n_users, size=min(users, ds.n_users), replace=False))
-    ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=True)
-    rec.exclude_history = ev.mask_history  # masked history items take no beam slot
-    dump, partial, key = None, None, None
+    dec = _validated(DecodeSection, {"beams": beams, "batch_users": batch_users, "users": users}, "decode")
+    ev = EvaluateSection()
+    # the seed only draws the user sample: without one, any --seed names the same evaluation
+    sample_seed = seed if users is not None else 0
     if out is not None:
-        from genrec.artifacts import fingerprint
-
-        out.mkdir(parents=True, exist_ok=True)
-        dump = out / f"{stage}_users.parquet"
-        partial = out / f".partial-{stage}"  # the lists decoded so far: rerun the same command to resume
-        key = {"model": fingerprint(model), "index": fingerprint(index), "data": fingerprint(data), "beams": beams,
-               "users": users, "seed": seed if users is not None else None,  # the seed only draws the user sample
-               "exclude_history": ev.mask_history}
-    res = evaluate_generative(rec, ev, stage, chosen, dump, resume_dir=partial, key=key)
-    if res is None:  # not rank 0 of a launch
+        res = stage_evaluate(model, index, data, out, dec, ev, sample_seed, stage)
+        metrics = None if res is None else res.manifest["metrics"]
+    else:
+        metrics = evaluate_decoding(model, index, data, dec, ev, sample_seed, stage)
+    if metrics is None:  # not rank 0 of a launch
         return
-    result = {**res.to_dict(), "beams": beams, "users_sampled": users, "seed": seed, "model": str(model),
-              "mask_history": ev.mask_history}
-    if out is not None:
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        shutil.rmtree(partial, ignore_errors=True)
-    typer.echo(json.dumps(result, indent=2) if as_json else res.table())
+    if as_json:
+        typer.echo(json.dumps({**metrics[stage], "beams": beams, "users_sampled": users, "seed": seed, "model": str(model),
+                               "mask_history": metrics["mask_history"]}, indent=2))
+    else:
+        typer.echo(EvalResult(**metrics[stage]).table())
 
 
 @app.command("rerank")

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
 
-from genrec.artifacts import StageResult, config_hash, fingerprint, run_stage
-from genrec.config import EvaluateSection, RunConfig
+from genrec.artifacts import StageResult, config_hash, fingerprint, read_manifest, run_stage
+from genrec.config import DecodeSection, EvaluateSection, RunConfig
 from genrec.data import synth
 from genrec.data.dataset import Dataset
 from genrec.data.loaders import load_raw
@@ -305,20 +306,20 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
     if until == "train":
         return
     if cfg.decode is not None:
-        note("evaluate", stage_evaluate(run_dir, cfg, force, progress))
+        note("evaluate", stage_evaluate(run_dir / "model", run_dir / "index", data, run_dir / "evaluate", cfg.decode,
+                                        cfg.evaluate, cfg.seed, force=force, progress=progress))
     if cfg.cache is not None:
         note("cache", stage_cache(run_dir, cfg, progress))
 
 
-def validation_sample(dataset: Dataset, cfg: RunConfig, n: int) -> tuple[Evaluator, np.ndarray]:
+def validation_sample(dataset: Dataset, ev: EvaluateSection, seed: int, n: int) -> tuple[Evaluator, np.ndarray]:
     """What choices are made on: the run's evaluator (its masking, NDCG@10 always among the
     cut-offs) and a seeded sample of ``n`` users with a validation target (all when fewer), sorted."""
-    ev = Evaluator(dataset, ks=tuple(sorted({*cfg.evaluate.ks, 10})), mask_history=cfg.evaluate.mask_history,
-                   progress=False)
-    users = np.flatnonzero(ev.split("valid").targets >= 0)
+    evaluator = Evaluator(dataset, ks=tuple(sorted({*ev.ks, 10})), mask_history=ev.mask_history, progress=False)
+    users = np.flatnonzero(evaluator.split("valid").targets >= 0)
     if n < len(users):
-        users = np.sort(np.random.default_rng([cfg.seed, 1]).choice(users, size=n, replace=False))
-    return ev, users
+        users = np.sort(np.random.default_rng([seed, 1]).choice(users, size=n, replace=False))
+    return evaluator, users
 
 
 def ranking_selector(run_dir: Path, cfg: RunConfig) -> Callable:
@@ -334,7 +335,7 @@ def ranking_selector(run_dir: Path, cfg: RunConfig) -> Callable:
     ds = Dataset.load(run_dir / "data")
     index = ItemIndex.load(run_dir / "index")
     meta = load_meta(run_dir / "tasks")
-    ev, users = validation_sample(ds, cfg, t.select_users)
+    ev, users = validation_sample(ds, cfg.evaluate, cfg.seed, t.select_users)
     batch = cfg.decode.batch_users if cfg.decode is not None else 8
 
     def select(lm, tokenizer) -> dict:
@@ -346,56 +347,79 @@ def ranking_selector(run_dir: Path, cfg: RunConfig) -> Callable:
     return select
 
 
-def pick_pop_alpha(rec, ds: Dataset, cfg: RunConfig) -> tuple[float, dict]:
+def pick_pop_alpha(rec, ds: Dataset, dec: DecodeSection, ev: EvaluateSection, seed: int) -> tuple[float, dict]:
     """The decode section's popularity adjustment: its only value, or the one of several with the
     best NDCG@10 on the seeded validation sample (validation split only); (alpha, metrics by alpha)."""
-    alphas = cfg.decode.pop_alpha
+    alphas = dec.pop_alpha
     if len(alphas) == 1:
         return float(alphas[0]), {}
-    ev, users = validation_sample(ds, cfg, cfg.decode.select_users)
+    evaluator, users = validation_sample(ds, ev, seed, dec.select_users)
     on_valid = {}
     for a in alphas:
         rec.pop_alpha = float(a)
-        m = ev.evaluate(rec, stage="valid", users=users).metrics
+        m = evaluator.evaluate(rec, stage="valid", users=users).metrics
         on_valid[str(a)] = {k: round(float(v), 5) for k, v in m.items() if k in ("HR@10", "NDCG@10", "coverage@10")}
     best = max(alphas, key=lambda a: (on_valid[str(a)]["NDCG@10"], -a))
     return float(best), on_valid
 
 
-def stage_evaluate(run_dir: Path, cfg: RunConfig, force: bool = False, progress: bool = True) -> StageResult:
-    """Test metrics of the fine-tuned model (beam search through the shared evaluator)."""
+def evaluate_decoding(model: Path, index: Path, data: Path, dec: DecodeSection, ev: EvaluateSection, seed: int = 0,
+                      split: str = "test", progress: bool = True, dump: Path | None = None,
+                      resume_dir: Path | None = None, key: dict | None = None) -> dict | None:
+    """Metrics of a fine-tuned model on ``split``: constrained beam search through the shared evaluator,
+    on a seeded sample of ``dec.users`` users (all by default), with the popularity adjustment
+    :func:`pick_pop_alpha` picks. The evaluate stage's work, also what ``genrec evaluate`` without
+    ``--out`` runs. ``dump``, ``resume_dir`` and ``key``: see :func:`evaluate_generative`. Under a
+    multi-process launch the ranks share the users and all but rank 0 return None."""
+    from genrec.decode.recommender import GenerativeRecommender, evaluate_generative
 
-    from genrec.decode.recommender import GenerativeRecommender, evaluate_generative, partial_seconds
+    ds = Dataset.load(data)
+    rec = GenerativeRecommender.load(model, index, beams=dec.beams, batch_users=dec.batch_users,
+                                     popularity=ds.item_popularity())
+    users = None
+    if dec.users is not None:
+        users = np.sort(np.random.default_rng(seed).choice(ds.n_users, size=min(dec.users, ds.n_users), replace=False))
+    evaluator = Evaluator(ds, ks=tuple(ev.ks), mask_history=ev.mask_history, progress=progress)
+    rec.exclude_history = evaluator.mask_history  # masked history items take no beam slot
+    rec.pop_alpha, on_valid = pick_pop_alpha(rec, ds, dec, ev, seed)
+    res = evaluate_generative(rec, evaluator, split, users, dump, resume_dir=resume_dir, key=key)
+    if res is None:
+        return None
+    return {split: res.to_dict(), "beams": dec.beams, "users_sampled": dec.users, "mask_history": evaluator.mask_history,
+            "pop_alpha": rec.pop_alpha, "pop_alpha_valid": on_valid}
 
-    dec = cfg.decode
 
-    config = {"decode": dec.model_dump(), "evaluate": cfg.evaluate.model_dump(), "seed": cfg.seed}
-    inputs = {"model": run_dir / "model", "index": run_dir / "index", "data": run_dir / "data"}
-    partial = run_dir / ".evaluate-partial"  # the lists decoded so far: a killed evaluation resumes
+def stage_evaluate(model: Path, index: Path, data: Path, out: Path, dec: DecodeSection, ev: EvaluateSection,
+                   seed: int = 0, split: str = "test", force: bool = False, progress: bool = True) -> StageResult | None:
+    """The evaluate stage: :func:`evaluate_decoding` into ``out`` (``metrics.json`` and
+    ``{split}_users.parquet``). The lists decoded so far are kept beside ``out``, so a killed
+    evaluation resumes. Under a multi-process launch every rank decodes its share and rank 0 writes
+    the artifact; the others return None."""
+    from genrec.decode.recommender import partial_seconds
+
+    config = {"decode": dec.model_dump(), "evaluate": ev.model_dump(), "seed": seed}
+    if split != "test":  # the pipeline's split stays out, so its artifacts stay up to date
+        config["split"] = split
+    inputs = {"model": model, "index": index, "data": data}
     # config holds the user sample; "decoder": 2 since beam search leaves masked history items out as it goes
     # (lists kept by the decoder before it are not these)
     key = {"config": config, "inputs": {k: fingerprint(v) for k, v in inputs.items()}, "decoder": 2}
+    old = read_manifest(out)
+    if not force and old is not None and old.get("fingerprint") == config_hash(config, key["inputs"]):
+        return StageResult(out, old, skipped=True)
+    partial = out.parent / f".{out.name}-partial"  # the lists decoded so far: a killed evaluation resumes
+    dump = partial / f"{split}_users.parquet"
+    start, spent = time.time(), partial_seconds(partial, key, split, max(ev.ks))
+    metrics = evaluate_decoding(model, index, data, dec, ev, seed, split, progress, dump, partial, key)
+    if metrics is None:  # not rank 0 of a launch
+        return None
 
     def build(tmp: Path) -> dict:
-        ds = Dataset.load(run_dir / "data")
-        rec = GenerativeRecommender.load(run_dir / "model", run_dir / "index", beams=dec.beams, batch_users=dec.batch_users,
-                                         popularity=ds.item_popularity())
-        users = None
-        if dec.users is not None:
-            users = np.sort(np.random.default_rng(cfg.seed).choice(ds.n_users, size=min(dec.users, ds.n_users), replace=False))
-        ev = Evaluator(ds, ks=tuple(cfg.evaluate.ks), mask_history=cfg.evaluate.mask_history, progress=progress)
-        rec.exclude_history = ev.mask_history  # masked history items take no beam slot
-        alpha, on_valid = pick_pop_alpha(rec, ds, cfg)
-        rec.pop_alpha = alpha
-        res = evaluate_generative(rec, ev, "test", users, tmp / "test_users.parquet", resume_dir=partial, key=key)
-        out = {"test": res.to_dict(), "beams": dec.beams, "users_sampled": dec.users, "mask_history": ev.mask_history,
-               "pop_alpha": alpha,
-               "pop_alpha_valid": on_valid}
-        (tmp / "metrics.json").write_text(json.dumps(out, indent=2, sort_keys=True))
-        return out
+        shutil.copy2(dump, tmp / dump.name)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        return metrics
 
-    spent = partial_seconds(partial, key, "test", max(cfg.evaluate.ks))
-    res = run_stage(run_dir / "evaluate", "evaluate", config, inputs, build, force, spent=spent)
+    res = run_stage(out, "evaluate", config, inputs, build, force=True, spent=spent + time.time() - start)
     shutil.rmtree(partial, ignore_errors=True)
     return res
 
