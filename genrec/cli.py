@@ -309,7 +309,7 @@ def index_build(
 ) -> None:
     """Build an item index (codes, trie-ready item strings, statistics) from a prepared dataset."""
     from genrec.config import apply_overrides
-    from genrec.index.stage import NEEDS_LLM, stage_index
+    from genrec.index.stage import NEEDS_LLM, check_request, stage_index
     from genrec.llm.stages import stage_text
 
     config = apply_overrides({}, set_ or [])
@@ -319,6 +319,7 @@ def index_build(
         config["codebook_size"] = codebook_size
     if no_llm_alignment:
         config["llm_weight"] = 0.0
+    check_request(method, data, embeddings, config)
     # the items' text embeddings beside the index, kept while data and backbone stay the same
     text = stage_text(data, out.parent / f".{out.name}-text", backbone).path if method in NEEDS_LLM else None
     res = stage_index(method, data, out, embeddings, config, text, seed, force=force)

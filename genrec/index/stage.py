@@ -40,6 +40,18 @@ def load_embeddings(path: str | Path, n_items: int) -> np.ndarray:
     return emb.astype(np.float32)
 
 
+def check_request(method: str, data: Path, embeddings: Path | None = None, config: dict | None = None) -> None:
+    """Refuse what the index stage would fail on (the indexer, its settings, the behaviour
+    embeddings) before any work, the text stage's backbone loading before it included."""
+    from genrec.index.registry import make_indexer
+
+    if method in NEEDS_BEHAVIOUR and embeddings is None:
+        raise GenrecError(f"the {method} indexer needs behaviour embeddings: pass --embeddings (a `genrec cf train` output)")
+    make_indexer(method, config)
+    if embeddings is not None:
+        load_embeddings(embeddings, Dataset.load(data).n_items)
+
+
 def stage_index(
     method: str,
     data: Path,
@@ -58,9 +70,7 @@ def stage_index(
     indexes built before the text stage existed (and of everything trained on them)."""
     from genrec.index.registry import make_indexer
 
-    if method in NEEDS_BEHAVIOUR and embeddings is None:
-        raise GenrecError(f"the {method} indexer needs behaviour embeddings: pass --embeddings (a `genrec cf train` output)")
-    make_indexer(method, config)  # validate the settings before any work
+    check_request(method, data, embeddings, config)
     backbone = text_backbone(text, data) if method in NEEDS_LLM else None
     cfg = {"method": method, "config": config or {}, "backbone": backbone, "seed": seed}
     inputs: dict[str, Path] = {"data": data}
