@@ -163,3 +163,11 @@ def test_the_cli_reports_a_broken_config_quickly_without_loading_torch(tmp_path)
     res = subprocess.run([sys.executable, "-c", check, str(ROOT / "configs" / "scientific.yaml")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_baselines_list_names_every_registered_model(cli):
+    from genrec.registry import SPECS
+
+    code, out, err = cli("baselines", "list")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == list(SPECS)

@@ -176,6 +176,8 @@ class TigerModel(NeuralRecommender):
 
 
 class TigerBaseline(NeuralBaseline):
+    """TIGER-style encoder-decoder writing the next item's codes, ranked by constrained beam search."""
+
     model_cls = TigerModel
     config_cls = TigerConfig
     name = "tiger"
