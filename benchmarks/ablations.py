@@ -101,7 +101,7 @@ def seed(run: Path, stages: list[str]) -> None:
 
 #: what a finished variant keeps in git (benchmarks/results/report-scientific/runs/NAME): every file
 #: `genrec report` reads, none of the weights
-LIGHT = ["*/manifest.json", "*/*/manifest.json", "model/log.jsonl", "evaluate/metrics.json", "baselines/*/metrics.json", "run.log"]
+LIGHT = ["*/manifest.json", "*/*/manifest.json", "model/log.jsonl", "evaluate/metrics.json", "baselines/*/metrics.json"]
 
 
 def keep_light(run: Path, dest: Path, max_points: int = 300) -> None:

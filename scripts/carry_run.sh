@@ -1,25 +1,24 @@
 #!/usr/bin/env bash
-# Carry a long run between sessions on machines that keep only the git checkout.
-#   scripts/carry_run.sh save    runs/scientific   # copy cf, index, baselines, a finished LoRA model, its
-#                                                   # evaluation (or the lists of a partial one) and
-#                                                   # checkpoints into carry/
-#   scripts/carry_run.sh restore runs/scientific   # copy them back; `genrec train --config ...` then resumes
-# Stage fingerprints are content hashes of configs and inputs, so restored stages are "up to date"
-# and the checkpoint folder keeps its name. The corpus (tasks) is rebuilt, deterministically.
+# Keep a finished run's small model in git, for machines that keep only the checkout.
+#   scripts/carry_run.sh save    runs/scientific   # its fine-tuned adapter (at most 50 MB: LoRA and the
+#                                                   # code-token rows), the index it decodes with, and the
+#                                                   # evaluation's metrics, into carry/scientific
+#   scripts/carry_run.sh restore runs/scientific   # copy them back; `genrec serve`, `genrec evaluate`
+#                                                   # and the benchmarks' --model then work on it
+# Nothing else is carried: no checkpoints or optimizer states, no baseline or CF weights, no full
+# fine-tune (they stay in runs/; tests/test_hygiene.py fails when git holds them). An unfinished
+# run cannot be carried: budget a long run to end inside one session.
 set -euo pipefail
 what=${1:?save or restore}; run=${2:?run folder, e.g. runs/scientific}
 store="carry/$(basename "$run")"
 case "$what" in
   save)
-    rm -rf "$store.tmp" && mkdir -p "$store.tmp"
-    # data is not carried: it is derived from ../shared/data and rebuilt identically (same fingerprint)
-    for d in cf index baselines evaluate .evaluate-partial; do [ -d "$run/$d" ] && cp -r "$run/$d" "$store.tmp/"; done
-    # a finished fine-tune when it is small (LoRA and the code-token rows), not a fully trained backbone
-    if [ -f "$run/model/manifest.json" ] && [ "$(du -sm "$run/model" | cut -f1)" -le 50 ]; then cp -r "$run/model" "$store.tmp/"; fi
-    # every checkpoint folder of an unfinished stage (fine-tuning, neural baselines), at its relative path
-    (cd "$run" && find . -maxdepth 2 -type d -name '.ckpt-*') | while read -r c; do
-      mkdir -p "$store.tmp/$(dirname "$c")" && cp -r "$run/$c" "$store.tmp/$c"
-    done
+    [ -f "$run/model/manifest.json" ] || { echo "$run/model: no finished fine-tune to carry" >&2; exit 1; }
+    size=$(du -sm --apparent-size --exclude='.ckpt-*' "$run/model" | cut -f1)
+    [ "$size" -le 50 ] || { echo "$run/model: $size MB, more than a small adapter (50 MB); it stays in runs/" >&2; exit 1; }
+    rm -rf "$store.tmp" && mkdir -p "$store.tmp/evaluate"
+    cp -r "$run/model" "$run/index" "$store.tmp/" && rm -rf "$store.tmp"/model/.ckpt-*
+    for f in metrics.json manifest.json; do [ -f "$run/evaluate/$f" ] && cp "$run/evaluate/$f" "$store.tmp/evaluate/"; done
     rm -rf "$store" && mv "$store.tmp" "$store"
     du -sh "$store" ;;
   restore)
