@@ -54,25 +54,25 @@ ALIGN = "index.config"
 
 # name -> (overrides, stages copied from runs/scientific)
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
-    "ours": ([], ["data", "cf", "index"]),
-    "ED": (["index.method=rqvae", "index.config={input: behaviour, levels: 4, codebook_size: 256}"], ["data", "cf"]),
-    "wo-LA": ([f"{ALIGN}.llm_weight=0"], ["data", "cf"]),
-    "neg-1to0": (["tasks.negatives_per_positive=0"], ["data", "cf", "index"]),
-    "neg-1to1": (["tasks.negatives_per_positive=1"], ["data", "cf", "index"]),
-    "neg-1to2": (["tasks.negatives_per_positive=2"], ["data", "cf", "index"]),
-    "neg-1to4": (["tasks.negatives_per_positive=4"], ["data", "cf", "index"]),
-    "neg-1to5": (["tasks.negatives_per_positive=5"], ["data", "cf", "index"]),
-    "L1": ([f"{ALIGN}.levels=1"], ["data", "cf"]),
-    "L2": ([f"{ALIGN}.levels=2"], ["data", "cf"]),
-    "L3": ([f"{ALIGN}.levels=3"], ["data", "cf"]),
-    "L5": ([f"{ALIGN}.levels=5"], ["data", "cf"]),
+    "ours": ([], ["data", "cf", "text", "index"]),
+    "ED": (["index.method=rqvae", "index.config={input: behaviour, levels: 4, codebook_size: 256}"], ["data", "cf", "text"]),
+    "wo-LA": ([f"{ALIGN}.llm_weight=0"], ["data", "cf", "text"]),
+    "neg-1to0": (["tasks.negatives_per_positive=0"], ["data", "cf", "text", "index"]),
+    "neg-1to1": (["tasks.negatives_per_positive=1"], ["data", "cf", "text", "index"]),
+    "neg-1to2": (["tasks.negatives_per_positive=2"], ["data", "cf", "text", "index"]),
+    "neg-1to4": (["tasks.negatives_per_positive=4"], ["data", "cf", "text", "index"]),
+    "neg-1to5": (["tasks.negatives_per_positive=5"], ["data", "cf", "text", "index"]),
+    "L1": ([f"{ALIGN}.levels=1"], ["data", "cf", "text"]),
+    "L2": ([f"{ALIGN}.levels=2"], ["data", "cf", "text"]),
+    "L3": ([f"{ALIGN}.levels=3"], ["data", "cf", "text"]),
+    "L5": ([f"{ALIGN}.levels=5"], ["data", "cf", "text"]),
     # ours again with another training seed (initial weights, batch order): the run-to-run spread
     # the other differences are to be read against
-    "ours-seed1": (["train.seed=1"], ["data", "cf", "index"]),
+    "ours-seed1": (["train.seed=1"], ["data", "cf", "text", "index"]),
     # LC-Rec: RQ-VAE over the LLM text embedding, its tasks (sequential per prefix, item <-> text,
     # queries), no negative sampling
     "LC-Rec-style": (["index.method=rqvae", "index.config={input: llm, levels: 4, codebook_size: 256}",
-                      "tasks.negatives_per_positive=0", "tasks.layout=per_prefix"], ["data", "cf"]),
+                      "tasks.negatives_per_positive=0", "tasks.layout=per_prefix"], ["data", "cf", "text"]),
     # TIGER: an encoder-decoder from scratch on the same codes as ours (runs/scientific/index), trained
     # as a baseline (early stopping on validation NDCG@10, at most 12 epochs)
     "TIGER-style": (["index=null", "baselines=[tiger]",
@@ -175,7 +175,7 @@ def pipeline_walls() -> list[str]:
 
     rows, total = ["| stage | wall time | source |", "|---|---|---|"], 0.0
     ft = ROOT / "benchmarks" / "results" / "finetune-scientific.json"  # per-session step times: finetune_report.py
-    for stage in ("data", "cf/dccf", "index", "tasks", "model", "evaluate"):
+    for stage in ("data", "cf/dccf", "text", "index", "tasks", "model", "evaluate"):
         m = BASE / stage / "manifest.json"
         if m.is_file():
             m = json.loads(m.read_text())

@@ -42,9 +42,10 @@ def read_eval(path: Path) -> dict:
         mask = resolve_mask_history(m["config"].get("evaluate", {}).get("mask_history", False),
                                     Dataset.load(m["inputs"]["data"]["path"]))
     mask = bool(mask)
-    if "test" in raw:  # the pipeline's evaluate stage
+    if "test" in raw:  # the evaluate stage's (genrec run, genrec evaluate --out)
         return {"metrics": raw["test"]["metrics"], "n_users": raw["test"].get("n_users"), "beams": raw.get("beams", 20),
                 "mask_history": mask}
+    # an older `genrec evaluate --out`, before it wrote the stage's artifact
     return {"metrics": raw["metrics"], "n_users": raw["n_users"], "beams": raw.get("beams", 20), "mask_history": mask}
 
 

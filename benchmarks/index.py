@@ -26,7 +26,7 @@ from genrec.data.preprocess import PrepareConfig  # noqa: E402
 from genrec.index.alignment import AlignmentConfig, AlignmentTokenizer  # noqa: E402
 from genrec.index.quality import co_interacted_pairs  # noqa: E402
 from genrec.index.stage import load_embeddings, stage_index  # noqa: E402
-from genrec.llm.backbone import item_llm_embeddings  # noqa: E402
+from genrec.llm.stages import stage_text  # noqa: E402
 from genrec.pipeline import stage_data  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -178,30 +178,30 @@ def main() -> None:
     src = SHARED / "scientific"
     if not src.is_dir():
         sys.exit(f"{src} is absent")
-    from genrec.cf import train_embeddings
+    from genrec.pipeline import train_embeddings
 
     run = args.run_dir / "scientific"
     data = stage_data(src, run / "data", PrepareConfig(), "lcrec").path
     emb = train_embeddings("dccf", data, run / "cf-dccf", dim=32, seed=args.seed).path
-    cache = run / ".cache"
+    text = stage_text(data, run / "text").path
     rows = []
     for label, method, config in VARIANTS:
         if args.only and label not in args.only:
             continue
         needs_emb = method in ("alignment", "rqvae")
         slug = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
-        res = stage_index(method, data, run / "index" / slug, emb if needs_emb else None, config, seed=args.seed, cache_dir=cache)
+        res = stage_index(method, data, run / "index" / slug, emb if needs_emb else None, config, text, seed=args.seed)
         rows.append(row_of(label, method, config, res.manifest["metrics"]))
         print(f"{label:<28} collisions {rows[-1]['collision_rate_before']} -> {rows[-1]['collision_rate_after']} "
               f"({res.manifest['wall_seconds']:.0f}s{' cached' if res.skipped else ''})", flush=True)
     levels = []
     for L in range(1, 6):
-        res = stage_index("alignment", data, run / "index" / f"alignment-L{L}", emb, {"levels": L}, seed=args.seed, cache_dir=cache)
+        res = stage_index("alignment", data, run / "index" / f"alignment-L{L}", emb, {"levels": L}, text, seed=args.seed)
         r = row_of(f"alignment L={L}", "alignment", {"levels": L}, res.manifest["metrics"])
         r["levels_requested"] = L
         levels.append(r)
         print(f"alignment L={L}: collisions {r['collision_rate_before']}", flush=True)
-    llm = item_llm_embeddings(Dataset.load(data).items, "default", cache)
+    llm = load_embeddings(text, Dataset.load(data).n_items)
     cold = cold_start(data, emb, llm, 100, args.seed)
     print(json.dumps(cold), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

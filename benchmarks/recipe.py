@@ -39,7 +39,7 @@ from genrec.evaluate import Evaluator, resolve_mask_history  # noqa: E402
 from genrec.llm.config import DistillConfig  # noqa: E402
 
 COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
-STAGES = ["data", "cf/*", "index", "tasks", "distill", "model", "evaluate"]
+STAGES = ["data", "cf/*", "text", "index", "tasks", "distill", "model", "evaluate"]
 
 
 def tail_ndcg(dump: Path, dataset: Dataset, max_pop: int, k: int = 10) -> tuple[float | None, int]:

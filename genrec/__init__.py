@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from genrec.version import __version__
 
 #: public name -> "module:attribute", imported the first time it is asked for
 _LAZY = {
@@ -21,7 +21,7 @@ _LAZY = {
     "run": "genrec.pipeline:run",
     "load_config": "genrec.config:load_config",
     "Evaluator": "genrec.evaluate:Evaluator",
-    "BASELINES": "genrec.baselines:BASELINES",
+    "BASELINES": "genrec.registry:BASELINES",
     "INDEXERS": "genrec.index.registry:INDEXERS",
 }
 

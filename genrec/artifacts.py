@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import genrec
+from genrec.version import __version__
 
 MANIFEST = "manifest.json"
 _VERSIONED = ("numpy", "pandas", "pyarrow", "torch", "transformers", "peft", "accelerate")
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "genrec": genrec.__version__}
+    out = {"python": platform.python_version(), "genrec": __version__}
     for name in _VERSIONED:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)

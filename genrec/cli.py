@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -146,7 +145,7 @@ def data_stats(
 
     A raw folder is preprocessed in memory first (dedup, k-core), without writing anything.
     """
-    from genrec.pipeline import load_dataset
+    from genrec.data.preprocess import load_dataset
 
     ds = load_dataset(path, format, _prepare_config(kcore, missing_items))
     s = ds.stats()
@@ -209,7 +208,7 @@ def data_download(
 @baselines_app.command("list")
 def baselines_list() -> None:
     """Name every classic baseline."""
-    from genrec.baselines import BASELINES
+    from genrec.registry import BASELINES
 
     for name, cls in BASELINES.items():
         typer.echo(f"{name:<12} {(cls.__doc__ or '').strip().splitlines()[0]}")
@@ -235,8 +234,9 @@ def baselines_run(
 ) -> None:
     """Fit a baseline on the training split and print its metrics on the chosen split."""
     from genrec.config import apply_overrides
+    from genrec.data.preprocess import load_dataset
     from genrec.evaluate import MASK_WORDS, Evaluator
-    from genrec.pipeline import load_dataset, make_baseline
+    from genrec.pipeline import make_baseline
 
     model = make_baseline(name, apply_overrides({}, set_ or []))
     if stage not in ("valid", "test"):
@@ -273,7 +273,7 @@ def cf_train(
     force: Annotated[bool, typer.Option(help="retrain even when up to date")] = False,
 ) -> None:
     """Train a CF model on the training split and write its item embeddings (row i = item i)."""
-    from genrec.cf import train_embeddings
+    from genrec.pipeline import train_embeddings
 
     train = {"epochs": epochs} if epochs is not None else {}
     res = train_embeddings(name, data, out, dim=dim, seed=seed, train=train, force=force,
@@ -309,7 +309,8 @@ def index_build(
 ) -> None:
     """Build an item index (codes, trie-ready item strings, statistics) from a prepared dataset."""
     from genrec.config import apply_overrides
-    from genrec.index.stage import stage_index
+    from genrec.index.stage import NEEDS_LLM, check_request, stage_index
+    from genrec.llm.stages import stage_text
 
     config = apply_overrides({}, set_ or [])
     if levels is not None:
@@ -318,7 +319,10 @@ def index_build(
         config["codebook_size"] = codebook_size
     if no_llm_alignment:
         config["llm_weight"] = 0.0
-    res = stage_index(method, data, out, embeddings, config, backbone, seed, force=force)
+    check_request(method, data, embeddings, config)
+    # the items' text embeddings beside the index, kept while data and backbone stay the same
+    text = stage_text(data, out.parent / f".{out.name}-text", backbone).path if method in NEEDS_LLM else None
+    res = stage_index(method, data, out, embeddings, config, text, seed, force=force)
     typer.echo(_index_summary(out, res.manifest, res.skipped))
 
 
@@ -363,9 +367,10 @@ def index_assign(
     import time
 
     from genrec.index.stage import assign_new_items
+    from genrec.llm.backbone import item_llm_embeddings
 
     t0 = time.perf_counter()
-    rows = assign_new_items(index, new_items)
+    rows = assign_new_items(index, new_items, item_llm_embeddings)
     ms = 1000 * (time.perf_counter() - t0) / len(rows)
     if out is not None:
         tmp = out.with_name(f".{out.name}.tmp")
@@ -524,11 +529,9 @@ def evaluate_cmd(
     """Evaluate a fine-tuned generative model with constrained beam search through the shared evaluator.
 
     Under `accelerate launch` the users are sharded across ranks and rank 0 prints the result."""
-    import numpy as np
-
-    from genrec.data.dataset import Dataset
-    from genrec.decode.recommender import GenerativeRecommender, evaluate_generative
-    from genrec.evaluate import Evaluator
+    from genrec.config import DecodeSection, EvaluateSection
+    from genrec.evaluate import EvalResult
+    from genrec.pipeline import evaluate_decoding, stage_evaluate
 
     if config is not None:
         from genrec.config import load_config
@@ -539,32 +542,22 @@ def evaluate_cmd(
         raise GenrecError("give --config, or --model, --index and --data")
     if stage not in ("valid", "test"):
         raise GenrecError(f"--stage {stage!r}: expected valid or test")
-    ds = Dataset.load(data)
-    rec = GenerativeRecommender.load(model, index, beams=beams, batch_users=batch_users)
-    chosen = None
-    if users is not None:
-        chosen = np.sort(np.random.default_rng(seed).choice(ds.n_users, size=min(users, ds.n_users), replace=False))
-    ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=True)
-    rec.exclude_history = ev.mask_history  # masked history items take no beam slot
-    dump, partial, key = None, None, None
+    dec = _validated(DecodeSection, {"beams": beams, "batch_users": batch_users, "users": users}, "decode")
+    ev = EvaluateSection()
+    # the seed only draws the user sample: without one, any --seed names the same evaluation
+    sample_seed = seed if users is not None else 0
     if out is not None:
-        from genrec.artifacts import fingerprint
-
-        out.mkdir(parents=True, exist_ok=True)
-        dump = out / f"{stage}_users.parquet"
-        partial = out / f".partial-{stage}"  # the lists decoded so far: rerun the same command to resume
-        key = {"model": fingerprint(model), "index": fingerprint(index), "data": fingerprint(data), "beams": beams,
-               "users": users, "seed": seed if users is not None else None,  # the seed only draws the user sample
-               "exclude_history": ev.mask_history}
-    res = evaluate_generative(rec, ev, stage, chosen, dump, resume_dir=partial, key=key)
-    if res is None:  # not rank 0 of a launch
+        res = stage_evaluate(model, index, data, out, dec, ev, sample_seed, stage)
+        metrics = None if res is None else res.manifest["metrics"]
+    else:
+        metrics = evaluate_decoding(model, index, data, dec, ev, sample_seed, stage)
+    if metrics is None:  # not rank 0 of a launch
         return
-    result = {**res.to_dict(), "beams": beams, "users_sampled": users, "seed": seed, "model": str(model),
-              "mask_history": ev.mask_history}
-    if out is not None:
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        shutil.rmtree(partial, ignore_errors=True)
-    typer.echo(json.dumps(result, indent=2) if as_json else res.table())
+    if as_json:
+        typer.echo(json.dumps({**metrics[stage], "beams": beams, "users_sampled": users, "seed": seed, "model": str(model),
+                               "mask_history": metrics["mask_history"]}, indent=2))
+    else:
+        typer.echo(EvalResult(**metrics[stage]).table())
 
 
 @app.command("rerank")

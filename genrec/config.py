@@ -14,15 +14,15 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from genrec.baselines import SPECS as BASELINE_SPECS
-from genrec.baselines.configs import TrainConfig
-from genrec.cf.embeddings import EMBEDDING_MODELS
 from genrec.data.preprocess import PrepareConfig
 from genrec.data.synth import SynthConfig
 from genrec.errors import DataError, GenrecError
 from genrec.index.configs import CONFIGS as INDEX_CONFIGS
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.tasks import TaskConfig
+from genrec.registry import EMBEDDING_MODELS
+from genrec.registry import SPECS as BASELINE_SPECS
+from genrec.training.config import TrainConfig
 
 
 class DataSection(BaseModel):
@@ -52,10 +52,10 @@ class CFSection(BaseModel):
 
     model: str = Field("dccf", description="dccf, lightgcn or sasrec")
     dim: int = Field(32, ge=1)
-    train: dict[str, Any] = Field(default_factory=dict, description="trainer settings (genrec.baselines.configs."
+    train: dict[str, Any] = Field(default_factory=dict, description="trainer settings (genrec.training.config."
                                                                     "TrainConfig), e.g. {epochs: 50}")
     config: dict[str, Any] = Field(default_factory=dict, description="model settings (the model's baseline's, see "
-                                                                     "genrec.baselines.SPECS); dim comes from dim")
+                                                                     "genrec.registry.SPECS); dim comes from dim")
 
 
 class IndexSection(BaseModel):
@@ -108,7 +108,7 @@ class RunConfig(BaseModel):
     baselines: list[str] = Field(default_factory=lambda: ["pop"])
     baseline_params: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
-        description="per baseline: {'config': model settings, 'train': trainer settings} (genrec.baselines.SPECS)",
+        description="per baseline: {'config': model settings, 'train': trainer settings} (genrec.registry.SPECS)",
     )
 
     backbone: str = Field("default", description="LLM for item text, tasks and fine-tuning: default, a folder, a .gguf or a hub id")

@@ -176,12 +176,12 @@ def test_the_readme_python_snippet_runs(trained, tmp_path, capsys):
 
 def test_the_package_exports_resolve_and_import_genrec_stays_cheap():
     import genrec
-    from genrec.baselines import SPECS
     from genrec.config import load_config
     from genrec.decode.recommender import GenerativeRecommender
     from genrec.evaluate import Evaluator
     from genrec.index.registry import INDEXERS
     from genrec.pipeline import run
+    from genrec.registry import SPECS
 
     assert genrec.GenerativeRecommender is GenerativeRecommender and genrec.run is run
     assert genrec.load_config is load_config and genrec.Evaluator is Evaluator and genrec.INDEXERS is INDEXERS

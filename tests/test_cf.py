@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from genrec.baselines.trainer import TrainConfig, fit
 from genrec.cf.dccf import DCCF, DCCFBaseline, DCCFConfig
 from genrec.cf.graph import BipartiteGraph, BPRSampler, normalized_adjacency, training_pairs
 from genrec.cf.lightgcn import LightGCN, LightGCNBaseline, LightGCNConfig
 from genrec.data.dataset import Dataset
+from genrec.training.config import TrainConfig
+from genrec.training.trainer import fit
 
 QUIET = {"progress": False}
 
@@ -194,7 +195,7 @@ def test_cf_train_command_writes_embeddings_and_skips_rerun(cli, grouped, tmp_pa
 
 
 def test_cf_train_sasrec_embeddings(grouped, tmp_path):
-    from genrec.cf import train_embeddings
+    from genrec.pipeline import train_embeddings
 
     data = tmp_path / "data"
     grouped.save(data)
@@ -205,7 +206,7 @@ def test_cf_train_sasrec_embeddings(grouped, tmp_path):
 
 @pytest.mark.parametrize("model", ["lightgcn", "dccf"])
 def test_a_killed_cf_stage_resumes_to_the_uninterrupted_embeddings(grouped, tmp_path, model):
-    from genrec.cf import train_embeddings
+    from genrec.pipeline import train_embeddings
 
     data = tmp_path / "data"
     grouped.save(data)

@@ -134,10 +134,9 @@ def test_overrides_are_checked_too(tmp_path):
 
 def test_the_settings_registries_match_the_classes():
     """The torch-free registries the checks read name the settings the classes are built with."""
-    from genrec.baselines import BASELINES, SPECS
-    from genrec.cf.embeddings import EMBEDDING_MODELS
     from genrec.index.configs import CONFIGS
     from genrec.index.registry import INDEXERS
+    from genrec.registry import BASELINES, EMBEDDING_MODELS, SPECS
 
     assert list(BASELINES) == list(SPECS)
     for name, spec in SPECS.items():
@@ -164,3 +163,11 @@ def test_the_cli_reports_a_broken_config_quickly_without_loading_torch(tmp_path)
     res = subprocess.run([sys.executable, "-c", check, str(ROOT / "configs" / "scientific.yaml")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_baselines_list_names_every_registered_model(cli):
+    from genrec.registry import SPECS
+
+    code, out, err = cli("baselines", "list")
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines()] == list(SPECS)

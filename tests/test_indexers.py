@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from genrec.data.dataset import Dataset
-from genrec.data.preprocess import PrepareConfig
+from genrec.data.preprocess import PrepareConfig, load_dataset
 from genrec.data.synth import SynthConfig, write
 from genrec.errors import GenrecError
 from genrec.index import collaborative
@@ -30,7 +30,6 @@ from genrec.index.registry import CONFIGS, INDEXERS, make_indexer
 from genrec.index.rqvae import RQVAEConfig, RQVAEIndexer
 from genrec.index.trie import Trie
 from genrec.index.trivial import END_TOKEN, TIDIndexer
-from genrec.pipeline import load_dataset
 
 #: Small settings so every method builds in about a second on one thread.
 SMALL: dict[str, dict] = {

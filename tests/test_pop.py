@@ -51,8 +51,7 @@ def test_pop_table_output_and_save_load(cli, tiny, tmp_path):
     code, out, err = cli("baselines", "run", "pop", "--data", tiny, "--kcore", "0")
     assert code == 0, err
     assert "HR" in out and "NDCG" in out and "@10" in out and "coverage" in out
-    from genrec.data.preprocess import PrepareConfig
-    from genrec.pipeline import load_dataset
+    from genrec.data.preprocess import PrepareConfig, load_dataset
 
     ds = load_dataset(tiny, prepare=PrepareConfig(kcore=0))
     model = Pop()

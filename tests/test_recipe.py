@@ -80,7 +80,7 @@ def test_recipe_benchmark_smoke_run_reads_the_run_into_a_row(recipe_run, tmp_pat
         assert field in row, field
     test = json.loads((recipe_run / "evaluate" / "metrics.json").read_text())["test"]["metrics"]
     assert row["NDCG@10"] == pytest.approx(test["NDCG@10"], abs=1e-4) and row["chosen"] is True and row["mask_history"] is True
-    stages = [recipe_run / s for s in ("data", "cf/lightgcn", "index", "tasks", "baselines/sasrec-ce", "distill", "model",
+    stages = [recipe_run / s for s in ("data", "cf/lightgcn", "text", "index", "tasks", "baselines/sasrec-ce", "distill", "model",
                                        "evaluate")]
     total = sum(json.loads((s / "manifest.json").read_text())["wall_seconds"] for s in stages)
     assert row["pipeline_seconds"] == pytest.approx(total, abs=0.2)

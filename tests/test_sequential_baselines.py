@@ -220,7 +220,7 @@ def test_fmlp_trains_on_every_prefix(dataset):
 
 
 def test_registered():
-    from genrec.baselines import BASELINES as registry
+    from genrec.registry import BASELINES as registry
 
     for name, cls in BASELINES.items():
         assert registry[name] is cls

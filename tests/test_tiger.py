@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.baselines import BASELINES
-from genrec.baselines.tiger import BOS, TigerBaseline, code_tokens
+from genrec.decode.tiger import BOS, TigerBaseline, code_tokens
 from genrec.evaluate import Evaluator
 from genrec.index.base import ItemIndex
+from genrec.registry import BASELINES
 from tests.test_sequential_baselines import N_ITEMS, N_USERS, cycle_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

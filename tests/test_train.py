@@ -348,18 +348,20 @@ def test_evaluate_a_trained_model_through_the_shared_evaluator(setup, tiny_backb
                       "--beams", "5", "--json", "--out", tmp_path / "eval2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     kept = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
-    assert kept["metrics"] == pytest.approx(result["metrics"], abs=1e-9)
-    assert not (tmp_path / "eval2" / ".partial-test").exists()
+    assert kept["test"]["metrics"] == pytest.approx(result["metrics"], abs=1e-9)
+    assert not (tmp_path / ".eval2-partial").exists()
 
     # a rerun takes the lists a killed `--out` run kept whatever its --seed (which only draws a user
     # sample): kept lists that put every user's test item first must give HR@1 = 1
     from genrec.artifacts import fingerprint
+    from genrec.config import DecodeSection, EvaluateSection
     from genrec.decode.recommender import _partial_key, partial_append, partial_open
 
     split = ds.eval_split("test")
-    key = {"model": fingerprint(tmp_path / "m"), "index": fingerprint(root / "index"), "data": fingerprint(root / "data"),
-           "beams": 5, "users": None, "seed": None, "exclude_history": not ds.has_repeats()}
-    folder = tmp_path / "eval3" / ".partial-test"
+    key = {"config": {"decode": DecodeSection(beams=5).model_dump(), "evaluate": EvaluateSection().model_dump(), "seed": 0},
+           "inputs": {"model": fingerprint(tmp_path / "m"), "index": fingerprint(root / "index"),
+                      "data": fingerprint(root / "data")}, "decoder": 2}
+    folder = tmp_path / ".eval3-partial"
     partial_open(folder, _partial_key(key, "test", 20))
     users = [u for u in range(ds.n_users) if split.targets[u] >= 0]
     partial_append(folder, 0, [(u, [int(split.targets[u])]) for u in users], 1.0)

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from genrec.baselines.configs import BERT4RecConfig
-from genrec.baselines.sequential import SequentialRecommender, left_pad, shuffled_rows
-from genrec.baselines.trainer import NeuralBaseline
+from genrec.baselines.sequential import SequentialRecommender, left_pad
 from genrec.data.dataset import Dataset
+from genrec.training.trainer import NeuralBaseline, shuffled_rows
 
 
 class Block(nn.Module):

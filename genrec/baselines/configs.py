@@ -1,5 +1,5 @@
-"""The classic baselines' settings: the shared trainer's (:class:`TrainConfig`) and each model's,
-pydantic models that reject unknown keys (DCCF's and LightGCN's are in :mod:`genrec.cf.configs`).
+"""The classic baselines' settings, pydantic models that reject unknown keys (the shared trainer's
+are :class:`genrec.training.config.TrainConfig`, DCCF's and LightGCN's are in :mod:`genrec.cf.configs`).
 
 They live apart from the models (which import torch) so that a run config's ``baselines``,
 ``baseline_params``, ``cf`` and ``train.distill`` sections are checked in a fraction of a
@@ -8,31 +8,7 @@ second, before any stage runs (:func:`genrec.config.load_config`).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings shared by every neural baseline."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    patience: int = Field(10, ge=1, description="epochs without a better validation NDCG@10 before stopping")
-    eval_every: int = Field(1, ge=1)
-    metric: str = "NDCG@10"
-    mask_history: bool | Literal["auto"] = Field("auto", description="the validation ranking early stopping reads: "
-                                                                      "as the evaluator's setting of that name")
-    seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-    eval_batch_size: int = Field(1024, ge=1)
-    grad_clip: float | None = Field(5.0, description="max gradient norm; None: off")
-    progress: bool = True
 
 
 class SequentialConfig(BaseModel):
@@ -81,19 +57,3 @@ class FMLPConfig(SequentialConfig):
     dim: int = 64  # the paper's embedding size
     layers: int = Field(2, ge=1)  # the paper's two filter-enhanced blocks
     dropout: float = 0.5
-
-
-class TigerConfig(BaseModel):
-    """:mod:`genrec.baselines.tiger`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    index: str = Field(..., description="folder of a code-based item index (e.g. runs/scientific/index)")
-    max_len: int = Field(20, ge=1, description="history items the encoder reads")
-    dim: int = Field(128, ge=8)
-    heads: int = Field(4, ge=1)
-    layers: int = Field(2, ge=1, description="encoder and decoder layers each")
-    ff: int = Field(512, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    beams: int = Field(20, ge=1)
-    batch_users: int = Field(64, ge=1, description="users per beam-search batch")

@@ -28,8 +28,8 @@ from torch import nn
 
 from genrec.baselines.configs import FMLPConfig
 from genrec.baselines.sequential import SequentialRecommender
-from genrec.baselines.trainer import NeuralBaseline
 from genrec.data.dataset import Dataset
+from genrec.training.trainer import NeuralBaseline
 
 
 class FilterBlock(nn.Module):

@@ -24,7 +24,7 @@ from torch import nn
 
 from genrec.baselines.configs import GRU4RecConfig
 from genrec.baselines.sequential import SequentialRecommender
-from genrec.baselines.trainer import NeuralBaseline
+from genrec.training.trainer import NeuralBaseline
 
 
 class GRU4Rec(SequentialRecommender):

@@ -21,7 +21,7 @@ from torch import nn
 
 from genrec.baselines.configs import SASRecConfig
 from genrec.baselines.sequential import SequentialRecommender
-from genrec.baselines.trainer import NeuralBaseline
+from genrec.training.trainer import NeuralBaseline
 
 
 class Block(nn.Module):

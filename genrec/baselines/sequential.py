@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from genrec.baselines.configs import SequentialConfig
-from genrec.baselines.trainer import NeuralRecommender
 from genrec.data.dataset import Dataset
+from genrec.training.trainer import NeuralRecommender, shuffled_rows
 
 
 def left_pad(seqs: list[np.ndarray], length: int, shift: int = 1) -> np.ndarray:
@@ -25,13 +25,6 @@ def left_pad(seqs: list[np.ndarray], length: int, shift: int = 1) -> np.ndarray:
         if len(s):
             out[r, length - len(s) :] = s + shift
     return out
-
-
-def shuffled_rows(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """The rows of ``rows`` in a fresh random order, ``batch_size`` at a time."""
-    order = rng.permutation(len(rows))
-    for start in range(0, len(order), batch_size):
-        yield rows[order[start : start + batch_size]]
 
 
 def training_windows(dataset: Dataset, max_len: int) -> np.ndarray:

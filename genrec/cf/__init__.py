@@ -1,16 +1,23 @@
-"""Collaborative-filtering models on the user-item graph (LightGCN, DCCF) and the behaviour
-item-embedding artifact the item tokenizer quantizes (:func:`train_embeddings`).
+"""Collaborative-filtering models on the user-item graph (LightGCN, DCCF).
 
-The graph helpers (and torch) are imported on first use, so the models' settings
-(:mod:`genrec.cf.configs`) are read without them.
+``SPECS`` and the models' settings (:mod:`genrec.cf.configs`) need only pydantic; the graph helpers
+and the models (and torch) are imported on first use. Their item representations are one source of
+the behaviour embeddings the item tokenizer quantizes (the cf stage, :func:`genrec.pipeline.train_embeddings`).
 """
 
 from __future__ import annotations
 
-from genrec.cf.embeddings import EMBEDDING_MODELS, train_embeddings
+from genrec.cf.configs import DCCFConfig, LightGCNConfig
+from genrec.training.config import Spec
 
-__all__ = ["EMBEDDING_MODELS", "BPRSampler", "normalized_adjacency", "train_embeddings", "training_pairs"]
+__all__ = ["SPECS", "BPRSampler", "normalized_adjacency", "training_pairs"]
 _GRAPH = ("BPRSampler", "normalized_adjacency", "training_pairs")
+
+#: name -> :class:`~genrec.training.config.Spec`, with the interface of :data:`genrec.baselines.SPECS`
+SPECS: dict[str, Spec] = {
+    "lightgcn": Spec("genrec.cf.lightgcn:LightGCNBaseline", LightGCNConfig),
+    "dccf": Spec("genrec.cf.dccf:DCCFBaseline", DCCFConfig),
+}
 
 
 def __getattr__(name: str) -> object:

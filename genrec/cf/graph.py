@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from genrec.baselines.trainer import NeuralBaseline, NeuralRecommender
 from genrec.data.dataset import Dataset
+from genrec.training.trainer import NeuralBaseline, NeuralRecommender
 
 
 def training_pairs(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:

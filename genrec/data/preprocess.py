@@ -7,6 +7,7 @@ interactions chronologically (file order breaks ties), drop repeated user-item p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from genrec.data.dataset import LONG_USER_THRESHOLD, Dataset
+from genrec.data.loaders import load_raw
 from genrec.data.raw import TEXT_FIELDS, RawData
 from genrec.errors import DataError
 
@@ -149,3 +151,10 @@ def preprocess(raw: RawData, cfg: PrepareConfig | None = None) -> Dataset:
         "raw_interactions": int(len(raw.interactions)),
     }
     return Dataset(items, user_ids, out, meta)
+
+
+def load_dataset(path: str | Path, format: str | None = None, prepare: PrepareConfig | None = None) -> Dataset:
+    """A prepared dataset folder, or a raw folder prepared in memory with ``prepare``."""
+    if Dataset.is_prepared(path):
+        return Dataset.load(path)
+    return preprocess(load_raw(path, format), prepare or PrepareConfig())

@@ -32,8 +32,11 @@ def load_scorer(folder: str | Path):
     """A fitted classic model saved by a baseline stage (``runs/X/baselines/NAME/model``)."""
     import json
 
-    from genrec.baselines import BASELINES, Pop
+    from genrec.baselines import SPECS as CLASSIC
+    from genrec.baselines import Pop
+    from genrec.cf import SPECS as GRAPH
 
+    scorers = {**CLASSIC, **GRAPH}  # TIGER ranks by decoding, it scores no items
     folder = Path(folder)
     if (folder / "pop.json").is_file():
         return Pop.load(folder)
@@ -42,10 +45,9 @@ def load_scorer(folder: str | Path):
         raise DataError(folder, None, "a baseline's saved model (model.json and model.safetensors, or pop.json), "
                                       "e.g. runs/scientific/baselines/sasrec-ce/model")
     name = json.loads(meta.read_text()).get("name")
-    if name not in BASELINES or name == "tiger":  # TIGER-style ranks by decoding, it scores no items
-        raise DataError(meta, None, f"a model that scores every item (one of {', '.join(n for n in BASELINES if n != 'tiger')}); "
-                                    f"found {name!r}")
-    return BASELINES[name].load(folder)
+    if name not in scorers:
+        raise DataError(meta, None, f"a model that scores every item (one of {', '.join(scorers)}); found {name!r}")
+    return scorers[name].load().load(folder)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

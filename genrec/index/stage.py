@@ -1,5 +1,8 @@
-"""The index stage: dataset + behaviour embeddings (+ LLM embeddings) -> ItemIndex artifact,
-and assigning codes to new items from a built index without retraining."""
+"""The index stage: dataset + behaviour embeddings (+ the items' text embeddings) -> ItemIndex
+artifact, and assigning codes to new items from a built index without retraining.
+
+The LLM sits above the index, so its work comes in as data: the text stage's folder
+(:func:`genrec.llm.stages.stage_text`), and for new items a function that embeds their text."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genrec.artifacts import StageResult, read_manifest, run_stage
+from genrec.artifacts import StageResult, fingerprint, read_manifest, run_stage
 from genrec.data.dataset import Dataset
 from genrec.errors import DataError, GenrecError
 from genrec.index.base import ItemIndex, codes_to_strings
@@ -37,25 +40,39 @@ def load_embeddings(path: str | Path, n_items: int) -> np.ndarray:
     return emb.astype(np.float32)
 
 
+def check_request(method: str, data: Path, embeddings: Path | None = None, config: dict | None = None) -> None:
+    """Refuse what the index stage would fail on (the indexer, its settings, the behaviour
+    embeddings) before any work, the text stage's backbone loading before it included."""
+    from genrec.index.registry import make_indexer
+
+    if method in NEEDS_BEHAVIOUR and embeddings is None:
+        raise GenrecError(f"the {method} indexer needs behaviour embeddings: pass --embeddings (a `genrec cf train` output)")
+    make_indexer(method, config)
+    if embeddings is not None:
+        load_embeddings(embeddings, Dataset.load(data).n_items)
+
+
 def stage_index(
     method: str,
     data: Path,
     out: Path,
     embeddings: Path | None = None,
     config: dict | None = None,
-    backbone: str | None = "default",
+    text: Path | None = None,
     seed: int = 0,
-    cache_dir: Path | None = None,
     force: bool = False,
 ) -> StageResult:
-    """Build an item index with ``method`` and write it, with its quality statistics, to ``out``."""
-    from genrec.index.registry import make_indexer
-    from genrec.llm.backbone import item_llm_embeddings
+    """Build an item index with ``method`` and write it, with its quality statistics, to ``out``.
 
-    if method in NEEDS_BEHAVIOUR and embeddings is None:
-        raise GenrecError(f"the {method} indexer needs behaviour embeddings: pass --embeddings (a `genrec cf train` output)")
-    make_indexer(method, config)  # validate the settings before any work
-    cfg = {"method": method, "config": config or {}, "backbone": backbone if method in NEEDS_LLM else None, "seed": seed}
+    ``text``: the text stage's folder for the indexers that read the items' LLM embeddings
+    (``NEEDS_LLM``). It is checked against ``data``, and its backbone goes into this stage's config
+    in its place: the embeddings are a function of the two, and the fingerprint stays the one of
+    indexes built before the text stage existed (and of everything trained on them)."""
+    from genrec.index.registry import make_indexer
+
+    check_request(method, data, embeddings, config)
+    backbone = text_backbone(text, data) if method in NEEDS_LLM else None
+    cfg = {"method": method, "config": config or {}, "backbone": backbone, "seed": seed}
     inputs: dict[str, Path] = {"data": data}
     if embeddings is not None:
         inputs["embeddings"] = embeddings
@@ -64,8 +81,8 @@ def stage_index(
         ds = Dataset.load(data)
         behaviour = load_embeddings(embeddings, ds.n_items) if embeddings is not None else None
         llm = None
-        if method in NEEDS_LLM and (ds.items["title"].str.len() > 0).any():
-            llm = item_llm_embeddings(ds.items, backbone, cache_dir or out.parent / ".cache")
+        if backbone is not None and (text / EMBEDDINGS_FILE).is_file():
+            llm = load_embeddings(text, ds.n_items)
         indexer = make_indexer(method, {**(config or {})})
         t0 = time.time()
         index = indexer.build(IndexInputs(ds, behaviour, llm, seed))
@@ -77,6 +94,17 @@ def stage_index(
         return index.stats
 
     return run_stage(out, f"index:{method}", cfg, inputs, build, force)
+
+
+def text_backbone(text: Path | None, data: Path) -> str:
+    """The backbone of the text stage's folder ``text``, after checking it embeds ``data``'s items."""
+    made = read_manifest(text) if text is not None else None
+    if made is None or made.get("stage") != "text":
+        raise GenrecError(f"the index needs the items' text embeddings: {text} is no text stage folder "
+                          "(genrec.llm.stages.stage_text)")
+    if made["inputs"]["data"]["fingerprint"] != fingerprint(data):
+        raise DataError(text, None, f"text embeddings of another dataset than {data}: rebuild them")
+    return made["config"]["backbone"]
 
 
 def read_new_items(path: Path) -> list[dict]:
@@ -159,16 +187,17 @@ def encode_new_item(indexer, row: dict, pos: dict[str, int], taken: set[tuple[in
     return tuple(int(c) for c in codes[0]), source
 
 
-def assign_new_items(index_dir: Path, new_items: Path, backbone: str | None = None) -> list[dict]:
+def assign_new_items(index_dir: Path, new_items: Path,
+                     embed_text: Callable[[pd.DataFrame, str | None], np.ndarray]) -> list[dict]:
     """Codes for new items from a built index's codebooks, without retraining; returns one dict per
     item (item_id, codes, item_string, source). Items are encoded in file order, each unique
-    against the catalogue and the items before it."""
-    from genrec.llm.backbone import item_llm_embeddings
-
+    against the catalogue and the items before it. ``embed_text(items, backbone)``: the LLM
+    embeddings of a title/description frame with the index's backbone
+    (:func:`genrec.llm.backbone.item_llm_embeddings`)."""
     indexer, manifest = load_indexer(index_dir)
     index = ItemIndex.load(index_dir)
-    backbone = backbone or manifest["config"].get("backbone")
-    embed = lambda items: item_llm_embeddings(items, backbone)  # noqa: E731
+    backbone = manifest["config"].get("backbone")
+    embed = lambda items: embed_text(items, backbone)  # noqa: E731
     ids = json.loads((index_dir / "item_ids.json").read_text())
     pos = {i: k for k, i in enumerate(ids)}
     taken = {tuple(r) for r in index.codes.tolist()}

@@ -12,7 +12,6 @@ token.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,22 +197,10 @@ def mean_input_embeddings(texts: list[str], tokenizer, embedding: torch.Tensor, 
     return out
 
 
-def item_llm_embeddings(items, backbone: str | None = None, cache_dir: str | Path | None = None,
-                        max_tokens: int = 256) -> np.ndarray:
-    """Items' LLM embeddings (mean input-layer embedding over title and description), cached on disk
-    by backbone and text so a rebuild costs nothing."""
-    texts = item_texts(items)
-    label = backbone if random_spec(backbone) else resolve(backbone).label
-    key = hashlib.sha256(("\x00".join([label, str(max_tokens), *texts])).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"llm_emb-{key}.npy" if cache_dir else None
-    if cache is not None and cache.is_file():
-        return np.load(cache, allow_pickle=False)
+def item_llm_embeddings(items, backbone: str | None = None, max_tokens: int = 256) -> np.ndarray:
+    """Items' LLM embeddings (mean input-layer embedding over title and description). The text stage
+    (:func:`genrec.llm.stages.stage_text`) keeps a catalogue's as an artifact."""
     model, tok = load_backbone(backbone, device="cpu", dtype="fp32")
-    emb = mean_input_embeddings(texts, tok, model.get_input_embeddings().weight, max_tokens)
+    emb = mean_input_embeddings(item_texts(items), tok, model.get_input_embeddings().weight, max_tokens)
     del model
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(cache)
     return emb

@@ -14,7 +14,7 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher: str = Field("sasrec-ce", description="a baseline (genrec.baselines), fitted on the run's training split by "
+    teacher: str = Field("sasrec-ce", description="a baseline (genrec.registry), fitted on the run's training split by "
                                                   "the baseline stage; its settings: the run's baseline_params")
     weight: float = Field(0.5, gt=0, le=1, description="the loss is (1 - weight) x the target's NLL + weight x the "
                                                        "cross-entropy against the teacher's distribution")

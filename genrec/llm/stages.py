@@ -1,15 +1,40 @@
-"""The tasks and train stages: (dataset, index) -> token corpus -> fine-tuned model."""
+"""The LLM's stages: dataset -> the items' text embeddings (for the index stage, below); (dataset,
+index) -> token corpus -> fine-tuned model."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from genrec.artifacts import StageResult, config_hash, fingerprint, read_manifest, run_stage
 from genrec.errors import GenrecError
 from genrec.llm.config import LLMTrainConfig
 from genrec.llm.corpus import build_corpus, load_corpus, load_item_tokens, save_corpus
 from genrec.llm.tasks import TaskConfig
+
+
+def stage_text(data: Path, out: Path, backbone: str = "default", force: bool = False) -> StageResult:
+    """The items' LLM embeddings (:func:`genrec.llm.backbone.item_llm_embeddings`) as an artifact the
+    index stage reads: ``item_embeddings.npy`` (float32 [n_items, hidden], row i is item_idx i), left
+    out when no item has a title (the indexers then go without text). A stage of its own because the
+    index sits below the LLM; its config names the backbone as given, which the index stage copies
+    into its own config."""
+    from genrec.data.dataset import Dataset
+    from genrec.index.stage import EMBEDDINGS_FILE
+
+    def build(tmp: Path) -> dict:
+        ds = Dataset.load(data)
+        if not (ds.items["title"].str.len() > 0).any():
+            return {"n_items": ds.n_items, "dim": None}
+        from genrec.llm.backbone import item_llm_embeddings
+
+        emb = item_llm_embeddings(ds.items, backbone)
+        np.save(tmp / EMBEDDINGS_FILE, emb)
+        return {"n_items": ds.n_items, "dim": int(emb.shape[1])}
+
+    return run_stage(out, "text", {"backbone": backbone}, {"data": data}, build, force)
 
 
 def stage_tasks(
@@ -37,34 +62,6 @@ def stage_tasks(
     return run_stage(out, "tasks", config, {"data": data, "index": index}, build, force)
 
 
-def stage_distill(corpus: Path, teacher: Path, data: Path, out: Path, cfg, mask_history: bool | str = "auto",
-                  force: bool = False) -> StageResult:
-    """The teacher's soft targets for the corpus's sequential code targets (see :mod:`genrec.llm.distill`);
-    ``teacher`` is a fitted baseline's folder (the baseline stage's ``model``), ``cfg`` a DistillConfig."""
-    from genrec.baselines import BASELINES
-    from genrec.data.dataset import Dataset
-    from genrec.evaluate import resolve_mask_history
-    from genrec.llm.distill import save_targets, soft_targets
-
-    if cfg.teacher not in BASELINES:
-        raise GenrecError(f"distill.teacher {cfg.teacher!r}: expected one of {', '.join(BASELINES)}")
-    config = {"teacher": cfg.teacher, "temperature": cfg.temperature, "mask_history": mask_history}
-
-    def build(tmp: Path) -> dict:
-        train, _, meta = load_corpus(corpus)
-        items = load_item_tokens(corpus)
-        if items is None or meta.get("new_token_ids") is None:
-            raise GenrecError(f"{corpus}: a corpus without its items' tokens; rebuild it with `genrec tasks build`")
-        n_old = int(meta["new_token_ids"][0])
-        masked = resolve_mask_history(mask_history, Dataset.load(data))
-        model = BASELINES[cfg.teacher].load(teacher)
-        rows, probs = soft_targets(train, items, n_old, int(meta["new_tokens"]), model, cfg.temperature, masked)
-        save_targets(tmp, rows, probs)
-        return {"targets": int(len(probs)), "tokens_with_targets": int((rows >= 0).sum()), "mask_history": masked}
-
-    return run_stage(out, "distill", config, {"corpus": corpus, "teacher": teacher, "data": data}, build, force)
-
-
 def task_fingerprint(cfg: TaskConfig) -> dict:
     """The task settings that name a corpus. Settings at their defaults stay out, so adding a
     setting later does not orphan existing artifacts and checkpoints; ``long_histories`` arrived
@@ -82,8 +79,6 @@ def task_fingerprint(cfg: TaskConfig) -> dict:
 
 
 def _per_user(corpus) -> dict:
-    import numpy as np
-
     users = corpus.user[corpus.user >= 0]
     if not len(users):
         return {}

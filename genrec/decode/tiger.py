@@ -9,7 +9,9 @@ LLM (:func:`genrec.decode.beam.beam_search`), so only real items come out; the e
 per user and its output is shared by the user's beams.
 
 The index is given by folder (``index``); its code tuples are stored with the model, so a saved
-model decodes with the codes it was trained on.
+model decodes with the codes it was trained on. It is trained like a baseline (the shared trainer)
+and selected by the baseline name ``tiger`` (:mod:`genrec.registry`), but it lives with the decoders
+because it ranks by decoding.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from genrec.baselines.configs import TigerConfig
-from genrec.baselines.sequential import shuffled_rows
-from genrec.baselines.trainer import NeuralBaseline, NeuralRecommender
 from genrec.data.dataset import Dataset
+from genrec.decode.configs import TigerConfig
 from genrec.errors import GenrecError
+from genrec.training.trainer import NeuralBaseline, NeuralRecommender, shuffled_rows
 
 PAD, BOS = 0, 1
 
@@ -175,6 +176,8 @@ class TigerModel(NeuralRecommender):
 
 
 class TigerBaseline(NeuralBaseline):
+    """TIGER-style encoder-decoder writing the next item's codes, ranked by constrained beam search."""
+
     model_cls = TigerModel
     config_cls = TigerConfig
     name = "tiger"

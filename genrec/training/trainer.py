@@ -24,11 +24,11 @@ from pydantic import BaseModel
 from torch import nn
 from tqdm import tqdm
 
-from genrec.baselines.configs import TrainConfig
 from genrec.data.dataset import Dataset
 from genrec.device import pick_device
 from genrec.evaluate import Evaluator
 from genrec.safefiles import load_tensors, load_weights_only, save_tensors
+from genrec.training.config import TrainConfig
 
 #: a saved baseline's weights (beside model.json); older versions wrote model.pt (torch.save), read weights-only
 WEIGHTS_FILE, OLD_WEIGHTS_FILE = "model.safetensors", "model.pt"
@@ -84,6 +84,13 @@ class NeuralRecommender(nn.Module):
             out = self.scores(histories, users)
         self.train(was_training)
         return out.float().cpu().numpy()
+
+
+def shuffled_rows(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The rows of ``rows`` in a fresh random order, ``batch_size`` at a time."""
+    order = rng.permutation(len(rows))
+    for start in range(0, len(order), batch_size):
+        yield rows[order[start : start + batch_size]]
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
