@@ -54,6 +54,19 @@ def _prepare_config(kcore: int, missing_items: str, dedup: bool = True):
 
 
 # -- run ------------------------------------------------------------------------------
+def _fit_summary(m: dict) -> str:
+    """A fine-tune's losses and, with model selection, the step it kept and that step's validation metric."""
+    out = f"train loss {m['final_train_loss']}"
+    if m.get("val_loss") is not None:
+        out += f", validation loss {m['val_loss']}"
+    if m.get("selected_step") is not None:
+        metric = next((k for k in m if k.startswith("valid_")), None)
+        out += f", kept step {m['selected_step']:,} (epoch {m['selected_epoch']:g})"
+        if metric:
+            out += f" with validation {metric[len('valid_'):]} {m[metric]:.4f}"
+    return out
+
+
 @app.command("run")
 def run_cmd(
     config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/demo.yaml")],
@@ -88,7 +101,7 @@ def run_cmd(
         typer.echo(_compare_table(rows, cfg.evaluate.ks))
     if "train" in done:
         m = done["train"]["metrics"]
-        typer.echo(f"Fine-tuning: {m['steps']:,} steps, train loss {m['final_train_loss']}, validation loss {m['val_loss']}.")
+        typer.echo(f"Fine-tuning: {m['steps']:,} steps, {_fit_summary(m)}.")
     if "cache" in done:
         c = done["cache"]["metrics"]
         typer.echo(f"Cache: {c['users']:,} users' top-{cfg.cache.k} in {done['cache']['store']} (version {c['version']}).")
@@ -507,8 +520,8 @@ def train_cmd(
     m = res.manifest["metrics"]
     if res.skipped:
         say(f"model {res.path}: up to date, skipped")
-    say(f"model {res.path}: {m['steps']:,} steps ({m['epochs']} epochs), final train loss {m['final_train_loss']}, "
-        f"validation loss {m['val_loss']}, {m['tokens_per_s']:,} tokens/s, peak memory {m['peak_mem_mb']:,.0f} MB")
+    say(f"model {res.path}: {m['steps']:,} steps ({m['epochs']} epochs), final {_fit_summary(m)}, "
+        f"{m['tokens_per_s']:,} tokens/s, peak memory {m['peak_mem_mb']:,.0f} MB")
 
 
 @app.command("evaluate")

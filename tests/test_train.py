@@ -127,6 +127,28 @@ def test_training_lowers_loss_and_moves_only_new_rows_and_adapters(setup, tiny_b
     assert all(not torch.equal(trained[k], fresh[k]) for k in trained if "lora_B" in k or k.endswith(".new"))
 
 
+def test_val_loss_false_skips_the_validation_pass_and_trains_the_same(setup, tiny_backbone, tmp_path):
+    """`val_loss: false` (the demo, which selects by ranking): no validation pass, no val_loss in the
+    log or the summary, the same training losses; the run summary then leaves the loss out."""
+    from genrec.cli import _fit_summary
+
+    root, _, index = setup
+    tr, va, meta = load_corpus(root / "corpus")
+    runs = {}
+    for flag in (True, False):
+        out = tmp_path / str(flag)
+        m = train(cfg(tiny_backbone, epochs=2, val_loss=flag), str(tiny_backbone), tr, va, index.new_tokens, out,
+                  tmp_path / f"ckpt-{flag}", meta["vocab_size"], progress=False)
+        log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+        runs[flag] = (m, losses(out), [x for x in log if "val_loss" in x])
+    assert len(runs[True][2]) == 2 and runs[True][0]["val_loss"] is not None
+    assert runs[False][2] == [] and runs[False][0]["val_loss"] is None
+    assert runs[False][1] == pytest.approx(runs[True][1], abs=1e-6)
+    assert "validation loss" in _fit_summary(runs[True][0]) and "validation" not in _fit_summary(runs[False][0])
+    assert "kept step 40 (epoch 2) with validation NDCG@10 0.3100" in _fit_summary(
+        {"final_train_loss": 1.0, "val_loss": None, "selected_step": 40, "selected_epoch": 2.0, "valid_NDCG@10": 0.31})
+
+
 def test_trained_weights_survive_save_and_load(setup, tiny_backbone, tmp_path):
     from genrec.llm.train import build_model
 

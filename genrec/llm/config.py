@@ -72,6 +72,8 @@ class LLMTrainConfig(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0)
     save_every: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
     eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and at each epoch end)")
+    val_loss: bool = Field(True, description="false: no validation loss at all (a forward pass over the validation "
+                                             "corpus each time; model selection by ranking, select_users, needs none)")
     select_users: int = Field(0, ge=0, description="model selection by ranking: at each epoch end (or every select_every "
                                                    "steps) decode this seeded sample of validation users with constrained "
                                                    "beam search and keep the weights with the best select_metric; 0: off, "

@@ -486,7 +486,7 @@ def train(
         if not progress and acc.is_main_process and "tokens_per_s" in entry:
             log(f"step {step}/{total} (epoch {entry['epoch']:.3f}): loss {loss:.4f}, {rate:,.0f} tokens/s")
         epoch_end = step % steps_per_epoch == 0 or step == total
-        if valid is not None and len(valid) and (epoch_end or (cfg.eval_every and step % cfg.eval_every == 0)):
+        if cfg.val_loss and valid is not None and len(valid) and (epoch_end or (cfg.eval_every and step % cfg.eval_every == 0)):
             v = validation_loss(lm, valid, cfg, pad_id, device, dtype, acc)
             log_lines.append({"step": step, "epoch": round(step / steps_per_epoch, 4), **v})
             if acc.is_main_process:
