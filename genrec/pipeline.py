@@ -272,11 +272,12 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         note(f"cf:{cf.model}", res)
         emb = res.path
     text = None
-    if cfg.index.method in NEEDS_LLM:
+    if cfg.index.method in NEEDS_LLM or (cfg.train is not None and cfg.train.code_init == "text"):
         res = stage_text(data, run_dir / "text", cfg.backbone, force)
         note("text", res)
         text = res.path
-    res = stage_index(cfg.index.method, data, run_dir / "index", emb, cfg.index.config, text, cfg.seed, force=force)
+    res = stage_index(cfg.index.method, data, run_dir / "index", emb, cfg.index.config,
+                      text if cfg.index.method in NEEDS_LLM else None, cfg.seed, force=force)
     note(f"index:{cfg.index.method}", res)
     if until == "index" or cfg.tasks is None:
         if until in ("tasks", "train"):
@@ -299,7 +300,7 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
                             cfg.evaluate.mask_history, force)
         note("distill", res)
     select = ranking_selector(run_dir, cfg) if cfg.train.select_users else None
-    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after, progress, select, distill)
+    res = stage_train(run_dir / "tasks", run_dir / "model", cfg.train, force, stop_after, progress, select, distill, text)
     if res is None:
         return
     note("train", res)

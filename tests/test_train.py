@@ -951,3 +951,41 @@ def test_block_dropout_acts_in_training_only(setup, tiny_backbone):
         assert (a - b).abs().max() > 0.1 and (a - base).abs().max() > 0.1
         dropped.dropout = 0.0  # the same hooks with nothing to drop: the plain model
         torch.testing.assert_close(dropped.hidden(ids, att).last_hidden_state, base)
+
+
+def test_text_code_rows_by_hand():
+    """code_init='text' on four items with two-level codes: level-0 codes take their items' mean
+    vector, level-1 codes the mean residual after level 0, each level standardised to the text
+    rows' mean and spread (computed here by hand); an item without text changes nothing and a code
+    no item uses keeps its 'scaled' row."""
+    from genrec.llm.train import scale_new_rows, text_init_rows
+
+    g = torch.Generator().manual_seed(0)
+    old = torch.tensor([3.0, -1.0]) + torch.tensor([0.5, 2.0]) * torch.randn(10, 2, generator=g)
+    w = torch.cat([old, torch.zeros(5, 2)])  # codes: ids 10..14; 14 is used by no item
+    m, s = old.mean(0), old.std(0)
+    tokens = [[10, 12], [10, 13], [11, 12], [11, 13], [10, 13]]
+    vectors = np.array([[1, 1], [3, 1], [1, 5], [3, 9], [0, 0]], dtype=np.float32)  # the last item: no text (zeros)
+    # level 0: code 10 -> (2, 1), code 11 -> (2, 7): dimension 0 has no spread (z = 0), dimension 1 z = -1, +1
+    # residuals (-1, 0), (1, 0), (-1, -2), (1, 2): level 1: code 12 -> (-1, -1), code 13 -> (1, 1): z = -1, +1
+    want = {10: (m[0], m[1] - s[1]), 11: (m[0], m[1] + s[1]), 12: (m[0] - s[0], m[1] - s[1]), 13: (m[0] + s[0], m[1] + s[1])}
+    a = w.clone()
+    text_init_rows(a, 5, tokens, vectors, seed=4)
+    assert torch.equal(a[:10], old)
+    for t, (x, y) in want.items():
+        assert torch.allclose(a[t], torch.stack([x, y]), atol=1e-5), t
+    b = w.clone()
+    scale_new_rows(b, 5, seed=4)
+    assert torch.equal(a[14], b[14])
+
+
+def test_text_code_rows_need_the_text_stage(setup, tiny_backbone):
+    from genrec.errors import GenrecError
+    from genrec.llm.stages import train_fingerprint
+
+    root, _, _ = setup
+    c = cfg(tiny_backbone).model_copy(update={"code_init": "text"})
+    with pytest.raises(GenrecError, match="text stage"):
+        train_fingerprint(root / "corpus", c)
+    _, inputs, fp = train_fingerprint(root / "corpus", c, text=root / "corpus")
+    assert inputs["text"] == root / "corpus" and fp != train_fingerprint(root / "corpus", cfg(tiny_backbone))[2]

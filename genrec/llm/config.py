@@ -36,10 +36,14 @@ class LLMTrainConfig(BaseModel):
                             "targets keep the full softmax")
     layers: int | None = Field(None, ge=1, description="keep only the backbone's first N decoder layers (cheaper; the "
                                                       "pretrained weights of those layers are kept)")
-    code_init: Literal["random", "scaled"] = Field(
+    code_init: Literal["random", "scaled", "text"] = Field(
         "random", description="new code-token rows: 'random', the backbone's small initialiser (the reference paper); "
                               "'scaled': drawn per dimension with the mean and spread of the text rows, so codes start "
-                              "at the scale of the words around them")
+                              "at the scale of the words around them; 'text': from the items' text (the text stage's "
+                              "mean input embeddings): a first-level code starts at the mean of its items' vectors, a "
+                              "deeper one at the mean of their residuals after the codes before it, each level "
+                              "standardised to the text rows' mean and spread ('scaled' for codes no item has, and "
+                              "for every code when no item has text)")
     untie_codes: bool = Field(False, description="code tokens get output rows of their own where the backbone ties input "
                                                  "and output embeddings (text rows stay tied)")
     code_lr: float | None = Field(None, gt=0, description="learning rate of the code-token rows (default: lr)")

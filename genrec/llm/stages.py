@@ -87,7 +87,8 @@ def _per_user(corpus) -> dict:
     return {"users": int(len(n)), "mean": round(float(n.mean()), 2), "max": int(n.max())}
 
 
-def train_fingerprint(corpus: Path, cfg: LLMTrainConfig, distill: Path | None = None) -> tuple[dict, dict, str]:
+def train_fingerprint(corpus: Path, cfg: LLMTrainConfig, distill: Path | None = None,
+                      text: Path | None = None) -> tuple[dict, dict, str]:
     """(config, inputs, fingerprint) of a train stage; the checkpoint folder is named after it.
     ``share_prefixes`` arrived with a new default (true): it is the old behaviour (false) that
     stays out, so runs started before it keep their checkpoints when they pin it."""
@@ -101,18 +102,22 @@ def train_fingerprint(corpus: Path, cfg: LLMTrainConfig, distill: Path | None = 
         if distill is None:
             raise GenrecError("train.distill needs the distill stage's targets: run it through a run config (genrec run)")
         inputs["distill"] = distill
+    if cfg.code_init == "text":
+        if text is None:
+            raise GenrecError("train.code_init: text needs the text stage's item embeddings: run it through a run config (genrec run)")
+        inputs["text"] = text
     return config, inputs, config_hash(config, {k: fingerprint(v) for k, v in inputs.items()})
 
 
 def stage_train(
     corpus: Path, out: Path, cfg: LLMTrainConfig, force: bool = False, stop_after: int | None = None,
-    progress: bool = True, select=None, distill: Path | None = None,
+    progress: bool = True, select=None, distill: Path | None = None, text: Path | None = None,
 ) -> StageResult | None:
     """Fine-tune the corpus's backbone on it (``select``: model selection by ranking, see
     :func:`genrec.llm.train.train`). Checkpoints live next to ``out`` (keyed by corpus and config), so
     rerunning a killed or budgeted run resumes it. Under ``accelerate launch`` every rank trains
     and rank 0 writes the artifact. Returns None when stopped by ``stop_after`` steps."""
-    config, inputs, fp = train_fingerprint(corpus, cfg, distill)
+    config, inputs, fp = train_fingerprint(corpus, cfg, distill, text)
     old = read_manifest(out)
     if not force and old is not None and old.get("fingerprint") == fp:
         return StageResult(out, old, skipped=True)
@@ -130,10 +135,19 @@ def stage_train(
         from genrec.llm.distill import load_targets
 
         soft = load_targets(distill, train_c, len(tokens))
+    vectors = None
+    if cfg.code_init == "text":
+        from genrec.index.stage import EMBEDDINGS_FILE
+
+        vectors_file = text / EMBEDDINGS_FILE
+        if not vectors_file.is_file():
+            raise GenrecError(f"{vectors_file}: missing; train.code_init: text needs item text (this dataset has none)")
+        vectors = np.load(vectors_file, allow_pickle=False)
     result = ckpt / "result"
     metrics = train(cfg, backbone, train_c, valid_c, tokens, result, ckpt, meta.get("vocab_size"), progress, stop_after=stop_after,
                     layout=meta.get("layout", "per_prefix"), prompt=meta.get("prompt", "chat"), select=select,
-                    item_tokens=load_item_tokens(corpus) if cfg.softmax == "trie" else None, soft=soft)
+                    item_tokens=load_item_tokens(corpus) if cfg.softmax == "trie" or vectors is not None else None, soft=soft,
+                    item_vectors=vectors)
     if metrics.get("stopped"):
         return None
     from genrec.device import launch_rank

@@ -203,8 +203,10 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], device: torch.device,
-                vocab_size: int | None = None):
-    """(CodeLM, tokenizer): the backbone with the code tokens added, on ``device``."""
+                vocab_size: int | None = None, item_tokens: list[list[int]] | None = None,
+                item_vectors: np.ndarray | None = None):
+    """(CodeLM, tokenizer): the backbone with the code tokens added, on ``device``.
+    ``code_init="text"`` needs every item's token ids and text vector (``item_tokens``, ``item_vectors``)."""
     from genrec.llm.backbone import add_tokens, load_backbone, pick_dtype, truncate_layers
     from genrec.llm.model import CodeLM
 
@@ -216,6 +218,12 @@ def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], devic
     add_tokens(tok, model, new_tokens)
     if cfg.code_init == "scaled" and new_tokens:
         scale_new_rows(model.get_input_embeddings().weight, len(new_tokens), cfg.seed)
+    elif cfg.code_init == "text" and new_tokens:
+        if item_tokens is None or item_vectors is None:
+            raise GenrecError("code_init='text' needs the items' token ids and text vectors (the text stage): train through `genrec run`")
+        if len(item_vectors) != len(item_tokens):
+            raise GenrecError(f"code_init='text': {len(item_vectors)} item text vectors for {len(item_tokens)} items in the corpus")
+        text_init_rows(model.get_input_embeddings().weight, len(new_tokens), item_tokens, item_vectors, cfg.seed)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if vocab_size is not None and len(tok) != vocab_size:
@@ -240,6 +248,48 @@ def scale_new_rows(weight: torch.Tensor, n_new: int, seed: int) -> None:
     g = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(n_new, weight.shape[1], generator=g)
     weight[-n_new:] = (mean.cpu() + noise * std.cpu()).to(weight.device, weight.dtype)
+
+
+@torch.no_grad()
+def text_init_rows(weight: torch.Tensor, n_new: int, item_tokens: list[list[int]], vectors: np.ndarray, seed: int) -> None:
+    """Set the last ``n_new`` rows of an embedding matrix (the code tokens) from the items' text
+    vectors (``vectors[i]``: item i's, in the embedding's space), in place.
+
+    Residual quantisation in reverse: a code at level 0 gets the mean of the vectors of the items
+    whose first code it is; each item's residual is its vector minus that mean; a code at level l
+    gets the mean residual of its items at level l, and so on. Each level's rows are then
+    standardised per dimension and given the text rows' mean and spread (a level's codes sit at
+    the scale of words, apart where their items differ). Codes no item uses keep the rows of
+    :func:`scale_new_rows`, as does a level whose codes are fewer than two."""
+    scale_new_rows(weight, n_new, seed)
+    n_old = weight.shape[0] - n_new
+    old = weight[:n_old].float()
+    mean, std = old.mean(0).cpu().numpy(), old.std(0).cpu().numpy()
+    vec = np.asarray(vectors, dtype=np.float64)
+    has = np.abs(vec).sum(1) > 0  # items without text (zero vectors) leave the means alone
+    residual = vec.copy()
+    levels = max((len(t) for t in item_tokens), default=0)
+    for level in range(levels):
+        sums: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
+        for i, toks in enumerate(item_tokens):
+            if level < len(toks) and has[i] and toks[level] >= n_old:  # code tokens only, never a text row
+                t = toks[level]
+                sums[t] = sums.get(t, 0.0) + residual[i]
+                counts[t] = counts.get(t, 0) + 1
+        if not sums:
+            continue
+        codes = sorted(sums)
+        means = np.stack([sums[t] / counts[t] for t in codes])
+        for i, toks in enumerate(item_tokens):
+            if level < len(toks) and has[i] and toks[level] in sums:
+                residual[i] = residual[i] - sums[toks[level]] / counts[toks[level]]
+        if len(codes) < 2:
+            continue
+        spread = means.std(0)
+        z = (means - means.mean(0)) / np.where(spread > 0, spread, 1.0)
+        rows = torch.from_numpy((mean + z * std).astype(np.float32))
+        weight[torch.tensor(codes, device=weight.device)] = rows.to(weight.device, weight.dtype)
 
 
 def param_groups(lm, cfg: LLMTrainConfig) -> list[dict]:
@@ -359,6 +409,7 @@ def train(
     select=None,
     item_tokens: list[list[int]] | None = None,
     soft: tuple[np.ndarray, np.ndarray] | None = None,
+    item_vectors: np.ndarray | None = None,
 ) -> dict:
     """Fine-tune; write ``trainable.safetensors``, ``log.jsonl`` and ``train_config.json`` to ``out``.
 
@@ -372,6 +423,8 @@ def train(
     Under a launch only the main process's values count.
 
     ``item_tokens`` (every item's token ids) gives ``softmax="trie"`` its trie of valid items.
+
+    ``item_vectors``: every item's text vector, for ``cfg.code_init="text"``.
 
     ``soft``: with ``cfg.distill``, the teacher's targets of :mod:`genrec.llm.distill` (rows per
     corpus token, probabilities per row); the loss of a token with one mixes them in.
@@ -391,7 +444,7 @@ def train(
     acc = Accelerator(cpu=want.type == "cpu")
     device = acc.device
     torch.manual_seed(cfg.seed)
-    lm, tok = build_model(cfg, backbone, new_tokens, device, vocab_size)
+    lm, tok = build_model(cfg, backbone, new_tokens, device, vocab_size, item_tokens, item_vectors)
     if cfg.softmax == "trie":
         if item_tokens is None:
             raise GenrecError("softmax='trie' needs the items' token ids: rebuild the corpus (genrec tasks build) so it keeps them")
