@@ -56,7 +56,15 @@ def padded_forward(rec, prompt: list[int], items) -> list[float]:
     return out
 
 
-def quality(folder: Path, out: Path) -> None:
+def describe_model(model: Path) -> str:
+    """The fine-tuned LLM in a few words, from its train_config.json."""
+    cfg = json.loads((model / "train_config.json").read_text())
+    layers = f", first {cfg['layers']} layers" if cfg.get("layers") else ""
+    distill = f", distilled from {cfg['distill']['teacher']}" if cfg.get("distill") else ""
+    return f"SmolLM2-135M{layers}, {cfg.get('mode', 'lora')} fine-tune, {cfg.get('epochs', 1):g} epoch(s){distill}"
+
+
+def quality(folder: Path, out: Path, label: str | None = None) -> None:
     import numpy as np
 
     from genrec.data.dataset import Dataset
@@ -64,7 +72,8 @@ def quality(folder: Path, out: Path) -> None:
     from genrec.evaluate.metrics import metrics_from_ranked_lists
 
     res = json.loads((folder / "metrics.json").read_text())
-    data, dataset = Path(res["model"]).parent / "data", Path(res["model"]).parent.name  # runs/NAME/{model,data}
+    data = Path(res["model"]).parent / "data"  # runs/NAME/{model,data}
+    dataset = label or Path(res["model"]).parent.name
     ds = Dataset.load(data)
     parts = sorted((folder / ".shortlists-test").glob("chunk-*.npz"))
     short = Shortlists.concat([Shortlists.load(p) for p in parts])
@@ -92,9 +101,10 @@ def quality(folder: Path, out: Path) -> None:
           f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} --index "
           f"{Path(res['model']).parent / 'index'} --data {data} --out {folder.relative_to(ROOT)} "
           f"--valid-users {res['valid']['users']}{sampled}`, then "
-          f"`python benchmarks/rerank.py --quality {folder.relative_to(ROOT)}`.", "",
-          f"Test split, {who}, full ranking, the shared evaluator (history items kept, as for "
-          f"every model in our tables). The LLM: {Path(res['model'])} (SmolLM2-135M, LoRA, one epoch; scientific.md). "
+          f"`python benchmarks/rerank.py --quality {folder.relative_to(ROOT)}{f' --label {label}' if label else ''}`.", "",
+          f"Test split, {who}, full ranking, the shared evaluator ("
+          f"{'history items never recommended' if res.get('mask_history') else 'history items kept'}, as for every "
+          f"model in the same table). The LLM: {Path(res['model'])} ({describe_model(ROOT / res['model'])}). "
           f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was picked by NDCG@10 "
           f"on {res['valid']['users']:,} validation users (seed {res['seed']}).", "",
           "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
@@ -125,9 +135,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="users scored together by ours")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--quality", type=Path, help="a finished `genrec rerank --out` folder: write its quality table")
+    ap.add_argument("--label", help="with --quality: the results are rerank-LABEL-BASE.{md,json} (default: the run folder's name)")
     args = ap.parse_args()
     if args.quality:
-        quality(args.quality.resolve(), args.out)
+        quality(args.quality.resolve(), args.out, args.label)
         return
     if not has_trained_weights(args.run / "model"):
         sys.exit(f"{args.run}/model: no trained model; run `genrec run configs/scientific.yaml` first")

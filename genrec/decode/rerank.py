@@ -214,7 +214,7 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path,
     if short["test"] is None:  # not rank 0 of a launch
         return None
     result = {"base": str(base_dir), "model": str(model_dir), "candidates": candidates, "seed": seed,
-              "valid_users_sampled": valid_users, "test_users_sampled": test_users}
+              "valid_users_sampled": valid_users, "test_users_sampled": test_users, "mask_history": bool(ev.mask_history)}
     if weight is None:
         weight, valid = pick_weight(ev, short["valid"])
         result["valid"] = {"users": int(len(short["valid"].users)), "by_weight": {str(w): m for w, m in valid.items()}}
