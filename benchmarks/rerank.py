@@ -36,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._machine import describe, machine  # noqa: E402
 
 
-def padded_forward(rec, prompt: list[int], items) -> list[float]:
-    """log p(codes | prompt) of each item, one right-padded forward over prompt + codes rows."""
+def padded_forward(rec, prompt: list[int], items, trie=None) -> list[float]:
+    """log p(codes | prompt) of each item, one right-padded forward over prompt + codes rows; with
+    ``trie`` (a model trained with ``softmax="trie"``), each step's softmax over the trie node's
+    children, as the model was trained and as ours scores."""
     import torch
 
     rows = [prompt + rec.fmt.items[int(i)] for i in items]
@@ -52,8 +54,16 @@ def padded_forward(rec, prompt: list[int], items) -> list[float]:
     out = []
     for j, i in enumerate(items):
         toks = rec.fmt.items[int(i)]
-        out.append(sum(float(logp[j, len(prompt) - 1 + t, tok]) for t, tok in enumerate(toks)))
+        step = [logp[j, len(prompt) - 1 + t] for t in range(len(toks))]
+        if trie is not None:
+            step = [s - torch.logsumexp(s[trie.allowed(toks[:t])], 0) for t, s in enumerate(step)]
+        out.append(sum(float(s[tok]) for s, tok in zip(step, toks, strict=True)))
     return out
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it (the form the commands are written in)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def quality(folder: Path, out: Path) -> None:
@@ -90,9 +100,9 @@ def quality(folder: Path, out: Path) -> None:
     md = [f"# Filter-then-rerank on {dataset}: {name}'s shortlist reordered by the fine-tuned LLM", "",
           f"Machine: {describe(machine())}.", "",
           f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} --index "
-          f"{Path(res['model']).parent / 'index'} --data {data} --out {folder.relative_to(ROOT)} "
+          f"{Path(res['model']).parent / 'index'} --data {data} --out {shown(folder)} "
           f"--valid-users {res['valid']['users']}{sampled}`, then "
-          f"`python benchmarks/rerank.py --quality {folder.relative_to(ROOT)}`.", "",
+          f"`python benchmarks/rerank.py --quality {shown(folder)}`.", "",
           f"Test split, {who}, full ranking, the shared evaluator (history items kept, as for "
           f"every model in our tables). The LLM: {Path(res['model'])} (SmolLM2-135M, LoRA, one epoch; scientific.md). "
           f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was picked by NDCG@10 "
@@ -104,6 +114,7 @@ def quality(folder: Path, out: Path) -> None:
     md += [f"- {k}: {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" for k, v in boot.items()]
     md += ["", "Validation grid (NDCG@10 / HR@10 by w):", "",
            ", ".join(f"{w}: {m['NDCG@10']:.4f} / {m['HR@10']:.4f}" for w, m in res["valid"]["by_weight"].items()), ""]
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"rerank-{dataset}-{name}.md").write_text("\n".join(md))
     (out / f"rerank-{dataset}-{name}.json").write_text(json.dumps({**res, "bootstrap": boot, "machine": machine()}, indent=2) + "\n")
     print("\n".join(md))
@@ -150,12 +161,15 @@ def main() -> None:
     t_ours = time.perf_counter() - t
     prompts = rec.prompts(hists)
     t = time.perf_counter()
-    theirs = np.array([padded_forward(rec, p, row) for p, row in zip(prompts, items, strict=True)])
+    trie = rec.index.trie(rec.fmt.items) if rec.lm.softmax == "trie" else None
+    theirs = np.array([padded_forward(rec, p, row, trie) for p, row in zip(prompts, items, strict=True)])
     t_theirs = time.perf_counter() - t
     diff = float(np.abs(ours - theirs).max())
     res = {"users": len(users), "candidates": args.candidates, "batch": args.batch,
            "ours_s_per_user": round(t_ours / len(users), 3), "padded_s_per_user": round(t_theirs / len(users), 3),
+           "ours_seconds": t_ours, "padded_seconds": t_theirs,
            "speedup": round(t_theirs / t_ours, 2), "max_abs_score_diff": diff, "machine": machine()}
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rerank.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [
         "# Shortlist scoring: shared-prompt steps vs one padded forward per user", "",
