@@ -95,25 +95,29 @@ def quality(folder: Path, out: Path) -> None:
     who = (f"a seeded sample of {t['users']:,} test users (seed {res['seed']}; every row on the same users)" if sampled
            else f"all {t['users']:,} test users")
     name = Path(res["base"]).parent.name
+    valid = res.get("valid")  # absent when the weight was given (genrec rerank --weight), not picked
+    picked = "picked on validation" if valid else "given"
     rows = [(f"{name} alone", t["base"]), (f"the LLM alone on {name}'s top {res['candidates']} (w = 1)", t["llm_on_shortlist"]),
-            (f"{name} + LLM rerank (w = {res['weight']}, picked on validation)", t["fused"])]
+            (f"{name} + LLM rerank (w = {res['weight']}, {picked})", t["fused"])]
     md = [f"# Filter-then-rerank on {dataset}: {name}'s shortlist reordered by the fine-tuned LLM", "",
           f"Machine: {describe(machine())}.", "",
           f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} --index "
           f"{Path(res['model']).parent / 'index'} --data {data} --out {shown(folder)} "
-          f"--valid-users {res['valid']['users']}{sampled}`, then "
+          + (f"--valid-users {valid['users']}" if valid else f"--weight {res['weight']}") + f"{sampled}`, then "
           f"`python benchmarks/rerank.py --quality {shown(folder)}`.", "",
           f"Test split, {who}, full ranking, the shared evaluator (history items kept, as for "
           f"every model in our tables). The LLM: {Path(res['model'])} (SmolLM2-135M, LoRA, one epoch; scientific.md). "
-          f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was picked by NDCG@10 "
-          f"on {res['valid']['users']:,} validation users (seed {res['seed']}).", "",
+          f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was "
+          + (f"picked by NDCG@10 on {valid['users']:,} validation users (seed {res['seed']})." if valid else "given."), "",
           "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     md += [f"| {label} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |" for label, m in rows]
     md += ["", "Gain of the fused list over the classic model's own on the same users (paired bootstrap, "
            "2,000 resamples, 95% interval):", ""]
     md += [f"- {k}: {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" for k, v in boot.items()]
-    md += ["", "Validation grid (NDCG@10 / HR@10 by w):", "",
-           ", ".join(f"{w}: {m['NDCG@10']:.4f} / {m['HR@10']:.4f}" for w, m in res["valid"]["by_weight"].items()), ""]
+    if valid:
+        md += ["", "Validation grid (NDCG@10 / HR@10 by w):", "",
+               ", ".join(f"{w}: {m['NDCG@10']:.4f} / {m['HR@10']:.4f}" for w, m in valid["by_weight"].items())]
+    md.append("")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rerank-{dataset}-{name}.md").write_text("\n".join(md))
     (out / f"rerank-{dataset}-{name}.json").write_text(json.dumps({**res, "bootstrap": boot, "machine": machine()}, indent=2) + "\n")
