@@ -89,12 +89,18 @@ FULL = "ours-135M-full-budget"  # the light copy of runs/scientific once it is e
 FULL_BUDGET = "configs/scientific.yaml as it is: SmolLM2-135M, LoRA r=8 + code-token rows, lr 1e-3, 1 epoch (1,491 steps)"
 
 
-def seed(run: Path, stages: list[str]) -> None:
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it (the form the commands are written in)."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def seed(run: Path, stages: list[str], base: Path = BASE) -> None:
     for s in stages:
-        src, dst = BASE / s, run / s
+        src, dst = base / s, run / s
         if not dst.exists():
             if not (src / "manifest.json").is_file() and not list(src.glob("*/manifest.json")):
-                sys.exit(f"{src}: missing; run `genrec train --config configs/scientific.yaml --set run_dir={BASE.relative_to(ROOT)} "
+                sys.exit(f"{src}: missing; run `genrec train --config configs/scientific.yaml --set run_dir={shown(base)} "
                          + " ".join(f"--set '{o}'" for o in PREVIOUS) + " --stop-after 1` first")
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ckpt-*"))
 
@@ -126,16 +132,18 @@ def finished(run: Path) -> bool:
     return (run / "evaluate" / "metrics.json").is_file() or bool(list((run / "baselines").glob("*/metrics.json")))
 
 
-def run_variant(name: str, out: Path, keep: Path) -> tuple[str, int, float]:
+def run_variant(name: str, out: Path, keep: Path, base: Path = BASE, config: str = "configs/scientific.yaml",
+                extra: list[str] | None = None) -> tuple[str, int, float]:
+    """``extra``: overrides after the previous recipe's, the budget's and the variant's (a smoke run's smaller shop)."""
     if finished(keep / name):
         return name, 0, 0.0
     overrides, stages = VARIANTS[name]
     run = out / name
     run.mkdir(parents=True, exist_ok=True)
-    seed(run, stages)
-    cmd = [sys.executable, "-m", "genrec", "run", "configs/scientific.yaml", "--no-progress",
-           "--set", f"run_dir={run.relative_to(ROOT)}", "--set", "baselines=[]"]
-    for o in PREVIOUS + BUDGET + overrides:
+    seed(run, stages, base)
+    cmd = [sys.executable, "-m", "genrec", "run", str(config), "--no-progress",
+           "--set", f"run_dir={shown(run)}", "--set", "baselines=[]"]
+    for o in PREVIOUS + BUDGET + overrides + (extra or []):
         cmd += ["--set", o]
     t = time.time()
     with open(run / "run.log", "a") as log:
@@ -165,7 +173,7 @@ def write_json(runs: list[str], path: Path) -> None:
     path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def pipeline_walls() -> list[str]:
+def pipeline_walls(base: Path = BASE) -> list[str]:
     """The scientific pipeline's wall time stage by stage, from runs/scientific's manifests and the
     fine-tune report (the full-budget run: SmolLM2-135M, LoRA, all tasks)."""
     import json
@@ -176,10 +184,10 @@ def pipeline_walls() -> list[str]:
     rows, total = ["| stage | wall time | source |", "|---|---|---|"], 0.0
     ft = ROOT / "benchmarks" / "results" / "finetune-scientific.json"  # per-session step times: finetune_report.py
     for stage in ("data", "cf/dccf", "text", "index", "tasks", "model", "evaluate"):
-        m = BASE / stage / "manifest.json"
+        m = base / stage / "manifest.json"
         if m.is_file():
             m = json.loads(m.read_text())
-            fit, label, source = m.get("metrics", {}), stage, f"{BASE.relative_to(ROOT)}/{stage}/manifest.json"
+            fit, label, source = m.get("metrics", {}), stage, f"{shown(base)}/{stage}/manifest.json"
             if stage == "model":
                 label = f"train (SmolLM2-135M LoRA, {fit.get('epochs', '?')} epoch(s), {fit.get('sessions', 1)} process(es))"
                 if ft.is_file():
@@ -191,9 +199,9 @@ def pipeline_walls() -> list[str]:
                 label = f"evaluate (beam search, {fit['test']['n_users']:,} test users)"
             total += m["wall_seconds"]
             rows.append(f"| {label} | {hours(m['wall_seconds'])} | {source} |")
-    if (BASE / "evaluate" / "manifest.json").is_file():
+    if (base / "evaluate" / "manifest.json").is_file():
         rows.append(f"| the whole pipeline (sum of the stages) | {hours(total)} | the rows above |")
-    if ft.is_file() and not (BASE / "model" / "manifest.json").is_file():
+    if ft.is_file() and not (base / "model" / "manifest.json").is_file():
         f = json.loads(ft.read_text())
         rows.append(f"| train (SmolLM2-135M LoRA, 1 epoch = {f['steps_per_epoch']:,} steps) | {f['seconds_per_step']:.0f} s/step "
                     f"in its latest session: {f['seconds_per_epoch'] / 3600:.1f} h per epoch at that rate; "
@@ -249,6 +257,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "ablations")
     ap.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "report-scientific")
     ap.add_argument("--report-only", action="store_true", help="write the report from the finished variants")
+    ap.add_argument("--base", type=Path, default=BASE, help="the run of the previous recipe whose stages the variants copy")
+    ap.add_argument("--config", default="configs/scientific.yaml", help="the config every variant overrides")
+    ap.add_argument("--set", nargs="*", default=[], dest="extra", metavar="KEY=VALUE",
+                    help="overrides after every other (e.g. a smoke run's smaller codebooks)")
     args = ap.parse_args()
     names = args.only or ORDER
     keep = args.report / "runs"
@@ -257,16 +269,16 @@ def main() -> None:
             keep_light(args.out / n, keep / n)
     if not args.report_only:
         with ThreadPoolExecutor(args.workers) as pool:
-            for name, code, secs in pool.map(lambda n: run_variant(n, args.out, keep), names):
+            for name, code, secs in pool.map(lambda n: run_variant(n, args.out, keep, args.base, args.config, args.extra), names):
                 print(f"{name}: {'done' if code == 0 else f'FAILED (exit {code}, see its run.log)'} in {secs / 60:.1f} min",
                       flush=True)
     # ours with the full budget: the default backbone's run, once its own evaluation (not only its Pop row) exists
-    if (BASE / "evaluate" / "metrics.json").is_file() and not finished(keep / FULL):
-        keep_light(BASE, keep / FULL)
+    if (args.base / "evaluate" / "metrics.json").is_file() and not finished(keep / FULL):
+        keep_light(args.base, keep / FULL)
     runs = [str(keep / n) for n in [*ORDER, FULL] if finished(keep / n)]
     missing = [n for n in ORDER if not finished(keep / n)]
     args.report.mkdir(parents=True, exist_ok=True)
-    notes = NOTES + "\n".join(pipeline_walls()) + "\n"
+    notes = NOTES + "\n".join(pipeline_walls(args.base)) + "\n"
     if missing:
         notes += f"\nNot finished yet (the runner resumes them): {', '.join(missing)}.\n"
     (args.report / "notes.md").write_text(notes)

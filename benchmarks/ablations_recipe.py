@@ -46,14 +46,15 @@ ORDER = ["wo-LA", "L3", "ED", "NS-1to1", "L4"]
 assert sorted(ORDER) == sorted(VARIANTS)
 
 
-def command(name: str, run: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "genrec", "run", "configs/scientific.yaml", "--no-progress", "--set", f"run_dir={run}"]
-    for o in BUDGET + VARIANTS[name][0]:
+def command(name: str, run: Path, config: str = "configs/scientific.yaml", extra: list[str] | None = None) -> list[str]:
+    """``extra``: overrides after the budget's and the variant's (a smoke run's smaller budget)."""
+    cmd = [sys.executable, "-m", "genrec", "run", str(config), "--no-progress", "--set", f"run_dir={run}"]
+    for o in BUDGET + VARIANTS[name][0] + (extra or []):
         cmd += ["--set", o]
     return cmd
 
 
-def run_variant(name: str, base: Path, out: Path) -> int:
+def run_variant(name: str, base: Path, out: Path, config: str = "configs/scientific.yaml", extra: list[str] | None = None) -> int:
     run = out / name
     if (run / "evaluate" / "metrics.json").is_file():
         print(f"{name}: finished before, skipped", flush=True)
@@ -65,7 +66,7 @@ def run_variant(name: str, base: Path, out: Path) -> int:
             sys.exit(f"{src}: missing; --base must be a finished run of configs/scientific.yaml with {' '.join(BUDGET)}")
         if not dst.exists():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ckpt-*"))
-    cmd = command(name, run)
+    cmd = command(name, run, config, extra)
     t = time.time()
     with open(run / "run.log", "a") as log:
         log.write("$ " + " ".join(cmd[1:]) + "\n")
@@ -82,6 +83,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help=f"these variants, in this order (default: {' '.join(ORDER)})")
     ap.add_argument("--out", type=Path, default=Path("runs") / "ablations-recipe")
     ap.add_argument("--dry-run", action="store_true", help="print each variant's command only")
+    ap.add_argument("--config", default="configs/scientific.yaml", help="the recipe's config (--base is a run of it)")
+    ap.add_argument("--set", nargs="*", default=[], dest="extra", metavar="KEY=VALUE",
+                    help="overrides after the budget's and each variant's (e.g. a smoke run's smaller backbone)")
     args = ap.parse_args()
     names = args.only or ORDER
     unknown = [n for n in names if n not in VARIANTS]
@@ -89,8 +93,8 @@ def main() -> None:
         sys.exit(f"unknown variant(s) {unknown}; known: {ORDER}")
     for name in names:
         if args.dry_run:
-            print(" ".join(command(name, args.out / name)[1:]))
-        elif run_variant(name, args.base, args.out):
+            print(" ".join(command(name, args.out / name, args.config, args.extra)[1:]))
+        elif run_variant(name, args.base, args.out, args.config, args.extra):
             sys.exit(1)
 
 

@@ -105,8 +105,13 @@ def write_results(rows: list[dict], out: Path, command: str, note: str = "") -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    ap.add_argument("--datasets", nargs="+", default=None, choices=list(FORMATS), help="default: all (none with --source)")
+    ap.add_argument("--source", nargs="*", default=[], metavar="NAME=DIR",
+                    help="a raw dataset (any format genrec reads, e.g. a synthetic shop) as dataset NAME, instead of "
+                         "../shared/data")
     ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--params", nargs="*", default=[], metavar="MODEL=JSON",
+                    help='a model\'s settings, e.g. sasrec-ce=\'{"train": {"epochs": 2}}\' (default: its own)')
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seed", type=int, default=0)
@@ -115,20 +120,24 @@ def main() -> None:
     ap.add_argument("--mask-history", default="auto", choices=list(MASK_WORDS),
                     help="the evaluator's history masking (auto: on deduplicated data)")
     args = ap.parse_args()
+    sources = {n: (Path(d), None) for n, d in (x.split("=", 1) for x in args.source)}
+    args.datasets = list(dict.fromkeys([*(args.datasets or ([] if sources else FORMATS)), *sources]))
+    sources = {**{d: (SHARED / d, FORMATS[d]) for d in args.datasets if d not in sources}, **sources}
+    params = {n: json.loads(v) for n, v in (x.split("=", 1) for x in args.params)}
     command = "OMP_NUM_THREADS=1 python benchmarks/baselines.py  # all datasets and models; a subset with --datasets/--models"
     if args.report_only:
         write_results(rows_from(args.run_dir, args.datasets, MODELS), args.out, command, args.note)
         return
     ev = EvaluateSection(mask_history=MASK_WORDS[args.mask_history])
     for ds in args.datasets:
-        src = SHARED / ds
+        src, fmt = sources[ds]
         if not src.is_dir():
             print(f"skip {ds}: {src} is absent", file=sys.stderr)
             continue
-        data = stage_data(src, args.run_dir / ds / "data", PrepareConfig(), FORMATS[ds]).path
+        data = stage_data(src, args.run_dir / ds / "data", PrepareConfig(), fmt).path
         for name in args.models:
             t = time.time()
-            res = stage_baseline(name, data, args.run_dir / ds / "baselines" / name, ev, args.seed)
+            res = stage_baseline(name, data, args.run_dir / ds / "baselines" / name, ev, args.seed, params.get(name))
             test = res.manifest["metrics"]["test"]["metrics"]
             state = "cached" if res.skipped else f"{time.time() - t:.0f}s"
             print(f"{ds:<12} {name:<10} NDCG@10 {test['NDCG@10']:.4f} HR@10 {test['HR@10']:.4f} ({state})", flush=True)

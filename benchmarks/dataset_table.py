@@ -58,11 +58,15 @@ def main() -> None:
                     help="one of our models from benchmarks/results/recipe.json (every masking it has), shown as METHOD")
     ap.add_argument("--remark", default="", help="a paragraph placed under the commands (wall times, caveats)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--baselines", type=Path, default=ROOT / "benchmarks" / "results" / "baselines.json",
+                    help="the baseline rows (benchmarks/baselines.py's baselines.json)")
+    ap.add_argument("--recipes", type=Path, default=ROOT / "benchmarks" / "results" / "recipe.json",
+                    help="the recipe rows --recipe reads (benchmarks/recipe.py's recipe.json)")
     args = ap.parse_args()
     ds = args.dataset
-    base = [r for r in json.loads((ROOT / "benchmarks" / "results" / "baselines.json").read_text()) if r["dataset"] == ds]
+    base = [r for r in json.loads(args.baselines.read_text()) if r["dataset"] == ds]
     if not base:
-        sys.exit(f"benchmarks/results/baselines.json: no rows of dataset {ds!r}; run benchmarks/baselines.py --datasets {ds}")
+        sys.exit(f"{args.baselines}: no rows of dataset {ds!r}; run benchmarks/baselines.py --datasets {ds}")
     rows = [{"dataset": ds, "method": r["method"], **{c: r[c] for c in COLS}, "mask_history": bool(r.get("mask_history", False)),
              "seconds_per_epoch": r.get("seconds_per_epoch")} for r in base]
     ours = []
@@ -71,15 +75,16 @@ def main() -> None:
         ours.append({"dataset": ds, "method": method, **{c: round(ev["metrics"][c], 4) for c in COLS},
                      "mask_history": ev["mask_history"], "seconds_per_epoch": None, "users": ev["n_users"], "budget": budget,
                      "command": command, "beams": ev["beams"], "ours": True})
-    recipes = json.loads((ROOT / "benchmarks" / "results" / "recipe.json").read_text()) if args.recipe else []
+    recipes = json.loads(args.recipes.read_text()) if args.recipe else []
     for name, method, budget in args.recipe:
         found = [r for r in recipes if r["dataset"] == ds and r["method"] == name]
         if not found:
-            sys.exit(f"benchmarks/results/recipe.json: no row {name!r} of dataset {ds!r}")
+            sys.exit(f"{args.recipes}: no row {name!r} of dataset {ds!r}")
         ours += [{"dataset": ds, "method": method, **{c: r[c] for c in COLS}, "mask_history": r["mask_history"],
                   "seconds_per_epoch": None, "users": None, "budget": budget, "command": "benchmarks/results/recipe.md",
                   "beams": 20, "ours": True} for r in found]
     info = machine()
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{ds}.json").write_text(json.dumps(rows + ours, indent=2) + "\n")
     lines = [f"# Our models beside the baselines: {ds}", "",
              "Test split (leave-one-out), full ranking over all items, every test user, the same `Evaluator` for every "

@@ -39,26 +39,42 @@ def load(args):
 
     ds = Dataset.load(args.run / "data")
     index = ItemIndex.load(args.run / "index")
-    cfg = LLMTrainConfig(mode="full")
-    weights, label = None, "untrained code rows"
+    cfg, backbone, prompt, layout = LLMTrainConfig(mode="full"), "default", "chat", "per_prefix"
+    weights, label, folder = None, "untrained code rows", None
     if args.model and has_trained_weights(args.model):
-        cfg = LLMTrainConfig.model_validate({k: v for k, v in json.loads((args.model / "train_config.json").read_text()).items()
-                                             if k not in ("backbone", "new_tokens", "layout", "prompt")})
-        weights, label = load_trained_weights(args.model), str(args.model)
+        folder, label = args.model, str(args.model)
     else:
         ckpts = sorted(d for d in args.run.glob(".ckpt-model-*") if is_checkpoint(d))
         if ckpts:
-            weights, label = load_trained_weights(ckpts[-1]), f"{ckpts[-1].name} step {checkpoint_step(ckpts[-1])}"
+            folder, label = ckpts[-1], f"{ckpts[-1].name} step {checkpoint_step(ckpts[-1])}"
+    if folder is not None:
+        weights = load_trained_weights(folder)
+        if (folder / "train_config.json").is_file():  # what the model was trained as: backbone, prompt form, layout
+            cfg, backbone, prompt, layout = _model_config(folder)
+        else:  # a checkpoint from before checkpoints carried their train_config.json
             cfg = LLMTrainConfig.model_validate(_train_section(args.config))
 
     def make():
         torch.manual_seed(0)  # the same fresh code rows in both copies when there are no trained weights
-        lm, tok = build_model(cfg, "default", list(index.new_tokens), torch.device("cpu"))
+        lm, tok = build_model(cfg, backbone, list(index.new_tokens), torch.device("cpu"))
         if weights is not None:
             lm.load_trainable(weights)
         return lm.eval(), tok
 
-    return ds, index, make, label
+    return ds, index, make, label, backbone, prompt, layout
+
+
+def _model_config(folder: Path):
+    """(training settings, backbone, prompt form, layout) of a model or checkpoint folder's train_config.json."""
+    from genrec.decode.recommender import _corpus_layout
+    from genrec.llm.config import LLMTrainConfig
+
+    raw = json.loads((folder / "train_config.json").read_text())
+    backbone = raw.pop("backbone", "default")
+    raw.pop("new_tokens", None)
+    layout = raw.pop("layout", None) or _corpus_layout(folder)
+    prompt = raw.pop("prompt", "chat")
+    return LLMTrainConfig.model_validate(raw), backbone, prompt, layout
 
 
 def _train_section(config: Path) -> dict:
@@ -87,13 +103,13 @@ def main() -> None:
     from genrec.llm.encode import PromptFormat
     from genrec.llm.model import merged_hf_model
 
-    ds, index, make, label = load(args)
+    ds, index, make, label, backbone, prompt, layout = load(args)
     lm, tok = make()
-    fmt = PromptFormat(tok, index)
+    fmt = PromptFormat(tok, index, prompt)
     trie = index.trie(fmt.items)
     split = ds.eval_split("test")
     users = np.random.default_rng(0).choice(np.flatnonzero(split.targets >= 0), size=args.users, replace=False)
-    prompts = [fmt.seq_prompt([int(i) for i in split.histories[u]]) for u in users]
+    prompts = [fmt.seq_prompt([int(i) for i in split.histories[u]], 0, 20, layout) for u in users]
     mean_len = float(np.mean([len(p) for p in prompts]))
 
     dec, tt = Decoder.from_codelm(lm.merge_for_inference(), tok.pad_token_id), TrieTensors.of(trie, torch.device("cpu"))
@@ -104,6 +120,15 @@ def main() -> None:
 
     hf = merged_hf_model(make()[0])
     levels = index.codes.shape[1]
+    renorm = None
+    if lm.softmax == "trie":  # trained with each step's softmax over the trie node's children: so is HF's step scored
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        class Renormalise(LogitsProcessor):  # after prefix_allowed_tokens_fn: log-softmax over the allowed tokens
+            def __call__(self, input_ids, scores):
+                return torch.log_softmax(scores, -1)
+
+        renorm = LogitsProcessorList([Renormalise()])
     hf_lists = []
     t = time.perf_counter()
     for p in prompts:
@@ -115,7 +140,8 @@ def main() -> None:
         with torch.no_grad():
             gen = hf.generate(ids, attention_mask=torch.ones_like(ids), num_beams=args.beams, num_return_sequences=args.k,
                               max_new_tokens=levels, do_sample=False, length_penalty=0.0, early_stopping=True,
-                              prefix_allowed_tokens_fn=allowed, pad_token_id=tok.pad_token_id)
+                              prefix_allowed_tokens_fn=allowed, logits_processor=renorm,
+                              pad_token_id=tok.pad_token_id)
         hf_lists.append([trie.lookup(g[len(p) :].tolist()) for g in gen])
     hf_s = time.perf_counter() - t
     identical = float(np.mean([ours[i].tolist() == hf_lists[i] for i in range(len(prompts))]))
@@ -123,15 +149,15 @@ def main() -> None:
     result = {"ours_users_per_s": round(len(prompts) / ours_s, 3), "hf_users_per_s": round(len(prompts) / hf_s, 3),
               "ratio": round(hf_s / ours_s, 2), "identical_top10_share": identical, "users": len(prompts),
               "mean_prompt_tokens": round(mean_len, 1), "beams": args.beams, "k": args.k, "batch": args.batch,
-              "weights": label, "threads": torch.get_num_threads(), "machine": info}
+              "weights": label, "backbone": backbone, "prompt": prompt, "softmax": lm.softmax, "threads": torch.get_num_threads(), "machine": info}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
     cmd = " ".join(["python benchmarks/decode.py", *sys.argv[1:]])
     (args.out / "decode.md").write_text("\n".join([
         "# Constrained decoding", "", f"Machine: {describe(info)}; torch threads {torch.get_num_threads()}.", "",
         f"Command: `{cmd}`", "",
-        f"{len(prompts)} test users of scientific, mean prompt {mean_len:.0f} tokens, beam {args.beams}, top {args.k}, "
-        f"default backbone, weights: {label}.", "",
+        f"{len(prompts)} test users of {args.run.name}, mean prompt {mean_len:.0f} tokens ({prompt} prompt), beam {args.beams}, "
+        f"top {args.k}, backbone {backbone}, weights: {label}.", "",
         "| decoder | users/s | s/user |", "|---|---|---|",
         f"| HF generate, prefix_allowed_tokens_fn, one user at a time | {len(prompts) / hf_s:.3f} | {hf_s / len(prompts):.2f} |",
         f"| genrec beam_search, {args.batch} users per batch (batched by prompt length) | {len(prompts) / ours_s:.3f} | {ours_s / len(prompts):.3f} |",

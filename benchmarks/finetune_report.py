@@ -52,13 +52,25 @@ def svg_curve(series: dict[str, list[tuple[float, float]]], width: int = 640, he
     return "\n".join(out) + "\n"
 
 
-def exact_steps_per_epoch(run: Path, config: Path) -> int:
-    """Optimizer steps per epoch of the run's corpus under the config's batching (single process)."""
+def train_settings(folder: Path, config: Path | None):
+    """The training settings: the config's train section if given, else those the model (or
+    checkpoint) folder was trained with (its train_config.json), else configs/scientific.yaml's."""
     from genrec.config import load_config
+    from genrec.llm.config import LLMTrainConfig
+
+    if config is None and (folder / "train_config.json").is_file():
+        raw = json.loads((folder / "train_config.json").read_text())
+        for key in ("backbone", "new_tokens", "layout", "prompt"):  # recorded beside the settings, not settings
+            raw.pop(key, None)
+        return LLMTrainConfig.model_validate(raw)
+    return load_config(config or ROOT / "configs" / "scientific.yaml").train
+
+
+def exact_steps_per_epoch(run: Path, cfg) -> int:
+    """Optimizer steps per epoch of the run's corpus under the settings' batching (single process)."""
     from genrec.llm.corpus import load_corpus
     from genrec.llm.train import Units, make_batches
 
-    cfg = load_config(config).train
     corpus, _, _ = load_corpus(run / "tasks")
     units = Units(corpus, cfg.share_prefixes, cfg.batch_tokens)
     return len(make_batches(units.lengths, cfg, 0)) // cfg.grad_accum
@@ -68,7 +80,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "scientific")
     ap.add_argument("--name", default="finetune-scientific")
-    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "scientific.yaml")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="the run's config (default: the settings its model folder records)")
     ap.add_argument("--note", default="", help="a line for the report (budget, how the machine was shared)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
@@ -94,7 +107,7 @@ def main() -> None:
     mean_step = train_seconds / len(train) if train else None
     # the projection uses the latest session: earlier ones ran with more jobs on the cores (one was paused for most of its wall time)
     last_step = parts[-1]["seconds_per_step"] if parts else None
-    steps_per_epoch = exact_steps_per_epoch(args.run, args.config)
+    steps_per_epoch = exact_steps_per_epoch(args.run, train_settings(log_file.parent, args.config))
     rates = [x["tokens_per_s"] for x in train if "tokens_per_s" in x]
     result = {
         "state": state, "steps": steps_done, "epochs": epoch_done, "steps_per_epoch": steps_per_epoch,

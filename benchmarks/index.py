@@ -45,25 +45,27 @@ VARIANTS = [
 ]
 
 
-def row_of(label: str, method: str, config: dict, stats: dict) -> dict:
+def row_of(label: str, method: str, config: dict, stats: dict, dataset: str = "scientific") -> dict:
     keep = [
         "collision_rate_before", "collision_rate_after", "perplexity", "prefix_co_interacted", "prefix_random",
         "category_purity", "category_purity_shuffled", "build_seconds", "new_tokens", "appended_level",
     ]
-    row = {"dataset": "scientific", "method": label, "indexer": method, "config": config}
+    row = {"dataset": dataset, "method": label, "indexer": method, "config": config}
     row["levels"] = len(stats["perplexity"]) if "perplexity" in stats else None
     row.update({k: stats.get(k) for k in keep})
     return row
 
 
-def cold_start(data: Path, emb_path: Path, llm: np.ndarray, n_new: int, seed: int) -> dict:
-    """Build on the catalogue without ``n_new`` items, then assign them from the codebooks."""
+def cold_start(data: Path, emb_path: Path, llm: np.ndarray, n_new: int, seed: int, settings: dict | None = None,
+               dataset: str = "scientific") -> dict:
+    """Build on the catalogue without ``n_new`` items, then assign them from the codebooks
+    (``settings``: the alignment tokenizer's, beside the defaults)."""
     ds = Dataset.load(data)
     beh = load_embeddings(emb_path, ds.n_items)
     rng = np.random.default_rng(seed)
     new = np.sort(rng.choice(ds.n_items, n_new, replace=False))
     old = np.setdiff1d(np.arange(ds.n_items), new)
-    tok = AlignmentTokenizer(AlignmentConfig(seed=seed, progress=False))
+    tok = AlignmentTokenizer(AlignmentConfig(**{"seed": seed, "progress": False, **(settings or {})}))
     t0 = time.time()
     tok.fit(beh[old], llm[old])
     build = time.time() - t0
@@ -80,7 +82,7 @@ def cold_start(data: Path, emb_path: Path, llm: np.ndarray, n_new: int, seed: in
             co[int(a)].add(pos[int(b)])
         if int(b) in co and int(a) in pos:
             co[int(b)].add(pos[int(a)])
-    out = {"dataset": "scientific", "n_new": n_new, "catalogue": int(len(old)), "build_seconds": round(build, 2)}
+    out = {"dataset": dataset, "n_new": n_new, "catalogue": int(len(old)), "build_seconds": round(build, 2)}
     sources = {
         "behaviour": lambda i: tok.encode(behaviour=beh[[i]], llm=llm[[i]]),
         "neighbours": lambda i: tok.encode(neighbours=[sorted(co[i])], llm=llm[[i]]) if co[i] else None,
@@ -173,36 +175,56 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="row labels to build (default: all)")
+    ap.add_argument("--source", type=Path, default=SHARED / "scientific",
+                    help="the raw dataset (default ../shared/data/scientific, LC-Rec format; another folder in any "
+                         "format genrec reads, e.g. a synthetic shop)")
+    ap.add_argument("--set", nargs="*", default=[], dest="settings", metavar="KEY=VALUE",
+                    help="an index setting for every indexer that has it (e.g. a smoke run's codebook_size=8 epochs=2)")
+    ap.add_argument("--cf-epochs", type=int, default=None, help="DCCF's training epochs (default: its own)")
+    ap.add_argument("--new-items", type=int, default=100, help="items left out of the cold-start build")
+    ap.add_argument("--backbone", default="default", help="the LLM whose input embeddings give the items' text embeddings")
     args = ap.parse_args()
     command = "python benchmarks/index.py " + " ".join(sys.argv[1:])
-    src = SHARED / "scientific"
+    src = args.source
     if not src.is_dir():
         sys.exit(f"{src} is absent")
+    import yaml
+
+    from genrec.index.configs import CONFIGS
     from genrec.pipeline import train_embeddings
 
-    run = args.run_dir / "scientific"
-    data = stage_data(src, run / "data", PrepareConfig(), "lcrec").path
-    emb = train_embeddings("dccf", data, run / "cf-dccf", dim=32, seed=args.seed).path
-    text = stage_text(data, run / "text").path
+    settings = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in args.settings)}
+
+    def own(method: str, config: dict) -> dict:  # the --set settings this indexer has, under the variant's own
+        return {**{k: v for k, v in settings.items() if k in CONFIGS[method].model_fields}, **config}
+
+    name = src.name
+    run = args.run_dir / name
+    data = stage_data(src, run / "data", PrepareConfig(), "lcrec" if src == SHARED / "scientific" else None).path
+    emb = train_embeddings("dccf", data, run / "cf-dccf", dim=32, seed=args.seed,
+                           train=None if args.cf_epochs is None else {"epochs": args.cf_epochs}).path
+    text = stage_text(data, run / "text", args.backbone).path
     rows = []
     for label, method, config in VARIANTS:
         if args.only and label not in args.only:
             continue
+        config = own(method, config)
         needs_emb = method in ("alignment", "rqvae")
         slug = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
         res = stage_index(method, data, run / "index" / slug, emb if needs_emb else None, config, text, seed=args.seed)
-        rows.append(row_of(label, method, config, res.manifest["metrics"]))
+        rows.append(row_of(label, method, config, res.manifest["metrics"], name))
         print(f"{label:<28} collisions {rows[-1]['collision_rate_before']} -> {rows[-1]['collision_rate_after']} "
               f"({res.manifest['wall_seconds']:.0f}s{' cached' if res.skipped else ''})", flush=True)
     levels = []
     for L in range(1, 6):
-        res = stage_index("alignment", data, run / "index" / f"alignment-L{L}", emb, {"levels": L}, text, seed=args.seed)
-        r = row_of(f"alignment L={L}", "alignment", {"levels": L}, res.manifest["metrics"])
+        config = own("alignment", {"levels": L})
+        res = stage_index("alignment", data, run / "index" / f"alignment-L{L}", emb, config, text, seed=args.seed)
+        r = row_of(f"alignment L={L}", "alignment", config, res.manifest["metrics"], name)
         r["levels_requested"] = L
         levels.append(r)
         print(f"alignment L={L}: collisions {r['collision_rate_before']}", flush=True)
     llm = load_embeddings(text, Dataset.load(data).n_items)
-    cold = cold_start(data, emb, llm, 100, args.seed)
+    cold = cold_start(data, emb, llm, args.new_items, args.seed, own("alignment", {}), name)
     print(json.dumps(cold), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "index.json").write_text(json.dumps(rows + levels, indent=2, default=float) + "\n")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -47,10 +48,21 @@ def small_llama(folder: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--users", type=int, default=400, help="synthetic users (a smoke run takes a few)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
-    import numpy as np
     import torch
+
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp())
+    try:
+        measure(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(args, root: Path) -> None:
+    import numpy as np
     import yaml
 
     from genrec.cli import main as cli
@@ -58,12 +70,10 @@ def main() -> None:
     from genrec.serve.catalog import Catalog
     from genrec.serve.store import open_store
 
-    torch.set_num_threads(1)
-    root = Path(tempfile.mkdtemp())
     cfg = {
         "name": "new-items", "run_dir": str(root / "run"), "seed": 0,
         "data": {"source": "synth", "prepare": {"kcore": 2},
-                 "synth": {"n_users": 400, "n_items": 24, "n_categories": 4, "seed": 5, "mean_length": 8,
+                 "synth": {"n_users": args.users, "n_items": 24, "n_categories": 4, "seed": 5, "mean_length": 8,
                            "p_followup_same_category": 1.0, "max_taste_categories": 1, "p_explore": 0.0}},
         "baselines": [], "backbone": str(small_llama(root / "llama")),
         "cf": {"model": "lightgcn", "dim": 16, "train": {"epochs": 50}},
@@ -104,7 +114,7 @@ def main() -> None:
                          "top10_in_last_items_category": round(float(same), 3)})
     info = machine()
     result = {"rows": rows, "users": ds.n_users, "items": ds.n_items, "train_seconds": round(train_s, 1), "machine": info,
-              "command": "python benchmarks/new_items_synthetic.py"}
+              "command": " ".join(["python benchmarks/new_items_synthetic.py", *sys.argv[1:]])}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "new_items_synthetic.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# New items without retraining (synthetic shop)", "",

@@ -36,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._machine import describe, machine  # noqa: E402
 
 
-def padded_forward(rec, prompt: list[int], items) -> list[float]:
-    """log p(codes | prompt) of each item, one right-padded forward over prompt + codes rows."""
+def padded_forward(rec, prompt: list[int], items, trie=None) -> list[float]:
+    """log p(codes | prompt) of each item, one right-padded forward over prompt + codes rows; with
+    ``trie`` (a model trained with ``softmax="trie"``), each step's softmax over the trie node's
+    children, as the model was trained and as ours scores."""
     import torch
 
     rows = [prompt + rec.fmt.items[int(i)] for i in items]
@@ -52,16 +54,27 @@ def padded_forward(rec, prompt: list[int], items) -> list[float]:
     out = []
     for j, i in enumerate(items):
         toks = rec.fmt.items[int(i)]
-        out.append(sum(float(logp[j, len(prompt) - 1 + t, tok]) for t, tok in enumerate(toks)))
+        step = [logp[j, len(prompt) - 1 + t] for t in range(len(toks))]
+        if trie is not None:
+            step = [s - torch.logsumexp(s[trie.allowed(toks[:t])], 0) for t, s in enumerate(step)]
+        out.append(sum(float(s[tok]) for s, tok in zip(step, toks, strict=True)))
     return out
+
+
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it (the form the commands are written in)."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def describe_model(model: Path) -> str:
     """The fine-tuned LLM in a few words, from its train_config.json."""
-    cfg = json.loads((model / "train_config.json").read_text())
+    f = model / "train_config.json"
+    if not f.is_file():
+        return "fine-tuned backbone"
+    cfg = json.loads(f.read_text())
     layers = f", first {cfg['layers']} layers" if cfg.get("layers") else ""
     distill = f", distilled from {cfg['distill']['teacher']}" if cfg.get("distill") else ""
-    return f"SmolLM2-135M{layers}, {cfg.get('mode', 'lora')} fine-tune, {cfg.get('epochs', 1):g} epoch(s){distill}"
+    return f"{cfg.get('mode', 'lora')} fine-tune{layers}, {cfg.get('epochs', 1):g} epoch(s){distill}"
 
 
 def quality(folder: Path, out: Path, label: str | None = None) -> None:
@@ -94,26 +107,31 @@ def quality(folder: Path, out: Path, label: str | None = None) -> None:
     who = (f"a seeded sample of {t['users']:,} test users (seed {res['seed']}; every row on the same users)" if sampled
            else f"all {t['users']:,} test users")
     name = Path(res["base"]).parent.name
+    valid = res.get("valid")  # absent when the weight was given (genrec rerank --weight), not picked
+    picked = "picked on validation" if valid else "given"
     rows = [(f"{name} alone", t["base"]), (f"the LLM alone on {name}'s top {res['candidates']} (w = 1)", t["llm_on_shortlist"]),
-            (f"{name} + LLM rerank (w = {res['weight']}, picked on validation)", t["fused"])]
+            (f"{name} + LLM rerank (w = {res['weight']}, {picked})", t["fused"])]
     md = [f"# Filter-then-rerank on {dataset}: {name}'s shortlist reordered by the fine-tuned LLM", "",
           f"Machine: {describe(machine())}.", "",
           f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} --index "
-          f"{Path(res['model']).parent / 'index'} --data {data} --out {folder.relative_to(ROOT)} "
-          f"--valid-users {res['valid']['users']}{sampled}`, then "
-          f"`python benchmarks/rerank.py --quality {folder.relative_to(ROOT)}{f' --label {label}' if label else ''}`.", "",
+          f"{Path(res['model']).parent / 'index'} --data {data} --out {shown(folder)} "
+          + (f"--valid-users {valid['users']}" if valid else f"--weight {res['weight']}") + f"{sampled}`, then "
+          f"`python benchmarks/rerank.py --quality {shown(folder)}{f' --label {label}' if label else ''}`.", "",
           f"Test split, {who}, full ranking, the shared evaluator ("
           f"{'history items never recommended' if res.get('mask_history') else 'history items kept'}, as for every "
           f"model in the same table). The LLM: {Path(res['model'])} ({describe_model(ROOT / res['model'])}). "
-          f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was picked by NDCG@10 "
-          f"on {res['valid']['users']:,} validation users (seed {res['seed']}).", "",
+          f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was "
+          + (f"picked by NDCG@10 on {valid['users']:,} validation users (seed {res['seed']})." if valid else "given."), "",
           "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     md += [f"| {label} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + " |" for label, m in rows]
     md += ["", "Gain of the fused list over the classic model's own on the same users (paired bootstrap, "
            "2,000 resamples, 95% interval):", ""]
     md += [f"- {k}: {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" for k, v in boot.items()]
-    md += ["", "Validation grid (NDCG@10 / HR@10 by w):", "",
-           ", ".join(f"{w}: {m['NDCG@10']:.4f} / {m['HR@10']:.4f}" for w, m in res["valid"]["by_weight"].items()), ""]
+    if valid:
+        md += ["", "Validation grid (NDCG@10 / HR@10 by w):", "",
+               ", ".join(f"{w}: {m['NDCG@10']:.4f} / {m['HR@10']:.4f}" for w, m in valid["by_weight"].items())]
+    md.append("")
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"rerank-{dataset}-{name}.md").write_text("\n".join(md))
     (out / f"rerank-{dataset}-{name}.json").write_text(json.dumps({**res, "bootstrap": boot, "machine": machine()}, indent=2) + "\n")
     print("\n".join(md))
@@ -161,12 +179,15 @@ def main() -> None:
     t_ours = time.perf_counter() - t
     prompts = rec.prompts(hists)
     t = time.perf_counter()
-    theirs = np.array([padded_forward(rec, p, row) for p, row in zip(prompts, items, strict=True)])
+    trie = rec.index.trie(rec.fmt.items) if rec.lm.softmax == "trie" else None
+    theirs = np.array([padded_forward(rec, p, row, trie) for p, row in zip(prompts, items, strict=True)])
     t_theirs = time.perf_counter() - t
     diff = float(np.abs(ours - theirs).max())
     res = {"users": len(users), "candidates": args.candidates, "batch": args.batch,
            "ours_s_per_user": round(t_ours / len(users), 3), "padded_s_per_user": round(t_theirs / len(users), 3),
+           "ours_seconds": t_ours, "padded_seconds": t_theirs,
            "speedup": round(t_theirs / t_ours, 2), "max_abs_score_diff": diff, "machine": machine()}
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rerank.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [
         "# Shortlist scoring: shared-prompt steps vs one padded forward per user", "",

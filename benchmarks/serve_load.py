@@ -107,7 +107,7 @@ def serve_and_load(store: str, url: str, run: Path, args, users_file: Path) -> d
         # warm-up, then the measured run
         wrk_env = {**os.environ, "GENREC_USERS": str(users_file)}
         lua = users_file.parent / "users.lua"
-        subprocess.run(["wrk", "-t1", f"-c{args.connections}", "-d3s", "-s", str(lua), base], env=wrk_env,
+        subprocess.run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.warmup}s", "-s", str(lua), base], env=wrk_env,
                        capture_output=True, check=True)
         out = subprocess.run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--latency", "-s", str(lua), base],
                              env=wrk_env, capture_output=True, text=True, check=True).stdout
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "scientific", help="run folder with data/ and index/")
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=3, help="seconds of load before the measured run")
     ap.add_argument("--stores", nargs="+", default=["sqlite", "redis"])
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

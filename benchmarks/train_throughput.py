@@ -166,6 +166,10 @@ def main() -> None:
         return
     if not (args.corpus / "meta.json").is_file():
         sys.exit(f"no corpus at {args.corpus}: build one with `genrec tasks build` (see the README)")
+    if json.loads((args.corpus / "meta.json").read_text()).get("prompt") == "codes":
+        # Corpus.unpacked cuts a sequence between runs of target tokens; in the codes prompt they are one run
+        sys.exit(f"{args.corpus}: a codes-prompt corpus (items' codes back to back, no separator) cannot be cut into "
+                 "per-prefix samples; build one with the chat or plain prompt (genrec tasks build --set prompt=chat)")
     rows = {w: spawn(w, args.corpus, args) for w in ("hf", "ours-per-prefix", "ours")}
     info = machine()
     ratio = rows["ours"]["target_tokens_per_s"] / rows["hf"]["target_tokens_per_s"]

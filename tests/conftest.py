@@ -88,6 +88,35 @@ def tiny_backbone(real_tokenizer, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def recipe_run(tiny_backbone, tmp_path_factory):
+    """A finished `genrec run` of the recipe of configs/scientific.yaml on a tiny synthetic shop (codes prompt, trie
+    softmax, a 1-layer cut of the tiny backbone, SASRec-CE distillation): the run folder, with its config
+    beside it as ``run.yaml``. Read-only for the tests that share it."""
+    import yaml
+
+    from genrec.cli import main
+
+    root = tmp_path_factory.mktemp("recipe")
+    cfg = {
+        "name": "recipe", "run_dir": str(root / "run"), "seed": 0,
+        "data": {"source": "synth", "synth": {"n_users": 60, "n_items": 40, "seed": 3}, "prepare": {"kcore": 2}},
+        "baselines": [], "backbone": str(tiny_backbone),
+        "baseline_params": {"sasrec-ce": {"train": {"epochs": 2}}},
+        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
+        "index": {"method": "alignment", "config": {"levels": 2, "codebook_size": 8, "epochs": 3, "progress": False}},
+        "tasks": {"tasks": ["seq"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
+        "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 3e-3,
+                  "code_init": "scaled", "untie_codes": True, "code_lr": 1e-2, "epochs": 3, "batch_size": 8,
+                  "select_users": 20, "select_beams": 5, "patience": 2, "save_every": 1000, "distill": {"weight": 0.5}},
+        "decode": {"beams": 5, "batch_users": 8, "pop_alpha": [0.0, 0.5, 2.0], "select_users": 20},
+    }
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    return root / "run"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: intra-op threads only add contention on a busy 2-core machine (restored after)."""

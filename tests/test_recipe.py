@@ -16,32 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def recipe_run(tiny_backbone, tmp_path_factory):
-    import yaml
-
-    from genrec.cli import main
-
-    root = tmp_path_factory.mktemp("recipe")
-    cfg = {
-        "name": "recipe", "run_dir": str(root / "run"), "seed": 0,
-        "data": {"source": "synth", "synth": {"n_users": 60, "n_items": 40, "seed": 3}, "prepare": {"kcore": 2}},
-        "baselines": [], "backbone": str(tiny_backbone),
-        "baseline_params": {"sasrec-ce": {"train": {"epochs": 2}}},
-        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
-        "index": {"method": "alignment", "config": {"levels": 2, "codebook_size": 8, "epochs": 3, "progress": False}},
-        "tasks": {"tasks": ["seq"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
-        "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 3e-3,
-                  "code_init": "scaled", "untie_codes": True, "code_lr": 1e-2, "epochs": 3, "batch_size": 8,
-                  "select_users": 20, "select_beams": 5, "patience": 2, "save_every": 1000, "distill": {"weight": 0.5}},
-        "decode": {"beams": 5, "batch_users": 8, "pop_alpha": [0.0, 0.5, 2.0], "select_users": 20},
-    }
-    path = root / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(path), "--no-progress"]) == 0
-    return root / "run"
-
-
 def test_the_recipe_selects_on_validation_and_decodes_with_the_picked_adjustment(recipe_run):
     log = [json.loads(x) for x in (recipe_run / "model" / "log.jsonl").read_text().splitlines()]
     chosen = [x for x in log if "select_value" in x]

@@ -1,0 +1,334 @@
+"""A smoke run of every script in benchmarks/ (the private helpers _child.py and _machine.py aside),
+each the real script in its own process on tiny inputs: the finished tiny run of the recipe
+(``recipe_run``), synthetic shops, the tiny backbone with the real tokenizer; outputs under tmp_path,
+never benchmarks/results. Each checks what it wrote against what it read. recipe.py and
+search_error.py have theirs in tests/test_recipe.py; the last test here checks that no script is
+left without one."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
+
+
+def bench(script: str, *args, timeout: int = 600, ok: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python benchmarks/NAME.py ARGS`` from the repository root at one thread; with ``ok``,
+    fail with its stderr unless it exits 0."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if ok:
+        assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def synth_raw(folder: Path, n_users: int = 40, n_items: int = 30) -> Path:
+    from genrec.data.synth import SynthConfig, write
+
+    write(SynthConfig(n_users=n_users, n_items=n_items, seed=2, mean_length=6), folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------ decoding
+
+
+def test_decode_smoke_run_agrees_with_hf_generate(recipe_run, tiny_backbone, tmp_path):
+    bench("benchmarks/decode.py", "--run", recipe_run, "--model", recipe_run / "model", "--users", 4, "--batch", 2,
+          "--beams", 4, "--k", 3, "--out", tmp_path)
+    r = json.loads((tmp_path / "decode.json").read_text())
+    # the model as its folder says: the tiny backbone cut to one layer, the codes prompt, the trie softmax
+    assert (r["backbone"], r["prompt"], r["softmax"]) == (str(tiny_backbone), "codes", "trie")
+    assert r["weights"] == str(recipe_run / "model") and r["users"] == 4 and (r["beams"], r["k"]) == (4, 3)
+    assert r["identical_top10_share"] == 1.0  # the same model, the same trie, the same scores: the same lists
+    assert r["ratio"] == pytest.approx(r["ours_users_per_s"] / r["hf_users_per_s"], rel=0.02)
+    assert f"**{r['ratio']:.1f}x**" in (tmp_path / "decode.md").read_text()
+
+
+def test_new_items_smoke_run_adds_items_with_codes_of_their_own(recipe_run, tmp_path):
+    from genrec.index.base import ItemIndex
+
+    bench("benchmarks/new_items.py", "--run", recipe_run, "--items", 2, "--users", 4, "--k", 5, "--beams", 5,
+          "--out", tmp_path)
+    r = json.loads((tmp_path / "new_items.json").read_text())
+    index = ItemIndex.load(recipe_run / "index")
+    ids = json.loads((recipe_run / "index" / "item_ids.json").read_text())
+    trained = {tuple(int(c) for c in row) for row in index.codes}
+    assert r["model"] == str(recipe_run / "model") and r["step"] is None and len(r["rows"]) == 2
+    for row in r["rows"]:
+        assert tuple(row["new_codes"]) not in trained  # unique codes from the codebooks
+        assert row["anchor_codes"] == [int(c) for c in index.codes[ids.index(row["anchor_id"])]]
+        shared = 0
+        while shared < len(row["new_codes"]) and row["new_codes"][shared] == row["anchor_codes"][shared]:
+            shared += 1
+        assert row["shared_prefix"] == shared
+        assert 1 <= row["holders"] <= 4 and 1 <= row["others"] <= 4
+        for share, n in ((row["new_in_holders"], row["holders"]), (row["new_in_others"], row["others"]),
+                         (row["anchor_in_holders"], row["holders"])):
+            assert 0 <= share <= 1 and share * n == pytest.approx(round(share * n))  # a share of those users
+    for key in ("new_in_holders", "new_in_others", "anchor_in_holders"):
+        assert r["mean"][key] == pytest.approx(np.mean([row[key] for row in r["rows"]]))
+
+
+def test_new_items_synthetic_smoke_run_scores_every_category_both_ways(tmp_path):
+    bench("benchmarks/new_items_synthetic.py", "--epochs", 1, "--users", 40, "--out", tmp_path)
+    r = json.loads((tmp_path / "new_items_synthetic.json").read_text())
+    rows = r["rows"]
+    assert len(rows) == 8 and [x["scoring"] for x in rows] == ["model alone"] * 4 + ["sibling back-off"] * 4
+    alone, backoff = rows[:4], rows[4:]
+    # the same four added items (one per category, codes of their own) under both scorings
+    assert [(x["category"], x["codes"], x["holders"]) for x in alone] == [(x["category"], x["codes"], x["holders"]) for x in backoff]
+    assert len({tuple(x["codes"]) for x in alone}) == 4 and len({x["category"] for x in alone}) == 4
+    assert r["users"] <= 40 and r["items"] <= 24
+    for x in rows:
+        assert 1 <= x["holders"] < r["users"]
+        assert 0 <= x["share_holders"] <= 1 and 0 <= x["share_others"] <= 1 and 0 <= x["top10_in_last_items_category"] <= 1
+
+
+def test_rerank_smoke_run_scores_as_the_padded_forward_does(recipe_run, tmp_path):
+    bench("benchmarks/rerank.py", "--run", recipe_run, "--users", 4, "--candidates", 5, "--batch", 2, "--out", tmp_path)
+    r = json.loads((tmp_path / "rerank.json").read_text())
+    assert (r["users"], r["candidates"], r["batch"]) == (4, 5, 2)
+    assert r["max_abs_score_diff"] < 1e-4  # the trie softmax renormalised in both
+    assert r["speedup"] == round(r["padded_seconds"] / r["ours_seconds"], 2)
+    assert f"**{r['speedup']}x**" in (tmp_path / "rerank.md").read_text()
+
+
+def test_rerank_quality_smoke_run_bootstraps_the_gain_of_a_rerank_folder(recipe_run, tmp_path, cli):
+    folder = tmp_path / "rerank"
+    code, _, err = cli("rerank", "--base", recipe_run / "baselines" / "sasrec-ce" / "model", "--model", recipe_run / "model",
+                       "--index", recipe_run / "index", "--data", recipe_run / "data", "--out", folder, "--candidates", 5,
+                       "--weight", 1.0, "--batch-users", 8)
+    assert code == 0, err
+    bench("benchmarks/rerank.py", "--quality", folder, "--out", tmp_path / "out")
+    (written,) = (tmp_path / "out").glob("rerank-*.json")
+    assert written.name == "rerank-run-sasrec-ce.json"
+    r = json.loads(written.read_text())
+    for name in ("HR@10", "NDCG@10"):  # the mean paired gain is the difference of the two test rows
+        mean, lo, hi = r["bootstrap"][name]
+        assert mean == pytest.approx(r["test"]["fused"][name] - r["test"]["base"][name], abs=1e-9)
+        assert lo <= mean + 1e-9 and mean <= hi + 1e-9
+    assert "(w = 1.0, given)" in written.with_suffix(".md").read_text()
+
+
+# ------------------------------------------------------------------------------------ runners
+
+
+def test_ablations_recipe_smoke_run_runs_a_variant_on_the_base_runs_stages(recipe_run, tmp_path):
+    from genrec.config import check_settings, load_config
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import ablations_recipe
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # every variant's command, against configs/scientific.yaml as it is now
+    out = bench("benchmarks/ablations_recipe.py", "--base", recipe_run, "--dry-run", "--out", tmp_path / "dry").stdout.splitlines()
+    assert len(out) == len(ablations_recipe.ORDER)
+    for line, name in zip(out, ablations_recipe.ORDER, strict=True):
+        sets = re.findall(r"--set (.*?)(?= --set |$)", line)
+        assert sets[0] == f"run_dir={tmp_path / 'dry' / name}" and sets[1:] == ablations_recipe.BUDGET + ablations_recipe.VARIANTS[name][0]
+        check_settings(load_config(ROOT / "configs" / "scientific.yaml", sets[1:]))  # no stale key
+    # one variant for real on the tiny recipe, its unchanged stages copied from the base run
+    args = ["--base", recipe_run, "--only", "wo-LA", "--out", tmp_path / "abl", "--config", recipe_run.parent / "run.yaml",
+            "--set", "train.layers=1"]
+    bench("benchmarks/ablations_recipe.py", *args)
+    run = tmp_path / "abl" / "wo-LA"
+    for stage in ("data", "cf/lightgcn", "baselines/sasrec-ce"):  # copied, and skipped by `genrec run`
+        assert (run / stage / "manifest.json").read_text() == (recipe_run / stage / "manifest.json").read_text()
+    index = json.loads((run / "index" / "manifest.json").read_text())
+    assert index["config"]["config"]["llm_weight"] == 0
+    assert json.loads((run / "model" / "train_config.json").read_text())["layers"] == 1
+    ndcg = json.loads((run / "evaluate" / "metrics.json").read_text())["test"]["metrics"]["NDCG@10"]
+    assert 0 <= ndcg <= 1
+    assert "finished before, skipped" in bench("benchmarks/ablations_recipe.py", *args).stdout
+
+
+def test_ablations_smoke_run_reports_a_variant_with_its_light_copy(recipe_run, tmp_path):
+    from genrec.config import check_settings, load_config
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import ablations
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for name in ablations.ORDER:  # every variant's overrides, against configs/scientific.yaml as it is now
+        overrides = ["baselines=[]", *ablations.PREVIOUS, *ablations.BUDGET, *ablations.VARIANTS[name][0]]
+        check_settings(load_config(ROOT / "configs" / "scientific.yaml", overrides))
+    report = tmp_path / "report"
+    bench("benchmarks/ablations.py", "--only", "ours", "--out", tmp_path / "runs", "--report", report, "--base", recipe_run,
+          "--config", recipe_run.parent / "run.yaml", "--set",
+          "index.config={levels: 2, codebook_size: 8, epochs: 3, progress: false}", "train.epochs=1", "train.distill=null",
+          "decode.beams=5", "decode.users=12")
+    rows = json.loads((report / "ablations.json").read_text())
+    assert [r["method"] for r in rows] == ["ours", ablations.FULL]  # the variant, and the base run as the full budget
+    for row, run in zip(rows, (tmp_path / "runs" / "ours", recipe_run), strict=True):
+        test = json.loads((run / "evaluate" / "metrics.json").read_text())["test"]["metrics"]
+        assert {c: row[c] for c in COLS} == {c: round(test[c], 4) for c in COLS}
+    light = report / "runs" / "ours"
+    assert (light / "evaluate" / "metrics.json").is_file() and (light / "model" / "log.jsonl").is_file()
+    assert not [f for f in light.rglob("*") if f.suffix in (".safetensors", ".pt", ".npy", ".npz")]  # no weights
+    assert (report / "report.md").is_file()
+    assert "Not finished yet (the runner resumes them): wo-LA" in (report / "notes.md").read_text()
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+def test_baselines_smoke_run_on_a_synthetic_source(tmp_path):
+    raw = synth_raw(tmp_path / "raw")
+    args = ["--source", f"synth={raw}", "--models", "pop", "sasrec-ce", "--params", 'sasrec-ce={"train": {"epochs": 2}}',
+            "--run-dir", tmp_path / "runs", "--out", tmp_path / "out"]
+    bench("benchmarks/baselines.py", *args)
+    rows = json.loads((tmp_path / "out" / "baselines.json").read_text())
+    assert [(r["dataset"], r["method"]) for r in rows] == [("synth", "pop"), ("synth", "sasrec-ce")]
+    for r in rows:
+        stage = tmp_path / "runs" / "synth" / "baselines" / r["method"]
+        test = json.loads((stage / "metrics.json").read_text())["test"]["metrics"]
+        assert {c: r[c] for c in COLS} == {c: round(test[c], 4) for c in COLS}
+        assert r["mask_history"] is True  # auto: a synthetic shop never repeats an item
+    assert rows[1]["epochs_run"] == 2 and rows[0]["epochs_run"] is None
+    assert "## synth" in (tmp_path / "out" / "baselines.md").read_text()
+    bench("benchmarks/baselines.py", *args, "--report-only")  # rewritten from the finished stages alone
+    assert json.loads((tmp_path / "out" / "baselines.json").read_text()) == rows
+
+
+def test_dataset_table_smoke_run_sets_ours_beside_the_baselines(recipe_run, tmp_path):
+    base = [{"dataset": "synth", "method": m, **dict(zip(COLS, v, strict=True)), "mask_history": True, "seconds_per_epoch": None}
+            for m, v in (("pop", [0.01, 0.05, 0.1, 0.03, 0.05]), ("sasrec-ce", [0.02, 0.06, 0.12, 0.04, 0.06]))]
+    (tmp_path / "baselines.json").write_text(json.dumps(base))
+    (tmp_path / "recipe.json").write_text(json.dumps([{"dataset": "synth", "method": "tiny", "mask_history": True,
+                                                       **dict.fromkeys(COLS, 0.09)}]))
+    bench("benchmarks/dataset_table.py", "--dataset", "synth",
+          "--row", "LLM", "a tiny budget.", recipe_run / "evaluate" / "metrics.json", "genrec run run.yaml",
+          "--recipe", "tiny", "LLM (recipe)", "the same.", "--baselines", tmp_path / "baselines.json",
+          "--recipes", tmp_path / "recipe.json", "--out", tmp_path / "out")
+    rows = json.loads((tmp_path / "out" / "synth.json").read_text())
+    assert [r["method"] for r in rows] == ["pop", "sasrec-ce", "LLM", "LLM (recipe)"]
+    test = json.loads((recipe_run / "evaluate" / "metrics.json").read_text())["test"]
+    assert {c: rows[2][c] for c in COLS} == {c: round(test["metrics"][c], 4) for c in COLS}
+    assert rows[2]["mask_history"] is True and rows[2]["users"] == test["n_users"]  # from the evaluate stage's manifest and metrics
+    md = (tmp_path / "out" / "synth.md").read_text()
+    gain = {c: (max(r[c] for r in rows[2:]) / max(r[c] for r in rows[:2]) - 1) * 100 for c in COLS}
+    assert "| best of ours vs the best baseline | " + " | ".join(f"{gain[c]:+.1f}%" for c in COLS) + " |" in md
+    assert "Unmasked" not in md  # every row masked
+
+
+def test_finetune_report_smoke_run_reads_the_model_log(recipe_run, tmp_path):
+    bench("benchmarks/finetune_report.py", "--run", recipe_run, "--name", "ft", "--out", tmp_path)
+    r = json.loads((tmp_path / "ft.json").read_text())
+    model = json.loads((recipe_run / "model" / "manifest.json").read_text())["metrics"]
+    log = [json.loads(x) for x in (recipe_run / "model" / "log.jsonl").read_text().splitlines()]
+    train = [x for x in log if "loss" in x]
+    assert r["state"] == "finished" and r["steps"] == model["steps"] and r["epochs"] == model["epochs"]
+    assert r["steps_per_epoch"] == model["steps_per_epoch"]  # under the run's own batching, not configs/scientific.yaml's
+    assert (r["first_loss"], r["last_loss"]) == (train[0]["loss"], train[-1]["loss"])
+    assert [v["step"] for v in r["val"]] == [x["step"] for x in log if "val_loss" in x]
+    assert r["sessions"] == 1 and r["corpus"]["tasks"] == {"seq_all": r["corpus"]["samples"]}
+    import xml.etree.ElementTree as ET
+
+    svg = ET.fromstring((tmp_path / "ft.svg").read_text())
+    assert len(svg.findall("{http://www.w3.org/2000/svg}polyline")) == 2  # train and validation loss
+    assert "![loss curve](ft.svg)" in (tmp_path / "ft.md").read_text()
+
+
+def test_index_smoke_run_on_a_synthetic_source(tiny_backbone, tmp_path):
+    from genrec.data.dataset import Dataset
+
+    raw = synth_raw(tmp_path / "shop")
+    bench("benchmarks/index.py", "--source", raw, "--run-dir", tmp_path / "runs", "--out", tmp_path / "out", "--set",
+          "codebook_size=4", "levels=2", "epochs=2", "progress=false", "n_clusters=4", "--cf-epochs", 2, "--new-items", 5,
+          "--backbone", tiny_backbone)
+    rows = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert [r["method"] for r in rows[:9]] == ["alignment", "alignment w/o LA", "rqvae (ED: behaviour)",
+                                               "rqvae (LC-Rec/TIGER: text)", "semid", "cid", "rid", "tid", "iid"]
+    assert [r["levels_requested"] for r in rows[9:]] == [1, 2, 3, 4, 5]
+    assert all(r["dataset"] == "shop" for r in rows)
+    assert all(r["collision_rate_after"] == 0 for r in rows)  # every index tells items apart
+    by = {r["method"]: r for r in rows}
+    assert by["alignment"]["config"]["codebook_size"] == 4 and by["cid"]["config"]["n_clusters"] == 4
+    assert by["alignment w/o LA"]["config"]["llm_weight"] == 0.0 and "codebook_size" not in by["rid"]["config"]
+    assert [r["config"]["levels"] for r in rows[9:]] == [1, 2, 3, 4, 5]
+    n = Dataset.load(tmp_path / "runs" / "shop" / "data").n_items
+    cold = json.loads((tmp_path / "out" / "cold_start.json").read_text())
+    assert (cold["n_new"], cold["catalogue"]) == (5, n - 5)
+    for source in ("behaviour", "neighbours", "text"):
+        assert cold[source]["items"] <= 5
+        assert cold[source]["first_code_agreement"] is None or 0 <= cold[source]["first_code_agreement"] <= 1
+    assert cold["behaviour"]["items"] == 5 and cold["text"]["items"] == 5
+    assert "## Cold start" in (tmp_path / "out" / "index.md").read_text()
+
+
+# ------------------------------------------------------------------------------------ throughput
+
+
+def test_shared_prompts_smoke_run_sends_fewer_tokens_through_the_model(recipe_run, tiny_backbone, tmp_path):
+    bench("benchmarks/shared_prompts.py", "--run", recipe_run, "--users", 4, "--backbone", tiny_backbone, "--repeat", 1,
+          "--batch", 8, "--out", tmp_path)
+    r = json.loads((tmp_path / "shared_prompts.json").read_text())
+    padded, shared = r["runs"]["padded"], r["runs"]["shared"]
+    assert padded["samples"] == shared["samples"] and padded["target_tokens"] == shared["target_tokens"]  # the same losses
+    assert padded["units"] == padded["samples"] and shared["units"] < shared["samples"]  # negatives behind one prompt
+    assert shared["tokens"] < padded["tokens"] == padded["padded_tokens"]
+    assert r["token_ratio"] == round(padded["tokens"] / shared["tokens"], 2)
+    assert r["ratio"] == pytest.approx(shared["target_tokens_per_s"] / padded["target_tokens_per_s"], abs=0.01)
+    assert all(math.isfinite(x["final_loss"]) for x in (padded, shared))
+
+
+def test_train_throughput_smoke_run_trains_the_same_targets_three_ways(recipe_run, tiny_backbone, tmp_path, cli):
+    # a codes-prompt corpus (the recipe's) has no item boundary to cut per-prefix samples at: refused, saying why
+    proc = bench("benchmarks/train_throughput.py", "--corpus", recipe_run / "tasks", "--out", tmp_path, ok=False)
+    assert proc.returncode != 0 and "codes-prompt corpus" in proc.stderr
+    corpus = tmp_path / "corpus"
+    code, _, err = cli("tasks", "build", "--data", recipe_run / "data", "--index", recipe_run / "index", "--out", corpus,
+                       "--backbone", tiny_backbone, "--set", "layout=all_positions", "--set", "tasks=[seq]",
+                       "--set", "negatives_per_positive=0", "--valid-users", 5)
+    assert code == 0, err
+    bench("benchmarks/train_throughput.py", "--corpus", corpus, "--users", 4, "--batch", 4, "--out", tmp_path)
+    r = json.loads((tmp_path / "train_throughput.json").read_text())
+    hf, per_prefix, ours = r["runs"]["hf"], r["runs"]["ours-per-prefix"], r["runs"]["ours"]
+    assert hf["target_tokens"] == per_prefix["target_tokens"] == ours["target_tokens"] > 0  # the same supervision
+    assert hf["samples"] == per_prefix["samples"] > ours["samples"] == 4  # 4 sequences cut into their prefixes
+    assert r["ratio"] == round(ours["target_tokens_per_s"] / hf["target_tokens_per_s"], 2)
+    assert r["trainer_only_ratio"] == round(per_prefix["target_tokens_per_s"] / hf["target_tokens_per_s"], 2)
+    assert all(math.isfinite(x["mean_loss"]) for x in (hf, per_prefix, ours))
+
+
+# ------------------------------------------------------------------------------------ serving
+
+
+def test_serve_load_smoke_run_serves_every_store_without_errors(recipe_run, tmp_path):
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (`make setup` installs it with apt-get): serve_load.py drives the server with it")
+    from genrec.data.dataset import Dataset
+
+    stores = ["sqlite", *(["redis"] if shutil.which("redis-server") else [])]
+    bench("benchmarks/serve_load.py", "--run", recipe_run, "--seconds", 1, "--warmup", 1, "--connections", 2,
+          "--stores", *stores, "--out", tmp_path)
+    rows = json.loads((tmp_path / "serve_load.json").read_text())
+    assert [r["store"] for r in rows] == stores
+    for r in rows:
+        assert r["users"] == Dataset.load(recipe_run / "data").n_users
+        assert r["errors"] == 0 and r["requests"] > 0 and r["rps"] > 0  # every request a 200 from the cache
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+
+
+# ------------------------------------------------------------------------------------ coverage
+
+
+def test_every_benchmark_script_has_a_smoke_run():
+    """Each benchmarks/NAME.py (not the _private helpers) is run by some test as a subprocess."""
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    missing = [p.name for p in sorted((ROOT / "benchmarks").glob("*.py")) if not p.name.startswith("_")
+               and f'"benchmarks/{p.name}"' not in tests and f'"benchmarks" / "{p.name}"' not in tests]
+    assert not missing, f"benchmark scripts without a smoke run: {missing}"
