@@ -20,6 +20,8 @@ Variants (ours is the base run itself):
 - ``wo-LA``: the index without LLM alignment (alignment loss weight 0);
 - ``ED``: an RQ-VAE encoder-decoder over the same behaviour embeddings instead of the cascaded codebooks;
 - ``L3`` / ``L4``: three / four codebook levels of 256 (the paper's default is 4);
+- ``RQ-KMeans`` (a lever, not one of the paper's ablations): residual k-means (``semid``) over the
+  same behaviour embeddings, 2 x 256;
 - ``NS-1to1``: negative-behaviour samples added (1 per user sequence; the recipe has none, which is
   the paper's "w/o NS").
 """
@@ -38,11 +40,13 @@ BUDGET = ["train.layers=12"]
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "wo-LA": (["index.config.llm_weight=0"], ["data", "cf", "baselines"]),
     "ED": (["index.method=rqvae", "index.config={input: behaviour, levels: 2, codebook_size: 256}"], ["data", "cf", "baselines"]),
+    "RQ-KMeans": (["index.method=semid", "index.config={input: behaviour, levels: 2, codebook_size: 256}"],
+                  ["data", "cf", "baselines"]),
     "L3": (["index.config.levels=3"], ["data", "cf", "baselines"]),
     "L4": (["index.config.levels=4"], ["data", "cf", "baselines"]),
     "NS-1to1": (["tasks.tasks=[seq, neg]", "tasks.negatives_per_positive=1"], ["data", "cf", "index", "baselines"]),
 }
-ORDER = ["wo-LA", "L3", "ED", "NS-1to1", "L4"]
+ORDER = ["wo-LA", "L3", "ED", "NS-1to1", "L4", "RQ-KMeans"]
 assert sorted(ORDER) == sorted(VARIANTS)
 
 
