@@ -197,6 +197,36 @@ def test_a_tiny_model_trains_saves_loads_and_ranks_the_same(fitted, shop, tiny_b
     np.testing.assert_array_equal(again.score(split.histories, users), loaded.score(split.histories, users))
 
 
+def test_a_killed_fit_resumes_mid_epoch_and_ends_as_an_uninterrupted_one(shop, tiny_backbone, tmp_path, monkeypatch):
+    _, ds = shop
+    s = settings(tiny_backbone, save_every=1, pretrain_batch_size=8)
+    whole = CLLM4Rec(s["config"], s["train"])
+    whole.fit(ds, checkpoint_dir=tmp_path / "whole", log=lambda line: None)
+    real, calls = CLLM4Rec._step, []
+
+    def dying(self, batch, opt):
+        calls.append(batch["kind"])
+        if len(calls) == 7:
+            raise KeyboardInterrupt  # a kill in the middle of the pretraining pass
+        return real(self, batch, opt)
+
+    monkeypatch.setattr(CLLM4Rec, "_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        CLLM4Rec(s["config"], s["train"]).fit(ds, checkpoint_dir=tmp_path / "killed", log=lambda line: None)
+    monkeypatch.undo()
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())
+    assert state["phase_no"] == 0 and state["step"] == 6
+    lines: list[str] = []
+    resumed = CLLM4Rec(s["config"], s["train"])
+    resumed.fit(ds, checkpoint_dir=tmp_path / "killed", log=lines.append)
+    assert "resumed" in lines[1] and "step 6" in lines[1]
+    hist = ds.eval_split("test").histories
+    np.testing.assert_allclose(resumed.score(hist, np.arange(ds.n_users)), whole.score(hist, np.arange(ds.n_users)),
+                               rtol=1e-5, atol=1e-5)
+    valid = [[h["valid"] for h in model.log["finetune"]["history"]] for model in (resumed, whole)]
+    assert valid[0] == valid[1]
+
+
 @pytest.mark.parametrize("variant", ["prerec", "ftall", "scratch"])
 def test_the_comparison_variants(variant, shop, tiny_backbone, tmp_path, fitted):
     _, ds = shop

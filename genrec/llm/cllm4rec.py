@@ -393,6 +393,42 @@ class CLLM4RecModel(nn.Module):
 # ---------------------------------------------------------------------------------------- the baseline
 
 
+def adam(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam, fused where this torch has a fused kernel for the parameters' device."""
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+class Optimizers:
+    """Named optimizers stepped part by part (see :meth:`CLLM4Rec._optimizer`)."""
+
+    def __init__(self, parts: dict[str, torch.optim.Optimizer]):
+        self.parts = parts
+
+    def zero_grad(self) -> None:
+        for o in self.parts.values():
+            o.zero_grad(set_to_none=True)
+
+    def step(self, names: list[str], grad_clip: float | None) -> None:
+        """Clip the gradient norm of the named parts together, then step them."""
+        chosen = [self.parts[n] for n in names if n in self.parts]
+        if grad_clip:
+            nn.utils.clip_grad_norm_([p for o in chosen for g in o.param_groups for p in g["params"]], grad_clip)
+        for o in chosen:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {k: o.state_dict() for k, o in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.parts):
+            raise ValueError(f"optimizer parts {sorted(state)}, expected {sorted(self.parts)}")
+        for k, o in self.parts.items():
+            o.load_state_dict(state[k])
+
+
 def build_backbone(cfg: CLLM4RecConfig, device: torch.device, seed: int):
     """(causal LM, tokenizer, compute dtype): the backbone cut to ``cfg.layers``, randomly
     re-initialised for ``scratch``; fp32 master weights when it trains (computing under autocast)."""
@@ -419,7 +455,7 @@ class CLLM4Rec:
     name = "cllm4rec"
     config_cls = CLLM4RecConfig
     #: the RecLLM fine-tuning's optimisation (TrainConfig fields); pretraining's are in the config
-    train_defaults = {"epochs": 5, "batch_size": 32, "lr": 1e-3, "patience": 2}
+    train_defaults = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "patience": 2}
 
     def __init__(self, config: dict | None = None, train: dict | None = None):
         self.config = CLLM4RecConfig(**(config or {}))
@@ -549,14 +585,18 @@ class CLLM4Rec:
         self.log = info
         return {k: v for k, v in info.items() if k not in ("pretrain", "finetune")}
 
-    def _optimizer(self, phase: str) -> torch.optim.Optimizer:
+    def _optimizer(self, phase: str) -> Optimizers:
+        """Adam per part: the collaborative tables ("c"), the content tables ("t", pretraining only) and
+        the backbone ("lm", ftall and scratch); a step updates the parts its loss reaches, so a
+        collaborative batch never moves the content tables' Adam state, nor the reverse."""
         cfg, tc, m = self.config, self.train_cfg, self.model
         lr = cfg.pretrain_lr if phase == "pretrain" else tc.lr
-        tables = [getattr(m, t).weight for t in TABLES]
-        groups = [{"params": tables, "lr": lr}]
+        parts = {"c": ([m.user_c.weight, m.item_c.weight], lr)}
+        if phase == "pretrain":
+            parts["t"] = ([m.user_t.weight, m.item_t.weight], lr)
         if m.tune_backbone:
-            groups.append({"params": [p for p in m.lm.parameters() if p.requires_grad], "lr": cfg.backbone_lr})
-        return torch.optim.Adam(groups, weight_decay=tc.weight_decay)
+            parts["lm"] = ([p for p in m.lm.parameters() if p.requires_grad], cfg.backbone_lr)
+        return Optimizers({k: adam(params, rate, tc.weight_decay) for k, (params, rate) in parts.items()})
 
     def _pretrain_batches(self, train: list[np.ndarray], content: ContentCorpus, rng: np.random.Generator) -> list[dict]:
         """One pass: every user's collaborative document (items freshly shuffled) and every content
@@ -589,7 +629,7 @@ class CLLM4Rec:
                  "owned": [train[users[i]] for i in b]}
                 for b in token_batches(lengths, tc.batch_size, cfg.batch_tokens, rng)]
 
-    def _step(self, batch: dict, opt: torch.optim.Optimizer) -> tuple[float, float]:
+    def _step(self, batch: dict, opt: Optimizers) -> tuple[float, float]:
         m, cfg, dev = self.model, self.config, self.model.device
         ids, mask = (t.to(dev) for t in pad(batch["docs"]))
         if batch["kind"] == "rec":
@@ -608,11 +648,10 @@ class CLLM4Rec:
             loss = (m.collab_loss if side == "c" else m.content_loss)(ids, mask, prompt_len)
             reg = m.mutual(ids[mask > 0], len(ids), side, cfg.mutual_weight)
         total = loss + reg
-        opt.zero_grad(set_to_none=True)
+        parts = ["t" if batch["kind"] == "content" else "c"] + (["lm"] if m.tune_backbone else [])
+        opt.zero_grad()
         total.backward()
-        if self.train_cfg.grad_clip:
-            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.train_cfg.grad_clip)
-        opt.step()
+        opt.step(parts, self.train_cfg.grad_clip)
         return float(loss.detach()), float(reg.detach())
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -638,7 +677,7 @@ class CLLM4Rec:
         log(f"{self.label}: resumed from {ckpt} (phase {state['phase_no']}, epoch {state['epoch']}, step {state['step']})")
         return state
 
-    def _save_checkpoint(self, ckpt: Path, state: dict, opt: torch.optim.Optimizer) -> None:
+    def _save_checkpoint(self, ckpt: Path, state: dict, opt: Optimizers) -> None:
         """Atomically replace the checkpoint's weights, optimizer and state (best weights are written
         when they change)."""
         ckpt.mkdir(parents=True, exist_ok=True)
