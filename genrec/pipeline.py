@@ -169,13 +169,16 @@ def stage_baseline(
     seed: int,
     params: dict | None = None,
     force: bool = False,
+    inputs: dict[str, Path] | None = None,
 ) -> StageResult:
     """Fit a classic baseline on the training split and evaluate it.
 
-    Neural models checkpoint next to ``out`` (keyed by config), so a killed stage resumes.
+    Neural models checkpoint next to ``out`` (keyed by config), so a killed stage resumes. ``inputs``:
+    artifact folders the baseline reads besides the data (their fingerprints enter the stage's).
     """
     config = {"baseline": name, "params": params or {}, "evaluate": ev.model_dump(), "seed": seed}
-    ckpt = out.parent / f".ckpt-{name}-{config_hash(config, {'data': fingerprint(data)})[:12]}"
+    inputs = {"data": data, **(inputs or {})}
+    ckpt = out.parent / f".ckpt-{name}-{config_hash(config, {k: fingerprint(v) for k, v in inputs.items()})[:12]}"
 
     def build(tmp: Path) -> dict:
         ds = Dataset.load(data)
@@ -187,9 +190,30 @@ def stage_baseline(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         return metrics
 
-    res = run_stage(out, f"baseline:{name}", config, {"data": data}, build, force)
+    res = run_stage(out, f"baseline:{name}", config, inputs, build, force)
     shutil.rmtree(ckpt, ignore_errors=True)
     return res
+
+
+def run_baselines(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, StageResult], None]) -> None:
+    """The baseline stages of ``cfg.baselines``, in order. ``cllm4rec-emb`` without a ``source`` reads the
+    run's ``cllm4rec`` baseline (fitted first when the list does not hold it before)."""
+    fitted: dict[str, StageResult] = {}
+
+    def baseline(name: str, params: dict | None, inputs: dict | None = None) -> StageResult:
+        if name not in fitted:
+            fitted[name] = stage_baseline(name, run_dir / "data", run_dir / "baselines" / name, cfg.evaluate, cfg.seed,
+                                          params, force, inputs)
+            note(f"baseline:{name}", fitted[name])
+        return fitted[name]
+
+    for name in cfg.baselines:
+        params, inputs = cfg.baseline_params.get(name), None
+        if name == "cllm4rec-emb" and not (params or {}).get("config", {}).get("source"):
+            source = baseline("cllm4rec", cfg.baseline_params.get("cllm4rec")).path / "model"
+            params = {**(params or {}), "config": {**(params or {}).get("config", {}), "source": str(source)}}
+            inputs = {"source": source}
+        baseline(name, params, inputs)
 
 
 def stage_distill(corpus: Path, teacher: Path, data: Path, out: Path, cfg, mask_history: bool | str = "auto",
@@ -244,11 +268,7 @@ def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print
     if until in ("index", "tasks", "train"):
         llm_stages(cfg, run_dir, force, note, until, stop_after, progress)
         return done
-    for name in cfg.baselines:
-        res = stage_baseline(
-            name, run_dir / "data", run_dir / "baselines" / name, cfg.evaluate, cfg.seed, cfg.baseline_params.get(name), force
-        )
-        note(f"baseline:{name}", res)
+    run_baselines(cfg, run_dir, force, note)
     llm_stages(cfg, run_dir, force, note, until, stop_after, progress)
     return done
 

@@ -1,9 +1,10 @@
 """Every model a run config (``baselines``, ``train.distill.teacher``, ``cf.model``) or
 ``genrec baselines`` names, in one registry.
 
-It is assembled here, on top, because its members live in three layers: the classic models
+It is assembled here, on top, because its members live in four layers: the classic models
 (:mod:`genrec.baselines`), the graph models (:mod:`genrec.cf`, a sibling the baselines may not
-import) and TIGER (:mod:`genrec.decode.tiger`, which ranks by constrained beam search). ``SPECS``
+import), CLLM4Rec and CLLM4Rec-Emb (:mod:`genrec.llm.cllm4rec`, an LLM with user/item tokens) and
+TIGER (:mod:`genrec.decode.tiger`, which ranks by constrained beam search). ``SPECS``
 needs only pydantic, so a run config is checked before any stage runs; ``BASELINES`` (name ->
 class) imports the classes, torch with them, the first time it is asked for.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from genrec.baselines import SPECS as CLASSIC
 from genrec.cf import SPECS as GRAPH
 from genrec.decode.configs import TigerConfig
+from genrec.llm.config import CLLM4RecConfig, CLLM4RecEmbConfig
 from genrec.training.config import Spec
 
 #: name -> :class:`~genrec.training.config.Spec`, the user-facing baseline names in listing order
@@ -21,6 +23,10 @@ SPECS: dict[str, Spec] = {
     **GRAPH,
     # needs config {index: FOLDER}: TIGER-style encoder-decoder on that index's codes
     "tiger": Spec("genrec.decode.tiger:TigerBaseline", TigerConfig),
+    # an LLM with user/item tokens (config.variant: cllm4rec, prerec, ftall, scratch)
+    "cllm4rec": Spec("genrec.llm.cllm4rec:CLLM4Rec", CLLM4RecConfig),
+    # a two-tower model over a fitted cllm4rec's token embeddings (config.source, or genrec run's cllm4rec)
+    "cllm4rec-emb": Spec("genrec.llm.cllm4rec_emb:CLLM4RecEmb", CLLM4RecEmbConfig),
 }
 
 #: behaviour model of the cf stage -> the baseline it trains (its class, model and trainer settings)

