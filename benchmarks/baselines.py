@@ -27,8 +27,8 @@ from genrec.config import EvaluateSection  # noqa: E402
 from genrec.data.dataset import Dataset  # noqa: E402
 from genrec.data.preprocess import PrepareConfig  # noqa: E402
 from genrec.evaluate import MASK_WORDS, resolve_mask_history  # noqa: E402
-from genrec.pipeline import stage_baseline, stage_data  # noqa: E402
 from genrec.report import COLS  # noqa: E402
+from genrec.stages import stage_baseline, stage_data  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 MODELS = ["pop", "sasrec", "sasrec-ce", "bert4rec", "gru4rec", "fmlp", "lightgcn", "dccf"]
@@ -134,10 +134,10 @@ def main() -> None:
         if not src.is_dir():
             print(f"skip {ds}: {src} is absent", file=sys.stderr)
             continue
-        data = stage_data(src, args.run_dir / ds / "data", PrepareConfig(), fmt).path
+        data = stage_data(src, args.run_dir / ds / "data", PrepareConfig(), format=fmt).path
         for name in args.models:
             t = time.time()
-            res = stage_baseline(name, data, args.run_dir / ds / "baselines" / name, ev, args.seed, params.get(name))
+            res = stage_baseline(data, args.run_dir / ds / "baselines" / name, name, ev, seed=args.seed, params=params.get(name))
             test = res.manifest["metrics"]["test"]["metrics"]
             state = "cached" if res.skipped else f"{time.time() - t:.0f}s"
             print(f"{ds:<12} {name:<10} NDCG@10 {test['NDCG@10']:.4f} HR@10 {test['HR@10']:.4f} ({state})", flush=True)

@@ -40,8 +40,8 @@ from genrec.config import EvaluateSection, apply_overrides  # noqa: E402
 from genrec.data.dataset import Dataset  # noqa: E402
 from genrec.data.preprocess import PrepareConfig  # noqa: E402
 from genrec.evaluate import MASK_WORDS, resolve_mask_history  # noqa: E402
-from genrec.pipeline import stage_baseline, stage_data  # noqa: E402
 from genrec.report import COLS  # noqa: E402
+from genrec.stages import stage_baseline, stage_data  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 FORMATS = {"scientific": "lcrec", "instruments": "lcrec", "ml-100k": "recbole"}
@@ -89,7 +89,7 @@ def run_rows(args, data: Path, ev: EvaluateSection) -> tuple[list[dict], dict[st
         else:
             params = cllm4rec_params(variant, args.set)
         t = time.time()
-        res = stage_baseline(name, data, base_dir / slug, ev, args.seed, params, inputs=inputs)
+        res = stage_baseline(data, base_dir / slug, name, ev, seed=args.seed, params=params, inputs=inputs)
         folders[label] = res.path / "model"
         m = res.manifest
         test, fit = m["metrics"]["test"]["metrics"], m["metrics"].get("fit", {})
@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     if Dataset.is_prepared(src):
         data = Path(src)
     else:
-        data = stage_data(src, args.run_dir / args.dataset / "data", PrepareConfig(), args.format or FORMATS.get(args.dataset)).path
+        data = stage_data(src, args.run_dir / args.dataset / "data", PrepareConfig(),
+                          format=args.format or FORMATS.get(args.dataset)).path
     ev = EvaluateSection(mask_history=MASK_WORDS[args.mask_history])
     rows, folders = run_rows(args, data, ev)
     lat = None

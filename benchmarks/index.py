@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._machine import describe, machine  # noqa: E402
+from genrec.config import CFSection, IndexSection  # noqa: E402
 from genrec.data.dataset import Dataset  # noqa: E402
 from genrec.data.preprocess import PrepareConfig  # noqa: E402
 from genrec.index.alignment import AlignmentConfig, AlignmentTokenizer  # noqa: E402
 from genrec.index.quality import co_interacted_pairs  # noqa: E402
-from genrec.index.stage import load_embeddings, stage_index  # noqa: E402
-from genrec.llm.stages import stage_text  # noqa: E402
-from genrec.pipeline import stage_data  # noqa: E402
+from genrec.index.stage import load_embeddings  # noqa: E402
+from genrec.stages import stage_cf, stage_data, stage_index, stage_text  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -191,7 +191,6 @@ def main() -> None:
     import yaml
 
     from genrec.index.configs import CONFIGS
-    from genrec.pipeline import train_embeddings
 
     settings = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in args.settings)}
 
@@ -200,9 +199,9 @@ def main() -> None:
 
     name = src.name
     run = args.run_dir / name
-    data = stage_data(src, run / "data", PrepareConfig(), "lcrec" if src == SHARED / "scientific" else None).path
-    emb = train_embeddings("dccf", data, run / "cf-dccf", dim=32, seed=args.seed,
-                           train=None if args.cf_epochs is None else {"epochs": args.cf_epochs}).path
+    data = stage_data(src, run / "data", PrepareConfig(), format="lcrec" if src == SHARED / "scientific" else None).path
+    cf = CFSection(model="dccf", dim=32, train={} if args.cf_epochs is None else {"epochs": args.cf_epochs})
+    emb = stage_cf(data, run / "cf-dccf", cf, seed=args.seed).path
     text = stage_text(data, run / "text", args.backbone).path
     rows = []
     for label, method, config in VARIANTS:
@@ -211,14 +210,16 @@ def main() -> None:
         config = own(method, config)
         needs_emb = method in ("alignment", "rqvae")
         slug = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
-        res = stage_index(method, data, run / "index" / slug, emb if needs_emb else None, config, text, seed=args.seed)
+        res = stage_index(data, run / "index" / slug, IndexSection(method=method, config=config),
+                          embeddings=emb if needs_emb else None, text=text, seed=args.seed)
         rows.append(row_of(label, method, config, res.manifest["metrics"], name))
         print(f"{label:<28} collisions {rows[-1]['collision_rate_before']} -> {rows[-1]['collision_rate_after']} "
               f"({res.manifest['wall_seconds']:.0f}s{' cached' if res.skipped else ''})", flush=True)
     levels = []
     for L in range(1, 6):
         config = own("alignment", {"levels": L})
-        res = stage_index("alignment", data, run / "index" / f"alignment-L{L}", emb, config, text, seed=args.seed)
+        res = stage_index(data, run / "index" / f"alignment-L{L}", IndexSection(method="alignment", config=config),
+                          embeddings=emb, text=text, seed=args.seed)
         r = row_of(f"alignment L={L}", "alignment", config, res.manifest["metrics"], name)
         r["levels_requested"] = L
         levels.append(r)

@@ -135,9 +135,10 @@ def data_prepare(
     force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
 ) -> None:
     """Read raw data, filter (dedup, k-core), build chronological sequences and the split."""
-    from genrec.pipeline import stage_data
+    from genrec.stages import stage_data
 
-    res = stage_data(source, out, _prepare_config(kcore, missing_items, dedup), format, _options(option), force)
+    res = stage_data(source, out, _prepare_config(kcore, missing_items, dedup), format=format, options=_options(option),
+                     force=force)
     s = res.manifest["metrics"]
     state = "up to date" if res.skipped else f"prepared in {res.manifest['wall_seconds']:.1f}s"
     typer.echo(
@@ -231,6 +232,9 @@ def baselines_list() -> None:
 def baselines_run(
     name: Annotated[str, typer.Argument(help="baseline name (see `genrec baselines list`)")],
     data: Annotated[Path, typer.Option("--data", "-d", help="prepared dataset or raw data folder")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="the baseline stage's folder (model, metrics.json, "
+                                                                 "per-user rows, manifest.json); default: "
+                                                                 "baselines/NAME beside the data folder")] = None,
     format: FormatOpt = None,
     kcore: KcoreOpt = 5,
     missing_items: MissingOpt = "error",
@@ -244,30 +248,49 @@ def baselines_run(
     ] = None,
     dump: Annotated[Path | None, typer.Option(help="write per-user results to this Parquet file")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+    force: Annotated[bool, typer.Option(help="refit even when up to date")] = False,
 ) -> None:
-    """Fit a baseline on the training split and print its metrics on the chosen split."""
-    from genrec.config import apply_overrides
-    from genrec.data.preprocess import load_dataset
-    from genrec.evaluate import MASK_WORDS, Evaluator
-    from genrec.pipeline import make_baseline
+    """Fit a baseline on the training split through the baseline stage (the one `genrec run` runs) and
+    print its metrics on the chosen split. A raw --data folder is prepared first, into a folder beside
+    --out; a rerun with the same data and settings is up to date and refits nothing."""
+    import shutil
 
-    model = make_baseline(name, apply_overrides({}, set_ or []))
+    from genrec.config import EvaluateSection, apply_overrides
+    from genrec.data.dataset import Dataset
+    from genrec.evaluate import MASK_WORDS, EvalResult
+    from genrec.stages import make_baseline, stage_baseline, stage_data
+
+    params = apply_overrides({}, set_ or [])
+    make_baseline(name, params)  # an unknown name or settings, before any work
     if stage not in ("valid", "test"):
         raise GenrecError(f"--stage must be valid or test, got {stage!r}")
     try:
-        cutoffs = tuple(int(k) for k in ks.split(","))
+        cutoffs = [int(k) for k in ks.split(",")]
     except ValueError:
         raise GenrecError(f"--ks must be comma-separated integers, got {ks!r}") from None
-    ds = load_dataset(data, format, _prepare_config(kcore, missing_items))
-    model.fit(ds, seed=seed)
     if mask_history not in MASK_WORDS:
         raise GenrecError(f"--mask-history must be auto, on or off, got {mask_history!r}")
-    res = Evaluator(ds, ks=cutoffs, mask_history=MASK_WORDS[mask_history]).evaluate(model, stage=stage, dump_path=dump)
+    ev = _validated(EvaluateSection, {"ks": cutoffs, "mask_history": MASK_WORDS[mask_history]}, "evaluate")
+    out = out if out is not None else data.parent / "baselines" / name
+    if not Dataset.is_prepared(data):
+        prepared = stage_data(data, out.parent / f".{out.name}-data", _prepare_config(kcore, missing_items), format=format)
+        data = prepared.path
+    inputs = None
+    source = (params.get("config") or {}).get("source")
+    if name == "cllm4rec-emb" and source:  # the CLLM4Rec model it reads is an input, as in `genrec run`
+        inputs = {"source": Path(source)}
+    res = stage_baseline(data, out, name, ev, seed=seed, params=params, inputs=inputs, force=force)
+    if dump is not None:
+        shutil.copy2(res.path / f"{stage}_users.parquet", dump)
+    result = res.manifest["metrics"][stage]
     if as_json:
-        typer.echo(json.dumps(res.to_dict()))
+        typer.echo(json.dumps(result))
         return
-    typer.echo(f"{name} on {data} ({stage}, {res.n_users:,} users, full ranking over {ds.n_items:,} items)")
-    typer.echo(res.table())
+    n_items = Dataset.load(data).n_items
+    state = "up to date, skipped" if res.skipped else f"fitted in {res.manifest['wall_seconds']:.1f}s"
+    typer.echo(f"{name} on {data} ({stage}, {result['n_users']:,} users, full ranking over {n_items:,} items); "
+               f"{out}: {state}")
+    typer.echo(EvalResult(**result).table())
 
 
 # -- cf -------------------------------------------------------------------------------
@@ -286,11 +309,12 @@ def cf_train(
     force: Annotated[bool, typer.Option(help="retrain even when up to date")] = False,
 ) -> None:
     """Train a CF model on the training split and write its item embeddings (row i = item i)."""
-    from genrec.pipeline import train_embeddings
+    from genrec.config import CFSection
+    from genrec.stages import stage_cf
 
     train = {"epochs": epochs} if epochs is not None else {}
-    res = train_embeddings(name, data, out, dim=dim, seed=seed, train=train, force=force,
-                           log=lambda s: typer.echo(s, err=True))
+    cfg = _validated(CFSection, {"model": name, "dim": dim, "train": train}, "cf")
+    res = stage_cf(data, out, cfg, seed=seed, force=force, log=lambda s: typer.echo(s, err=True))
     m = res.manifest["metrics"]
     state = "up to date, skipped" if res.skipped else f"trained in {res.manifest['wall_seconds']:.1f}s"
     typer.echo(
@@ -321,9 +345,9 @@ def index_build(
     force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
 ) -> None:
     """Build an item index (codes, trie-ready item strings, statistics) from a prepared dataset."""
-    from genrec.config import apply_overrides
-    from genrec.index.stage import NEEDS_LLM, check_request, stage_index
-    from genrec.llm.stages import stage_text
+    from genrec.config import IndexSection, apply_overrides
+    from genrec.index.stage import NEEDS_LLM, check_request
+    from genrec.stages import stage_index, stage_text
 
     config = apply_overrides({}, set_ or [])
     if levels is not None:
@@ -335,7 +359,8 @@ def index_build(
     check_request(method, data, embeddings, config)
     # the items' text embeddings beside the index, kept while data and backbone stay the same
     text = stage_text(data, out.parent / f".{out.name}-text", backbone).path if method in NEEDS_LLM else None
-    res = stage_index(method, data, out, embeddings, config, text, seed, force=force)
+    res = stage_index(data, out, IndexSection(method=method, config=config), embeddings=embeddings, text=text, seed=seed,
+                      force=force)
     typer.echo(_index_summary(out, res.manifest, res.skipped))
 
 
@@ -422,11 +447,11 @@ def tasks_build(
 ) -> None:
     """Build the alignment-task corpus (training part of the split only) as token ids."""
     from genrec.config import apply_overrides
-    from genrec.llm.stages import stage_tasks
     from genrec.llm.tasks import TaskConfig
+    from genrec.stages import stage_tasks
 
     cfg = _validated(TaskConfig, apply_overrides({}, set_ or []), "task")
-    res = stage_tasks(data, index, out, cfg, backbone, valid_users, force)
+    res = stage_tasks(data, index, out, cfg, backbone=backbone, valid_users=valid_users, force=force)
     m = res.manifest["metrics"]
     state = "up to date, skipped" if res.skipped else f"built in {res.manifest['wall_seconds']:.1f}s"
     t = m["train"]
@@ -497,12 +522,12 @@ def train_cmd(
     say = (lambda s: typer.echo(s, err=True)) if main_rank else (lambda s: None)
     if corpus is not None:
         from genrec.llm.config import LLMTrainConfig
-        from genrec.llm.stages import stage_train
+        from genrec.stages import stage_train
 
         if out is None:
             raise GenrecError("--corpus needs --out")
         cfg = _validated(LLMTrainConfig, apply_overrides({}, set_ or []), "train")
-        res = stage_train(corpus, out, cfg, force, stop_after, progress)
+        res = stage_train(corpus, out, cfg, force=force, stop_after=stop_after, progress=progress)
     else:
         from genrec import pipeline
 
@@ -544,7 +569,7 @@ def evaluate_cmd(
     Under `accelerate launch` the users are sharded across ranks and rank 0 prints the result."""
     from genrec.config import DecodeSection, EvaluateSection
     from genrec.evaluate import EvalResult
-    from genrec.pipeline import evaluate_decoding, stage_evaluate
+    from genrec.stages import evaluate_decoding, stage_evaluate
 
     if config is not None:
         from genrec.config import load_config
@@ -560,7 +585,7 @@ def evaluate_cmd(
     # the seed only draws the user sample: without one, any --seed names the same evaluation
     sample_seed = seed if users is not None else 0
     if out is not None:
-        res = stage_evaluate(model, index, data, out, dec, ev, sample_seed, stage)
+        res = stage_evaluate(model, index, data, out, dec, ev, seed=sample_seed, split=stage)
         metrics = None if res is None else res.manifest["metrics"]
     else:
         metrics = evaluate_decoding(model, index, data, dec, ev, sample_seed, stage)
@@ -647,27 +672,18 @@ def cache_build(
 ) -> None:
     """Decode every user's top-K and switch the store to the new cache atomically. Rerun after a
     kill: it resumes and ends with the same cache. Works under `accelerate launch` (users sharded)."""
+    from genrec.config import CacheSection
     from genrec.device import launch_rank
-    from genrec.serve.cache import build_cache, read_user_list
-    from genrec.serve.catalog import Catalog
-    from genrec.serve.store import open_store
+    from genrec.stages import stage_cache
 
     model, index, data, store = _serving_paths(config, model, index, data, store)
     if model is None:
         raise GenrecError("--model (or --config) is needed to decode the cache")
     if min(k, beams, batch_users, chunk_users) < 1:
         raise GenrecError("--k, --beams, --batch-users and --chunk-users must be at least 1")
-    st = open_store(store)
-    catalog = Catalog(index, data, st)
-    chosen = None
-    if users is not None:
-        chosen = read_user_list(users)
-        unknown = [u for u in chosen if catalog.history(u) is None]
-        if unknown:
-            raise DataError(users, f"user {unknown[0]!r}", f"expected user ids of {data} ({len(unknown)} unknown)")
+    cfg = CacheSection(k=k, beams=beams, batch_users=batch_users, chunk_users=chunk_users, pop_alpha=pop_alpha)
     say = (lambda m: typer.echo(m, err=True)) if launch_rank()[0] == 0 else (lambda m: None)
-    build_cache(st, catalog, model, chosen, k=k, beams=beams, batch_users=batch_users, chunk_users=chunk_users,
-                progress=progress, echo=say, pop_alpha=pop_alpha)
+    stage_cache(model, index, data, store, cfg, users=users, progress=progress, echo=say)
 
 
 @cache_app.command("show")

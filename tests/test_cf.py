@@ -195,33 +195,35 @@ def test_cf_train_command_writes_embeddings_and_skips_rerun(cli, grouped, tmp_pa
 
 
 def test_cf_train_sasrec_embeddings(grouped, tmp_path):
-    from genrec.pipeline import train_embeddings
+    from genrec.config import CFSection
+    from genrec.stages import stage_cf
 
     data = tmp_path / "data"
     grouped.save(data)
-    res = train_embeddings("sasrec", data, tmp_path / "sas", dim=8, train={"epochs": 1, **QUIET}, log=None)
+    res = stage_cf(data, tmp_path / "sas", CFSection(model="sasrec", dim=8, train={"epochs": 1, **QUIET}), log=None)
     emb = np.load(res.path / "item_embeddings.npy")
     assert emb.shape == (grouped.n_items, 8) and not res.skipped
 
 
 @pytest.mark.parametrize("model", ["lightgcn", "dccf"])
 def test_a_killed_cf_stage_resumes_to_the_uninterrupted_embeddings(grouped, tmp_path, model):
-    from genrec.pipeline import train_embeddings
+    from genrec.config import CFSection
+    from genrec.stages import stage_cf
 
     data = tmp_path / "data"
     grouped.save(data)
     train = {"epochs": 4, "patience": 100, **QUIET}
-    whole = train_embeddings(model, data, tmp_path / "whole", dim=8, train=train, log=None)
+    whole = stage_cf(data, tmp_path / "whole", CFSection(model=model, dim=8, train=train), log=None)
 
     def kill_at_epoch_3(line: str) -> None:
         if " epoch 3:" in line:
             raise KeyboardInterrupt(line)
 
     with pytest.raises(KeyboardInterrupt):
-        train_embeddings(model, data, tmp_path / "cut", dim=8, train=train, log=kill_at_epoch_3)
+        stage_cf(data, tmp_path / "cut", CFSection(model=model, dim=8, train=train), log=kill_at_epoch_3)
     assert not (tmp_path / "cut").exists() and len(list(tmp_path.glob(".ckpt-cut-*/last.pt"))) == 1
     lines: list[str] = []
-    resumed = train_embeddings(model, data, tmp_path / "cut", dim=8, train=train, log=lines.append)
+    resumed = stage_cf(data, tmp_path / "cut", CFSection(model=model, dim=8, train=train), log=lines.append)
     assert lines[0].startswith("resumed from") and "at epoch 3" in lines[0] and len(lines) == 3  # epochs 3 and 4
     np.testing.assert_allclose(np.load(resumed.path / "item_embeddings.npy"), np.load(whole.path / "item_embeddings.npy"),
                                rtol=1e-5, atol=1e-6)

@@ -88,24 +88,25 @@ def test_the_index_reads_the_text_stage(prepared, tiny_backbone, tmp_path):
     none, or one of another dataset, and names that folder's backbone in its config, so another
     backbone rebuilds the index and the same one leaves it up to date."""
     from genrec.artifacts import read_manifest
+    from genrec.config import IndexSection
     from genrec.errors import DataError, GenrecError
-    from genrec.index.stage import EMBEDDINGS_FILE, stage_index
-    from genrec.llm.stages import stage_text
+    from genrec.index.stage import EMBEDDINGS_FILE
+    from genrec.stages import stage_index, stage_text
 
     root, ds = prepared
     data, cfg = root / "data", {"levels": 2, "codebook_size": 16, "iters": 5}
     text = stage_text(data, tmp_path / "text", str(tiny_backbone))
     assert np.load(text.path / EMBEDDINGS_FILE).shape == (ds.n_items, 32)
     with pytest.raises(GenrecError, match="text embeddings"):
-        stage_index("semid", data, tmp_path / "index", config=cfg)
-    first = stage_index("semid", data, tmp_path / "index", config=cfg, text=text.path)
+        stage_index(data, tmp_path / "index", IndexSection(method="semid", config=cfg))
+    first = stage_index(data, tmp_path / "index", IndexSection(method="semid", config=cfg), text=text.path)
     assert first.manifest["config"]["backbone"] == str(tiny_backbone) and not first.skipped
-    assert stage_index("semid", data, tmp_path / "index", config=cfg, text=text.path).skipped
+    assert stage_index(data, tmp_path / "index", IndexSection(method="semid", config=cfg), text=text.path).skipped
     other = stage_text(data, tmp_path / "text-random", "random:32x1")
-    assert not stage_index("semid", data, tmp_path / "index", config=cfg, text=other.path).skipped
+    assert not stage_index(data, tmp_path / "index", IndexSection(method="semid", config=cfg), text=other.path).skipped
     assert read_manifest(tmp_path / "index")["config"]["backbone"] == "random:32x1"
 
     ds.save(tmp_path / "data2")  # the same items under another fingerprint: a folder that is no stage
     (tmp_path / "data2" / "extra").write_text("x")
     with pytest.raises(DataError, match="another dataset"):
-        stage_index("semid", tmp_path / "data2", tmp_path / "index2", config=cfg, text=text.path)
+        stage_index(tmp_path / "data2", tmp_path / "index2", IndexSection(method="semid", config=cfg), text=text.path)

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("llm", ("llm",)),
     ("decode", ("decode",)),
     ("serve", ("serve",)),
-    ("top", ("config", "registry", "pipeline", "report", "cli", "genrec", "__main__")),
+    ("top", ("config", "registry", "stages", "pipeline", "report", "cli", "genrec", "__main__")),
 ]
 LEVEL = {unit: n for n, (_, units) in enumerate(LAYERS) for unit in units}
 FOUNDATION = LAYERS[0][1]

@@ -122,7 +122,7 @@ def test_all_positions_windows_make_every_training_item_a_target_once_with_its_r
 
 
 def test_task_fingerprint_names_long_histories_only_where_it_changes_a_corpus():
-    from genrec.llm.stages import task_fingerprint
+    from genrec.llm.fingerprints import task_fingerprint
 
     def fp(**kw):  # negative prompts as before that setting, so only long_histories is at stake
         return task_fingerprint(TaskConfig(negative_prompts="independent", **kw))
@@ -152,7 +152,7 @@ def test_shared_negative_prompts_take_one_template_per_history():
 
 
 def test_task_fingerprint_names_negative_prompts_only_where_there_are_negatives_to_share():
-    from genrec.llm.stages import task_fingerprint
+    from genrec.llm.fingerprints import task_fingerprint
 
     assert task_fingerprint(TaskConfig(negative_prompts="independent")) == {}  # the behaviour before the setting
     assert task_fingerprint(TaskConfig()) == {"negative_prompts": "shared"}
@@ -162,7 +162,7 @@ def test_task_fingerprint_names_negative_prompts_only_where_there_are_negatives_
 
 def test_train_fingerprint_keeps_runs_started_before_shared_prompts(tmp_path):
     from genrec.llm.config import LLMTrainConfig
-    from genrec.llm.stages import train_fingerprint
+    from genrec.llm.fingerprints import train_fingerprint
 
     before = train_fingerprint(tmp_path, LLMTrainConfig(share_prefixes=False))
     assert before[0] == {"train": {}}

@@ -981,7 +981,7 @@ def test_text_code_rows_by_hand():
 
 def test_text_code_rows_need_the_text_stage(setup, tiny_backbone):
     from genrec.errors import GenrecError
-    from genrec.llm.stages import train_fingerprint
+    from genrec.llm.fingerprints import train_fingerprint
 
     root, _, _ = setup
     c = cfg(tiny_backbone).model_copy(update={"code_init": "text"})

@@ -2,7 +2,7 @@
 
 ``SPECS`` and the models' settings (:mod:`genrec.cf.configs`) need only pydantic; the graph helpers
 and the models (and torch) are imported on first use. Their item representations are one source of
-the behaviour embeddings the item tokenizer quantizes (the cf stage, :func:`genrec.pipeline.train_embeddings`).
+the behaviour embeddings the item tokenizer quantizes (the cf stage, :func:`genrec.stages.stage_cf`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from genrec.data.dataset import Dataset
 class IndexInputs:
     """Inputs of the index stage. ``behaviour`` [n_items, d] comes from the cf stage (DCCF by
     default); ``llm`` [n_items, hidden] is each item's mean input-layer embedding over its title
-    and description (the text stage, :func:`genrec.llm.stages.stage_text`). Either may be None when
+    and description (the text stage, :func:`genrec.stages.stage_text`). Either may be None when
     an indexer does not need it."""
 
     dataset: Dataset

@@ -1,25 +1,23 @@
-"""The index stage: dataset + behaviour embeddings (+ the items' text embeddings) -> ItemIndex
-artifact, and assigning codes to new items from a built index without retraining.
+"""What the index stage (:func:`genrec.stages.stage_index`, on top) needs from the index layer: which
+indexers read which embeddings, the checks of a request, loading the embeddings, and assigning
+codes to new items from a built index without retraining.
 
 The LLM sits above the index, so its work comes in as data: the text stage's folder
-(:func:`genrec.llm.stages.stage_text`), and for new items a function that embeds their text."""
+(:func:`genrec.stages.stage_text`), and for new items a function that embeds their text."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from genrec.artifacts import StageResult, fingerprint, read_manifest, run_stage
+from genrec.artifacts import fingerprint, read_manifest
 from genrec.data.dataset import Dataset
 from genrec.errors import DataError, GenrecError
 from genrec.index.base import ItemIndex, codes_to_strings
-from genrec.index.inputs import IndexInputs
-from genrec.index.quality import index_quality
 
 #: indexers that read the items' LLM embeddings (alignment: LLM alignment and text encoding of new items)
 NEEDS_LLM = {"alignment", "rqvae", "semid"}
@@ -52,56 +50,12 @@ def check_request(method: str, data: Path, embeddings: Path | None = None, confi
         load_embeddings(embeddings, Dataset.load(data).n_items)
 
 
-def stage_index(
-    method: str,
-    data: Path,
-    out: Path,
-    embeddings: Path | None = None,
-    config: dict | None = None,
-    text: Path | None = None,
-    seed: int = 0,
-    force: bool = False,
-) -> StageResult:
-    """Build an item index with ``method`` and write it, with its quality statistics, to ``out``.
-
-    ``text``: the text stage's folder for the indexers that read the items' LLM embeddings
-    (``NEEDS_LLM``). It is checked against ``data``, and its backbone goes into this stage's config
-    in its place: the embeddings are a function of the two, and the fingerprint stays the one of
-    indexes built before the text stage existed (and of everything trained on them)."""
-    from genrec.index.registry import make_indexer
-
-    check_request(method, data, embeddings, config)
-    backbone = text_backbone(text, data) if method in NEEDS_LLM else None
-    cfg = {"method": method, "config": config or {}, "backbone": backbone, "seed": seed}
-    inputs: dict[str, Path] = {"data": data}
-    if embeddings is not None:
-        inputs["embeddings"] = embeddings
-
-    def build(tmp: Path) -> dict:
-        ds = Dataset.load(data)
-        behaviour = load_embeddings(embeddings, ds.n_items) if embeddings is not None else None
-        llm = None
-        if backbone is not None and (text / EMBEDDINGS_FILE).is_file():
-            llm = load_embeddings(text, ds.n_items)
-        indexer = make_indexer(method, {**(config or {})})
-        t0 = time.time()
-        index = indexer.build(IndexInputs(ds, behaviour, llm, seed))
-        index.stats["build_seconds"] = round(time.time() - t0, 3)
-        index.stats.update(index_quality(index, ds, seed))
-        index.save(tmp)
-        indexer.save(tmp / "indexer")
-        (tmp / "item_ids.json").write_text(json.dumps(ds.items["item_id"].astype(str).tolist()))
-        return index.stats
-
-    return run_stage(out, f"index:{method}", cfg, inputs, build, force)
-
-
 def text_backbone(text: Path | None, data: Path) -> str:
     """The backbone of the text stage's folder ``text``, after checking it embeds ``data``'s items."""
     made = read_manifest(text) if text is not None else None
     if made is None or made.get("stage") != "text":
         raise GenrecError(f"the index needs the items' text embeddings: {text} is no text stage folder "
-                          "(genrec.llm.stages.stage_text)")
+                          "(genrec.stages.stage_text)")
     if made["inputs"]["data"]["fingerprint"] != fingerprint(data):
         raise DataError(text, None, f"text embeddings of another dataset than {data}: rebuild them")
     return made["config"]["backbone"]

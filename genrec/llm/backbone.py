@@ -199,7 +199,7 @@ def mean_input_embeddings(texts: list[str], tokenizer, embedding: torch.Tensor, 
 
 def item_llm_embeddings(items, backbone: str | None = None, max_tokens: int = 256) -> np.ndarray:
     """Items' LLM embeddings (mean input-layer embedding over title and description). The text stage
-    (:func:`genrec.llm.stages.stage_text`) keeps a catalogue's as an artifact."""
+    (:func:`genrec.stages.stage_text`) keeps a catalogue's as an artifact."""
     model, tok = load_backbone(backbone, device="cpu", dtype="fp32")
     emb = mean_input_embeddings(item_texts(items), tok, model.get_input_embeddings().weight, max_tokens)
     del model
