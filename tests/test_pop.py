@@ -65,3 +65,27 @@ def test_pop_table_output_and_save_load(cli, tiny, tmp_path):
 def test_unknown_baseline_is_a_clear_error(cli, tiny):
     code, _, err = cli("baselines", "run", "nope", "--data", tiny)
     assert code == 2 and "unknown baseline 'nope'" in err
+
+
+def test_baselines_run_writes_the_baseline_stage(cli, tiny, tmp_path):
+    """`genrec baselines run` goes through stage_baseline: the same folder, manifest and metrics."""
+    from genrec.config import EvaluateSection
+    from genrec.data.preprocess import PrepareConfig
+    from genrec.stages import stage_baseline, stage_data
+
+    data = stage_data(tiny, tmp_path / "data", PrepareConfig(kcore=0)).path
+    out = tmp_path / "cli-pop"
+    code, printed, err = cli("baselines", "run", "pop", "--data", data, "--out", out, "--json")
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "baseline:pop" and (out / "metrics.json").is_file() and (out / "model").is_dir()
+    direct = stage_baseline(data, tmp_path / "direct-pop", "pop", EvaluateSection())
+    assert manifest["metrics"]["test"]["metrics"] == direct.manifest["metrics"]["test"]["metrics"]
+    assert manifest["fingerprint"] == direct.manifest["fingerprint"]  # the same stage: same config and inputs
+    assert json.loads(printed)["metrics"] == direct.manifest["metrics"]["test"]["metrics"]
+    # rerun: up to date; the default --out is baselines/NAME beside the data folder
+    code, printed, err = cli("baselines", "run", "pop", "--data", data, "--out", out)
+    assert code == 0 and "up to date" in printed and "NDCG" in printed
+    code, _, err = cli("baselines", "run", "pop", "--data", data)
+    assert code == 0, err
+    assert (data.parent / "baselines" / "pop" / "manifest.json").is_file()
