@@ -8,6 +8,8 @@ and a smoke run of benchmarks/cllm4rec.py."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,8 @@ from genrec.llm.cllm4rec import (
 from tests.conftest import tiny_shop
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings(backbone: Path, **config) -> dict:
@@ -302,7 +306,8 @@ def test_genrec_run_fits_cllm4rec_and_feeds_its_folder_to_cllm4rec_emb(shop, tin
 
 
 def test_the_benchmark_script_smoke(shop, tiny_backbone, real_tokenizer, tmp_path):
-    """benchmarks/cllm4rec.py on the tiny shop, every row, and the latency against a 2-step semantic-ID model."""
+    """benchmarks/cllm4rec.py (the script, as a subprocess) on the tiny shop, every row, and the latency against a
+    2-step semantic-ID model."""
     from transformers import AutoTokenizer
 
     from benchmarks import cllm4rec as bench
@@ -324,8 +329,10 @@ def test_the_benchmark_script_smoke(shop, tiny_backbone, real_tokenizer, tmp_pat
     sets = [f"--set=config.backbone={tiny_backbone}", "--set=config.layers=null", "--set=config.dtype=fp32",
             "--set=config.pretrain_epochs=1", "--set=config.max_text_tokens=8", "--set=train.epochs=1",
             "--set=train.progress=false", "--emb-set=train.epochs=1", "--emb-set=train.progress=false"]
-    bench.main(["--dataset", "tiny", "--data", str(run / "data"), "--run-dir", str(tmp_path / "runs"), "--out", str(out),
-                "--semid-run", str(run), "--latency-users", "3", *sets])
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cllm4rec.py"), "--dataset", "tiny", "--data", str(run / "data"),
+                           "--run-dir", str(tmp_path / "runs"), "--out", str(out), "--semid-run", str(run),
+                           "--latency-users", "3", *sets], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "cllm4rec.json").read_text())
     assert [r["method"] for r in rows] == list(bench.METHODS)
     for r in rows:
