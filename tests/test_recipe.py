@@ -86,7 +86,8 @@ def test_search_error_benchmark_smoke_run_finds_no_error_with_a_beam_per_item(re
 
 def test_text_code_init_runs_through_the_pipeline(tiny_backbone, tmp_path):
     """train.code_init: text runs the text stage even for an index that does not read it, and the
-    train stage takes its item vectors as an input: the code rows start from them."""
+    train stage takes its item vectors as an input: the code rows start from them; the trained
+    model then decodes (loading it needs no vectors)."""
     import yaml
     from safetensors.numpy import load_file
 
@@ -101,11 +102,13 @@ def test_text_code_init_runs_through_the_pipeline(tiny_backbone, tmp_path):
         "tasks": {"tasks": ["seq"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
         "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 1e-9,
                   "code_init": "text", "epochs": 1, "batch_size": 8, "save_every": 1000},
+        "decode": {"beams": 3, "batch_users": 8},
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(path), "--no-progress"]) == 0
+    assert main(["run", str(path), "--no-progress"]) == 0  # through decoding: a trained model loads without the vectors
     run = tmp_path / "run"
+    assert 0 <= json.loads((run / "evaluate" / "metrics.json").read_text())["test"]["metrics"]["NDCG@10"] <= 1
     vectors = np.load(run / "text" / EMBEDDINGS_FILE)
     manifest = json.loads((run / "model" / "manifest.json").read_text())
     assert "text" in manifest["inputs"]

@@ -219,11 +219,12 @@ def build_model(cfg: LLMTrainConfig, backbone: str, new_tokens: list[str], devic
     if cfg.code_init == "scaled" and new_tokens:
         scale_new_rows(model.get_input_embeddings().weight, len(new_tokens), cfg.seed)
     elif cfg.code_init == "text" and new_tokens:
-        if item_tokens is None or item_vectors is None:
-            raise GenrecError("code_init='text' needs the items' token ids and text vectors (the text stage): train through `genrec run`")
-        if len(item_vectors) != len(item_tokens):
+        if item_tokens is None or item_vectors is None:  # loading trained rows (decoding): their start is moot
+            scale_new_rows(model.get_input_embeddings().weight, len(new_tokens), cfg.seed)
+        elif len(item_vectors) != len(item_tokens):
             raise GenrecError(f"code_init='text': {len(item_vectors)} item text vectors for {len(item_tokens)} items in the corpus")
-        text_init_rows(model.get_input_embeddings().weight, len(new_tokens), item_tokens, item_vectors, cfg.seed)
+        else:
+            text_init_rows(model.get_input_embeddings().weight, len(new_tokens), item_tokens, item_vectors, cfg.seed)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if vocab_size is not None and len(tok) != vocab_size:
@@ -444,6 +445,8 @@ def train(
     acc = Accelerator(cpu=want.type == "cpu")
     device = acc.device
     torch.manual_seed(cfg.seed)
+    if cfg.code_init == "text" and (item_tokens is None or item_vectors is None):
+        raise GenrecError("code_init='text' needs the items' token ids and text vectors (the text stage): train through `genrec run`")
     lm, tok = build_model(cfg, backbone, new_tokens, device, vocab_size, item_tokens, item_vectors)
     if cfg.softmax == "trie":
         if item_tokens is None:
