@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 class GenrecError(Exception):
@@ -23,3 +25,11 @@ class DataError(GenrecError):
             parts.append(f"record {record}" if isinstance(record, int) else str(record))
         parts.append(expected)
         super().__init__(": ".join(parts))
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content; a file that does not parse is a :class:`DataError` naming its line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"line {e.lineno}", f"invalid JSON ({e.msg})") from None

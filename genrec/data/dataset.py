@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genrec.errors import DataError
+from genrec.errors import DataError, read_json
 
 DATASET_FILE = "dataset.json"
 FORMAT_VERSION = 1
@@ -154,10 +154,7 @@ class Dataset:
         meta_path = folder / DATASET_FILE
         if not meta_path.is_file():
             raise DataError(folder, None, f"expected a prepared dataset ({DATASET_FILE} missing); run `genrec data prepare` first")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(meta_path, f"line {e.lineno}", f"invalid JSON ({e.msg})") from None
+        meta = read_json(meta_path)
         items = pd.read_parquet(folder / "items.parquet")
         users = pd.read_parquet(folder / "users.parquet")
         inter = pd.read_parquet(folder / "interactions.parquet")

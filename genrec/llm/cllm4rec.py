@@ -52,9 +52,10 @@ from tqdm import tqdm
 
 from genrec.data.dataset import Dataset
 from genrec.device import pick_device
-from genrec.errors import DataError, GenrecError
+from genrec.errors import DataError, GenrecError, read_json
 from genrec.evaluate import Evaluator
 from genrec.llm.config import CLLM4RecConfig
+from genrec.llm.train import length_batches
 from genrec.safefiles import load_tensors, load_weights_only, save_tensors
 from genrec.training.config import TrainConfig
 from genrec.training.trainer import log_stderr, seed_everything
@@ -219,23 +220,7 @@ def token_batches(lengths: np.ndarray, batch_size: int, batch_tokens: int, rng: 
     """Batches of document indices: shuffled, grouped by length within chunks of 50 batches (less
     padding), each at most ``batch_size`` documents and ``batch_tokens`` padded tokens, in random order."""
     order = rng.permutation(len(lengths))
-    chunk = 50 * batch_size
-    batches: list[np.ndarray] = []
-    for s in range(0, len(order), chunk):
-        part = order[s : s + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        cur: list[int] = []
-        longest = 0
-        for i in part:
-            n = int(lengths[i])
-            if cur and (len(cur) >= batch_size or max(longest, n) * (len(cur) + 1) > batch_tokens):
-                batches.append(np.asarray(cur))
-                cur, longest = [], 0
-            cur.append(int(i))
-            longest = max(longest, n)
-        if cur:
-            batches.append(np.asarray(cur))
-    return [batches[i] for i in rng.permutation(len(batches))]
+    return length_batches(order, lengths, batch_size, batch_tokens, 50 * batch_size, rng)
 
 
 def pad(docs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -734,10 +719,7 @@ class CLLM4Rec:
         path = folder / META_FILE
         if not path.is_file():
             raise DataError(folder, None, f"a fitted CLLM4Rec model folder ({META_FILE} missing)")
-        try:
-            meta = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"line {e.lineno}", f"invalid JSON ({e.msg})") from None
+        meta = read_json(path)
         obj = cls(meta["config"], meta["train"])
         obj._build(meta["n_users"], meta["n_items"], device, obj.train_cfg.seed)
         if obj.vocab.base != meta["base_vocab"]:

@@ -50,16 +50,23 @@ def make_batches(lengths: np.ndarray, cfg: LLMTrainConfig, epoch: int) -> list[n
     order = rng.permutation(len(lengths))
     if cfg.grouping == "random":
         return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    return length_batches(order, lengths, cfg.batch_size, cfg.batch_tokens, cfg.batch_size * 64, rng, longest_first=True)
+
+
+def length_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, batch_tokens: int, chunk: int,
+                   rng: np.random.Generator, longest_first: bool = False) -> list[np.ndarray]:
+    """Batches of the rows in ``order``: each chunk of ``chunk`` rows sorted by length (longest
+    first, or shortest), cut into batches of at most ``batch_size`` rows and ``batch_tokens``
+    padded tokens; the batches in random order (``rng``)."""
     batches: list[np.ndarray] = []
-    chunk = cfg.batch_size * 64
     for start in range(0, len(order), chunk):
         rows = order[start : start + chunk]
-        rows = rows[np.argsort(-lengths[rows], kind="stable")]
+        rows = rows[np.argsort(-lengths[rows] if longest_first else lengths[rows], kind="stable")]
         cur: list[int] = []
         longest = 0
         for r in rows:
             n = int(lengths[r])
-            if cur and (len(cur) + 1 > cfg.batch_size or max(longest, n) * (len(cur) + 1) > cfg.batch_tokens):
+            if cur and (len(cur) + 1 > batch_size or max(longest, n) * (len(cur) + 1) > batch_tokens):
                 batches.append(np.array(cur))
                 cur, longest = [], 0
             cur.append(int(r))
