@@ -340,6 +340,7 @@ def index_build(
     levels: Annotated[int | None, typer.Option(help="code levels (alignment, rqvae, semid)")] = None,
     codebook_size: Annotated[int | None, typer.Option(help="codes per level (alignment, rqvae, semid)")] = None,
     no_llm_alignment: Annotated[bool, typer.Option("--no-llm-alignment", help="the 'w/o LA' ablation (alignment)")] = False,
+    id_level: Annotated[bool, typer.Option("--id-level", help="a last level of one token per item")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="indexer setting NAME=VALUE")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
@@ -359,7 +360,7 @@ def index_build(
     check_request(method, data, embeddings, config)
     # the items' text embeddings beside the index, kept while data and backbone stay the same
     text = stage_text(data, out.parent / f".{out.name}-text", backbone).path if method in NEEDS_LLM else None
-    res = stage_index(data, out, IndexSection(method=method, config=config), embeddings=embeddings, text=text, seed=seed,
+    res = stage_index(data, out, IndexSection(method=method, config=config, id_level=id_level), embeddings=embeddings, text=text, seed=seed,
                       force=force)
     typer.echo(_index_summary(out, res.manifest, res.skipped))
 

@@ -64,6 +64,9 @@ class IndexSection(BaseModel):
     method: str = Field("alignment", description="alignment, rqvae, semid, cid, rid, tid or iid")
     config: dict[str, Any] = Field(default_factory=dict, description="indexer settings (genrec.index.configs), "
                                                                      "e.g. {levels: 4}")
+    id_level: bool = Field(False, description="add a last level that is each item's own token (one new token per "
+                           "item): the codes narrow the choice, the last token names the item; new items then need "
+                           "retraining")
 
 
 class DecodeSection(BaseModel):

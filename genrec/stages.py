@@ -271,6 +271,7 @@ def stage_index(
     items' LLM embeddings (``NEEDS_LLM``). It is checked against ``data``, and its backbone goes into
     this stage's config in its place: the embeddings are a function of the two, and the fingerprint
     stays the one of indexes built before the text stage existed (and of everything trained on them)."""
+    from genrec.index.base import with_id_level
     from genrec.index.inputs import IndexInputs
     from genrec.index.quality import index_quality
     from genrec.index.registry import make_indexer
@@ -280,6 +281,8 @@ def stage_index(
     check_request(method, data, embeddings, config)
     backbone = text_backbone(text, data) if method in NEEDS_LLM else None
     stage_config = {"method": method, "config": config or {}, "backbone": backbone, "seed": seed}
+    if cfg.id_level:  # only when set: the fingerprints of indexes built before the option stay
+        stage_config["id_level"] = True
     inputs: dict[str, Path] = {"data": data}
     if embeddings is not None:
         inputs["embeddings"] = embeddings
@@ -293,6 +296,8 @@ def stage_index(
         indexer = make_indexer(method, {**(config or {})})
         t0 = time.time()
         index = indexer.build(IndexInputs(ds, behaviour, llm, seed))
+        if cfg.id_level:
+            index = with_id_level(index)
         index.stats["build_seconds"] = round(time.time() - t0, 3)
         index.stats.update(index_quality(index, ds, seed))
         index.save(tmp)

@@ -57,6 +57,22 @@ def test_build_stats_assign(cli, prepared, tiny_backbone, tmp_path):
     assert (tmp_path / "codes.jsonl").read_text() == (tmp_path / "codes2.jsonl").read_text()
 
 
+def test_id_level_index_builds_and_refuses_new_items(cli, prepared, tiny_backbone, tmp_path):
+    root, ds = prepared
+    out = tmp_path / "align-id"
+    code, stdout, err = cli("index", "build", "--method", "alignment", "--data", root / "data", "--embeddings",
+                            root / "emb.npy", "--out", out, "--backbone", tiny_backbone, "--levels", "1",
+                            "--codebook-size", "8", "--id-level", "--set", "epochs=2", "--set", "progress=false")
+    assert code == 0, err
+    codes = np.load(out / "codes.npy")
+    assert codes.shape == (ds.n_items, 2) and codes[:, 1].tolist() == list(range(ds.n_items))
+    assert codes[:, 0].max() < 8
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"item_id": "n1", "title": "x", "neighbours": ds.items["item_id"].tolist()[:2]}) + "\n")
+    code, _, err = cli("index", "assign", out, new, "--out", tmp_path / "codes.jsonl")
+    assert code == 2 and "id_level" in err and "retrain" in err and not (tmp_path / "codes.jsonl").exists()
+
+
 @pytest.mark.parametrize("method", ["cid", "tid", "rid", "iid"])
 def test_other_methods_build(cli, prepared, tmp_path, method):
     root, ds = prepared

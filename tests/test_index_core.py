@@ -18,6 +18,7 @@ from genrec.index.base import (
     perplexity,
     prefix_sharing,
     resolve_collisions,
+    with_id_level,
 )
 from genrec.index.trie import Trie
 
@@ -48,6 +49,24 @@ def test_resolution_moves_up_a_level_when_the_last_is_full():
 def test_append_disambiguation():
     out = append_disambiguation(np.array([[3], [3], [1], [3]]))
     assert out.tolist() == [[3, 0], [3, 1], [1, 0], [3, 2]]
+
+
+def test_id_level_gives_each_item_its_own_last_token():
+    idx = ItemIndex.from_codes("x", np.array([[1, 2], [1, 3], [0, 2]]), [2, 4], config={"levels": 2})
+    out = with_id_level(idx)
+    assert out.codes.tolist() == [[1, 2, 0], [1, 3, 1], [0, 2, 2]] and out.sizes == [2, 4, 3]
+    assert out.item_strings == ["<a_1><b_2><c_0>", "<a_1><b_3><c_1>", "<a_0><b_2><c_2>"]
+    assert out.new_tokens[-3:] == ["<c_0>", "<c_1>", "<c_2>"] and len(out.new_tokens) == 2 + 4 + 3
+    assert out.config == {"levels": 2, "id_level": True} and idx.codes.shape == (3, 2)  # the input is left alone
+    # under a prefix, the trie offers exactly that prefix's items, each by its own token
+    trie = with_id_level(ItemIndex.from_codes("x", np.array([[1], [1], [0]]), [2])).trie()
+    assert trie.allowed([1]) == [0, 1] and trie.allowed([0]) == [2]
+    # on the codes before collision handling: no appended disambiguation level, no moved item
+    raw = np.array([[1], [1], [0]])
+    resolved = ItemIndex.from_codes("x", append_disambiguation(raw), [2, 2], raw_codes=raw)
+    assert with_id_level(resolved).codes.tolist() == [[1, 0], [1, 1], [0, 2]] and with_id_level(resolved).sizes == [2, 3]
+    with pytest.raises(ValueError, match="no codes"):
+        with_id_level(ItemIndex(method="tid", item_strings=["a", "b"]))
 
 
 def test_perplexity_and_prefix_sharing():

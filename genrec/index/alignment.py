@@ -221,7 +221,8 @@ class AlignmentTokenizer:
             "final_behaviour_loss": self.log[-1]["behaviour_loss"] if self.log else None,
             "final_llm_loss": self.log[-1]["llm_loss"] if self.log else None,
         }
-        return ItemIndex.from_codes(self.method, resolved, sizes, stats=stats, config=self.cfg.model_dump())
+        return ItemIndex.from_codes(self.method, resolved, sizes, stats=stats, config=self.cfg.model_dump(),
+                                    raw_codes=codes)
 
     def build(self, inputs: IndexInputs) -> ItemIndex:
         """The index stage's entry point (same for every indexer)."""

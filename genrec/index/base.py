@@ -121,6 +121,24 @@ def unique_codes(codes: np.ndarray, distances: np.ndarray | None, sizes: list[in
         return out, [*sizes, int(out[:, -1].max()) + 1]
 
 
+def with_id_level(index: ItemIndex) -> ItemIndex:
+    """``index`` with a last level that is each item's own token: item i's tuple gains the code i
+    (one token per item, shared by no other item). The levels before it carry the shared meaning and
+    narrow the choice; the last token is the item's identity, with an input and an output row of its
+    own, as an ID-based sequential model has. The trie then offers, under each prefix, exactly the
+    items of that prefix. The level goes on the indexer's codes before collision handling
+    (``raw_codes``), which the id level makes needless. New items cannot be encoded without retraining
+    (their token has no trained row)."""
+    if index.codes is None:
+        raise ValueError(f"the {index.method} index has no codes to add an item level to")
+    n = index.n_items
+    base = index.codes if index.raw_codes is None else np.asarray(index.raw_codes, dtype=np.int64)
+    sizes = index.sizes[: base.shape[1]]  # without a level appended for collisions
+    codes = np.hstack([base, np.arange(n, dtype=np.int64)[:, None]])
+    return ItemIndex.from_codes(index.method, codes, [*sizes, n], end_token=index.end_token,
+                                stats={**index.stats, "id_level": True}, config={**index.config, "id_level": True})
+
+
 def perplexity(codes_at_level: np.ndarray, size: int) -> float:
     """exp(entropy) of the code distribution at one level: how many codes are effectively used."""
     p = np.bincount(codes_at_level, minlength=size).astype(np.float64)
@@ -140,6 +158,9 @@ class ItemIndex:
     end_token: str | None = None  # closes variable-length (text) identifiers
     stats: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    #: the codes before collision handling, where the indexer made them unique (not saved): an id
+    #: level makes every tuple unique by itself, so it goes on these (see :func:`with_id_level`)
+    raw_codes: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_items(self) -> int:

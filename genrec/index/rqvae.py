@@ -236,7 +236,7 @@ class RQVAEIndexer:
             stats.update({f"final_{k}_loss": v for k, v in self.log[-1].items() if k != "epoch"})
             stats["first_recon_loss"] = self.log[0]["recon"]
         config = {**cfg.model_dump(), "seed_used": self.seed}
-        self.index = ItemIndex.from_codes(self.method, resolved, sizes, stats=stats, config=config)
+        self.index = ItemIndex.from_codes(self.method, resolved, sizes, stats=stats, config=config, raw_codes=raw)
         return self.index
 
     # new items -------------------------------------------------------------------------

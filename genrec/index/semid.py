@@ -170,7 +170,7 @@ class SemIDIndexer:
         raw = codes.cpu().numpy()
         resolved, sizes = unique_codes(raw, last.cpu().numpy(), [cfg.codebook_size] * cfg.levels)
         stats = code_stats(raw, resolved, sizes)
-        self.index = ItemIndex.from_codes(self.method, resolved, sizes, stats=stats, config=self._config())
+        self.index = ItemIndex.from_codes(self.method, resolved, sizes, stats=stats, config=self._config(), raw_codes=raw)
         return self.index
 
     def _features(self, x: np.ndarray, device: torch.device) -> torch.Tensor:

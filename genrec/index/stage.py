@@ -93,6 +93,9 @@ def load_indexer(index_dir: Path):
     if manifest is None:
         raise DataError(index_dir, None, "expected a built index (manifest.json missing)")
     method = manifest["config"]["method"]
+    if manifest["config"].get("id_level"):
+        raise GenrecError(f"{index_dir}: this index gives every item a token of its own (id_level), which a new item "
+                          "would lack a trained row for: retrain to add items, or build the index without id_level")
     indexer = INDEXERS[method].load(index_dir / "indexer")
     if not hasattr(indexer, "encode"):
         raise GenrecError(f"the {method} index cannot encode new items; use alignment or rqvae")
