@@ -66,6 +66,35 @@ def test_batches_cover_the_corpus_once_and_respect_the_budget():
     assert padded(batches) < 0.8 * padded(rand)
 
 
+def test_task_fraction_samples_a_share_of_the_named_tasks_each_epoch():
+    from genrec.errors import GenrecError
+    from genrec.llm.train import Units, task_shares
+
+    corpus = _corpus([([1, 2, 3], [0, 1, 1]), ([4, 5], [0, 1]), ([6, 7, 8], [0, 0, 1]), ([9, 10], [0, 1])])
+    corpus.task = np.array([0, 1, 1, 0], np.int16)
+    corpus.task_names = ["item2title", "seq"]
+    units = Units(corpus, share=False)
+    assert task_shares(corpus, units, {}) is None
+    assert task_shares(corpus, units, {"item2title": 0.25}).tolist() == [0.25, 1.0, 1.0, 0.25]
+    with pytest.raises(GenrecError, match="title2item.*its tasks: item2title, seq"):
+        task_shares(corpus, units, {"title2item": 0.5})
+
+    lengths = np.random.default_rng(1).integers(5, 120, size=400)
+    share = np.where(np.arange(400) % 2 == 0, 0.3, 1.0)  # even rows: a task at 0.3
+    c = LLMTrainConfig(batch_size=16, batch_tokens=600, seed=3)
+    seen = np.zeros(400)
+    for epoch in range(100):
+        full = np.concatenate(make_batches(lengths, c, epoch))
+        part = np.concatenate(make_batches(lengths, c, epoch, share))
+        assert len(set(part.tolist())) == len(part)  # no row twice
+        assert set(np.arange(1, 400, 2)) <= set(part.tolist())  # rows at 1.0 always take part
+        seen[part] += 1
+        assert len(full) == 400
+    assert (seen[1::2] == 100).all()
+    assert abs(seen[0::2].mean() / 100 - 0.3) < 0.02  # 20,000 draws: about 6 standard deviations
+    assert make_batches(lengths, c, 5, np.ones(400))[0].tolist() == make_batches(lengths, c, 5)[0].tolist()
+
+
 def test_a_short_epoch_wraps_around_to_its_first_batches():
     from genrec.llm.train import step_batches
 

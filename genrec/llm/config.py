@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +66,9 @@ class LLMTrainConfig(BaseModel):
     batch_tokens: int = Field(4096, ge=16, description="padded tokens per micro-batch (length grouping)")
     batch_size: int = Field(32, ge=1, description="samples per micro-batch at most")
     grouping: Literal["length", "random"] = "length"
+    task_fraction: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, description="each epoch, a seeded share of the named tasks' samples (e.g. {item2title: 0.2}): "
+        "the text tasks weighted against the recommendation task, at that share of their cost; other tasks take all")
     share_prefixes: bool = Field(True, description="samples with the same prompt (a user's negative-behaviour samples) are "
                                                    "batched as one prompt with a branch per target: the same losses, the "
                                                    "prompt computed once")

@@ -44,13 +44,31 @@ from genrec.llm.corpus import Corpus
 # ---------------------------------------------------------------------------------------- batches
 
 
-def make_batches(lengths: np.ndarray, cfg: LLMTrainConfig, epoch: int) -> list[np.ndarray]:
-    """Micro-batches (arrays of sample rows) of one epoch; a function of (seed, epoch) only."""
+def make_batches(lengths: np.ndarray, cfg: LLMTrainConfig, epoch: int, share: np.ndarray | None = None) -> list[np.ndarray]:
+    """Micro-batches (arrays of sample rows) of one epoch; a function of (seed, epoch) only.
+    ``share[r]``: the probability that row r takes part in this epoch (``cfg.task_fraction``), drawn
+    from a stream of its own, so that rows always kept are ordered as without it."""
     rng = np.random.default_rng([cfg.seed, epoch])
     order = rng.permutation(len(lengths))
+    if share is not None and (share < 1).any():
+        keep = np.random.default_rng([cfg.seed, epoch, 1]).random(len(lengths)) < share
+        order = order[keep[order]]
     if cfg.grouping == "random":
         return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     return length_batches(order, lengths, cfg.batch_size, cfg.batch_tokens, cfg.batch_size * 64, rng, longest_first=True)
+
+
+def task_shares(corpus: Corpus, units: Units, fraction: dict[str, float]) -> np.ndarray | None:
+    """Each unit's share of epochs (``cfg.task_fraction`` by the task of its samples), or None when
+    every task takes all. Raises for a task the corpus does not have."""
+    if not fraction:
+        return None
+    missing = sorted(set(fraction) - set(corpus.task_names))
+    if missing:
+        raise GenrecError(f"train.task_fraction names {', '.join(missing)}, which the corpus does not have "
+                          f"(its tasks: {', '.join(corpus.task_names)})")
+    by_task = np.array([fraction.get(name, 1.0) for name in corpus.task_names])
+    return by_task[corpus.task[[int(g[0]) for g in units.groups]]]
 
 
 def length_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int, batch_tokens: int, chunk: int,
@@ -478,7 +496,8 @@ def train(
     world, accum = acc.num_processes, cfg.grad_accum
     group = world * accum
     units = Units(corpus, cfg.share_prefixes, cfg.batch_tokens)
-    steps_per_epoch = len(make_batches(units.lengths, cfg, 0)) // group
+    share = task_shares(corpus, units, cfg.task_fraction)
+    steps_per_epoch = len(make_batches(units.lengths, cfg, 0, share)) // group
     if steps_per_epoch == 0:
         raise GenrecError(f"the corpus ({len(corpus)} samples) makes fewer than {group} micro-batches: one optimizer step needs {group}")
     total = math.ceil(cfg.epochs * steps_per_epoch)
@@ -510,7 +529,7 @@ def train(
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch_batches is None or epoch_batches[0] != epoch:
-            epoch_batches = (epoch, make_batches(units.lengths, cfg, epoch))
+            epoch_batches = (epoch, make_batches(units.lengths, cfg, epoch, share))
         batches = epoch_batches[1]
         mine = step_batches(batches, pos, group)
         step_targets = float(sum(units.targets[b].sum() for b in mine))
