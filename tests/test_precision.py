@@ -81,3 +81,21 @@ def test_bf16_falls_back_to_fp32_where_the_cpu_has_no_native_bf16(recipe_run, us
 def test_an_unknown_precision_is_refused_naming_it(recipe_run):
     with pytest.raises(GenrecError, match="precision 'fp8'"):
         load(recipe_run, precision="fp8")
+
+
+def test_genrec_evaluate_takes_a_precision(recipe_run, cli):
+    import json
+
+    args = ["evaluate", "--model", recipe_run / "model", "--index", recipe_run / "index", "--data", recipe_run / "data",
+            "--users", 8, "--beams", 4, "--json"]
+    code, own, err = cli(*args)
+    assert code == 0, err
+    code, fp32, err = cli(*args, "--precision", "fp32")  # the tiny run trained in fp32: its own precision
+    assert code == 0, err
+    assert json.loads(fp32)["precision"] == "fp32" and json.loads(own)["precision"] is None
+    assert json.loads(fp32)["metrics"] == json.loads(own)["metrics"]
+    code, int8, err = cli(*args, "--precision", "int8")
+    assert code == 0, err
+    assert json.loads(int8)["n_users"] == json.loads(own)["n_users"] and 0 <= json.loads(int8)["metrics"]["NDCG@10"] <= 1
+    code, _, err = cli(*args, "--precision", "fp8")
+    assert code != 0 and "--precision 'fp8'" in err
