@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ def main() -> None:
         r["NDCG@10_diff"] = round(r["NDCG@10"] - rows[0]["NDCG@10"], 5)
         r["speedup"] = round(r["users_per_s"] / rows[0]["users_per_s"], 2)
     info = machine()
-    cmd = " ".join(["python benchmarks/inference_precision.py", *sys.argv[1:]])
+    cmd = shlex.join(["python", "benchmarks/inference_precision.py", *sys.argv[1:]])
     result = {"rows": rows, "users": len(users), "beams": args.beams, "batch": args.batch, "seed": args.seed,
               "model": str(model), "run": str(args.run), "mask_history": evaluator.mask_history, "command": cmd,
               "note": args.note, "threads": torch.get_num_threads(), "cpu_bf16": info.get("cpu_bf16"), "machine": info}
