@@ -312,3 +312,29 @@ def test_pruning_skips_beams_and_changes_no_list(model, monkeypatch):
             np.testing.assert_allclose(got.scores, full.scores, rtol=1e-6, atol=1e-5)  # other row counts: other rounding
             if round_beams == 1:
                 assert sum(rows) < n_full  # some last-level beams were never stepped
+
+
+def test_a_renormalised_beams_only_child_finishes_without_a_step(model, monkeypatch):
+    """Renormalised over the trie's children (softmax="trie"), an only child has log-probability 0:
+    under a last level of one token per item (codes that collide get several), such beams finish
+    with no model row, and the lists and scores are those of stepping every beam."""
+    from genrec.decode.beam import SharedPromptSteps
+
+    rows = []
+    step = SharedPromptSteps.step
+    monkeypatch.setattr(SharedPromptSteps, "step", lambda self, tokens, *a, **kw: (rows.append(len(tokens)),
+                                                                                    step(self, tokens, *a, **kw))[1])
+    rng = np.random.default_rng(31)
+    codes = [tuple(int(x) for x in rng.integers(0, 4, 2)) for _ in range(20)]  # some codes collide
+    items = [[10 + c[0], 14 + c[1], 18 + j] for j, c in enumerate(codes)]  # item j's own last token
+    assert any(codes.count(c) > 1 for c in codes) and any(codes.count(c) == 1 for c in codes)
+    ps = prompts(5, seed=32)
+    dec = Decoder.from_hf(model)
+    dec.renorm = True
+    full = beam_search(dec, ps, Trie(items), beams=8, k=6, round_beams=None)
+    n_full = sum(rows)
+    rows.clear()
+    got = beam_search(dec, ps, Trie(items), beams=8, k=6, round_beams=3)
+    assert got.items.tolist() == full.items.tolist()
+    np.testing.assert_allclose(got.scores, full.scores, rtol=1e-6, atol=1e-5)
+    assert sum(rows) < n_full

@@ -291,7 +291,6 @@ def _encode_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]]):
     return torch.log_softmax(decoder.head(out.last_hidden_state[:, -1]), -1), out.past_key_values, att
 
 
-
 class _Steps:
     """One token per slot (``slots`` per prompt) after the encoded prompts: the shared-prompt
     steps when the architecture allows, else the generic path with a prompt cache copy per slot
@@ -492,8 +491,19 @@ def beam_search(
 def _last_level(steps: _Steps, search: _Search, found: _Found, nodes, alive, scores, tokens, positions, src,
                 B: int, chunk: int) -> None:
     """The last level's beams (each child an item), ``chunk`` slots per user at a time in rank
-    order, skipping the slots that cannot reach their user's top k (see :func:`beam_search`)."""
-    n_users, dev = found.n_users, nodes.device
+    order, skipping the slots that cannot reach their user's top k (see :func:`beam_search`).
+    Renormalised over the trie's children, a beam's only child has log-probability exactly 0
+    whatever the model says, so such beams (e.g. above a level of one token per item) finish
+    without a step."""
+    n_users, dev, tt = found.n_users, nodes.device, search.trie
+    if search.decoder.renorm:
+        only = alive.bool() & (tt.ptr[nodes + 1] - tt.ptr[nodes] == 1)
+        if bool(only.any()):
+            any_logp = torch.zeros((1, int(tt.token.max()) - search.decoder.first_token + 1), device=dev)
+            beam, edge, cand = search.candidates(nodes, only.long(), scores, any_logp, torch.zeros_like(nodes))
+            ok = torch.isfinite(cand)
+            found.add(search.slot_user[beam[ok]], tt.item[tt.node[edge[ok]]], cand[ok])
+            alive = alive * (~only).long()
     bound = scores + search.bound(nodes, alive)
     for lo in range(0, B, chunk):
         cols = torch.arange(lo, min(lo + chunk, B), device=dev)
