@@ -99,3 +99,14 @@ def test_genrec_evaluate_takes_a_precision(recipe_run, cli):
     assert json.loads(int8)["n_users"] == json.loads(own)["n_users"] and 0 <= json.loads(int8)["metrics"]["NDCG@10"] <= 1
     code, _, err = cli(*args, "--precision", "fp8")
     assert code != 0 and "--precision 'fp8'" in err
+
+
+def test_save_pretrained_keeps_the_precision(recipe_run, tmp_path):
+    import json
+
+    from genrec.decode.recommender import GenerativeRecommender
+
+    folder = load(recipe_run, precision="int8").save_pretrained(tmp_path / "rec")
+    assert json.loads((folder / "recommender.json").read_text())["precision"] == "int8"
+    assert GenerativeRecommender.from_pretrained(folder, device="cpu").precision == "int8"
+    assert GenerativeRecommender.from_pretrained(folder, device="cpu", precision="fp32").dtype == torch.float32
