@@ -235,8 +235,8 @@ def inference_precision(lm, precision: str | None = None):
     - None: the dtype ``lm`` computes in (``lm.compute_dtype``, from its training ``dtype``);
     - ``auto``: bf16 where the hardware computes it natively (CUDA with bf16, a CPU with
       AVX512-BF16 or AMX; :func:`genrec.llm.backbone.pick_dtype`), fp32 elsewhere;
-    - ``fp32``; ``bf16``, which falls back to fp32 (with a warning) on a CPU without native bf16,
-      where it would be emulated and slower;
+    - ``fp32``; ``bf16``, which falls back to fp32 (with a warning) where ``auto`` would not pick
+      it (a CPU without native bf16, where it would be emulated and slower; a GPU without bf16);
     - ``int8``: the decoder body's linear layers quantised dynamically to int8 weights
       (``torch.ao.quantization.quantize_dynamic``, a copy: ``lm`` is left alone), fp32 elsewhere; CPU only.
 
@@ -245,7 +245,7 @@ def inference_precision(lm, precision: str | None = None):
 
     import torch
 
-    from genrec.llm.backbone import cpu_has_bf16, pick_dtype
+    from genrec.llm.backbone import pick_dtype
 
     device = next(lm.parameters()).device
     if precision is None:
@@ -261,8 +261,9 @@ def inference_precision(lm, precision: str | None = None):
             warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
             body = quantize_dynamic(lm.body, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
         return precision, torch.float32, body
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); decoding in fp32", stacklevel=3)
+    if precision == "bf16" and pick_dtype(device, "auto") != torch.bfloat16:
+        warnings.warn(f"precision bf16: no native bf16 on this {device.type} (a CPU needs AVX512-BF16 or AMX); "
+                      "decoding in fp32", stacklevel=3)
         return precision, torch.float32, None
     return precision, pick_dtype(device, precision), None
 
