@@ -240,7 +240,7 @@ def inference_precision(lm, precision: str | None = None):
     - ``int8``: the decoder body's linear layers quantised dynamically to int8 weights
       (``torch.ao.quantization.quantize_dynamic``, a copy: ``lm`` is left alone), fp32 elsewhere; CPU only.
 
-    Under bf16 the matmuls run under autocast; the head's logits and all scores are fp32."""
+    Under bf16 the matmuls run under autocast; the logits come back as fp32, and every score is summed in fp32."""
     import warnings
 
     import torch
