@@ -31,9 +31,17 @@ def machine() -> dict:
         info["threads"] = torch.get_num_threads()
     except ImportError:
         pass
+    try:  # native bf16 (AVX512-BF16 or AMX), what `dtype: auto` and `precision: auto` decide by
+        from genrec.llm.backbone import cpu_has_bf16
+
+        info["cpu_bf16"] = cpu_has_bf16()
+    except ImportError:
+        pass
     return info
 
 
 def describe(info: dict) -> str:
     gpu = f", GPU {info['cuda']}" if info.get("cuda") else ", no GPU"
-    return f"{info['cpu']}, {info['cores']} cores, {info['mem_gib']} GiB{gpu}, Python {info['python']}, torch {info.get('torch')}"
+    bf16 = {True: ", native bf16 (AVX512-BF16/AMX)", False: ", no native bf16", None: ""}[info.get("cpu_bf16")]
+    return (f"{info['cpu']}, {info['cores']} cores{bf16}, {info['mem_gib']} GiB{gpu}, Python {info['python']}, "
+            f"torch {info.get('torch')}")

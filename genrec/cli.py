@@ -560,6 +560,9 @@ def evaluate_cmd(
     beams: Annotated[int, typer.Option(help="beam width")] = 20,
     users: Annotated[int | None, typer.Option(help="evaluate a random sample of this many users (seeded); default all")] = None,
     batch_users: Annotated[int, typer.Option(help="users decoded together")] = 8,
+    precision: Annotated[str | None, typer.Option(help="decoding arithmetic: auto (bf16 where the hardware has it natively, "
+                                                       "else fp32), fp32, bf16 or int8 (CPU: dynamically quantised "
+                                                       "linear layers); default the model's own training dtype")] = None,
     seed: Annotated[int, typer.Option(help="seed of the user sample")] = 0,
     out: Annotated[Path | None, typer.Option(help="write metrics.json and per-user rows here; the decoded lists are "
                                                   "kept there as they come, so a killed run resumes when rerun")] = None,
@@ -582,19 +585,23 @@ def evaluate_cmd(
     if stage not in ("valid", "test"):
         raise GenrecError(f"--stage {stage!r}: expected valid or test")
     dec = _validated(DecodeSection, {"beams": beams, "batch_users": batch_users, "users": users}, "decode")
+    from genrec.decode.recommender import PRECISIONS
+
+    if precision is not None and precision not in PRECISIONS:
+        raise GenrecError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     ev = EvaluateSection()
     # the seed only draws the user sample: without one, any --seed names the same evaluation
     sample_seed = seed if users is not None else 0
     if out is not None:
-        res = stage_evaluate(model, index, data, out, dec, ev, seed=sample_seed, split=stage)
+        res = stage_evaluate(model, index, data, out, dec, ev, seed=sample_seed, split=stage, precision=precision)
         metrics = None if res is None else res.manifest["metrics"]
     else:
-        metrics = evaluate_decoding(model, index, data, dec, ev, sample_seed, stage)
+        metrics = evaluate_decoding(model, index, data, dec, ev, sample_seed, stage, precision=precision)
     if metrics is None:  # not rank 0 of a launch
         return
     if as_json:
         typer.echo(json.dumps({**metrics[stage], "beams": beams, "users_sampled": users, "seed": seed, "model": str(model),
-                               "mask_history": metrics["mask_history"]}, indent=2))
+                               "mask_history": metrics["mask_history"], "precision": precision}, indent=2))
     else:
         typer.echo(EvalResult(**metrics[stage]).table())
 

@@ -454,17 +454,18 @@ def pick_pop_alpha(rec, ds: Dataset, dec: DecodeSection, ev: EvaluateSection, se
 
 def evaluate_decoding(model: Path, index: Path, data: Path, dec: DecodeSection, ev: EvaluateSection, seed: int = 0,
                       split: str = "test", progress: bool = True, dump: Path | None = None,
-                      resume_dir: Path | None = None, key: dict | None = None) -> dict | None:
+                      resume_dir: Path | None = None, key: dict | None = None, precision: str | None = None) -> dict | None:
     """Metrics of a fine-tuned model on ``split``: constrained beam search through the shared evaluator,
     on a seeded sample of ``dec.users`` users (all by default), with the popularity adjustment
     :func:`pick_pop_alpha` picks. The evaluate stage's work, also what ``genrec evaluate`` without
-    ``--out`` runs. ``dump``, ``resume_dir`` and ``key``: see :func:`evaluate_generative`. Under a
-    multi-process launch the ranks share the users and all but rank 0 return None."""
+    ``--out`` runs. ``dump``, ``resume_dir`` and ``key``: see :func:`evaluate_generative`. ``precision``:
+    the decoding arithmetic (:func:`genrec.decode.recommender.inference_precision`; None: the model's
+    own). Under a multi-process launch the ranks share the users and all but rank 0 return None."""
     from genrec.decode.recommender import GenerativeRecommender, evaluate_generative
 
     ds = Dataset.load(data)
     rec = GenerativeRecommender.load(model, index, beams=dec.beams, batch_users=dec.batch_users,
-                                     popularity=ds.item_popularity())
+                                     popularity=ds.item_popularity(), precision=precision)
     users = None
     if dec.users is not None:
         users = np.sort(np.random.default_rng(seed).choice(ds.n_users, size=min(dec.users, ds.n_users), replace=False))
@@ -479,7 +480,8 @@ def evaluate_decoding(model: Path, index: Path, data: Path, dec: DecodeSection, 
 
 
 def stage_evaluate(model: Path, index: Path, data: Path, out: Path, dec: DecodeSection, ev: EvaluateSection, *,
-                   seed: int = 0, split: str = "test", force: bool = False, progress: bool = True) -> StageResult | None:
+                   seed: int = 0, split: str = "test", force: bool = False, progress: bool = True,
+                   precision: str | None = None) -> StageResult | None:
     """The evaluate stage: :func:`evaluate_decoding` into ``out`` (``metrics.json`` and
     ``{split}_users.parquet``). The lists decoded so far are kept beside ``out``, so a killed
     evaluation resumes. Under a multi-process launch every rank decodes its share and rank 0 writes
@@ -489,6 +491,8 @@ def stage_evaluate(model: Path, index: Path, data: Path, out: Path, dec: DecodeS
     config = {"decode": dec.model_dump(), "evaluate": ev.model_dump(), "seed": seed}
     if split != "test":  # the pipeline's split stays out, so its artifacts stay up to date
         config["split"] = split
+    if precision is not None:  # likewise: the model's own precision keeps existing artifacts up to date
+        config["precision"] = precision
     inputs = {"model": model, "index": index, "data": data}
     # config holds the user sample; "decoder": 2 since beam search leaves masked history items out as it goes
     # (lists kept by the decoder before it are not these)
@@ -499,7 +503,7 @@ def stage_evaluate(model: Path, index: Path, data: Path, out: Path, dec: DecodeS
     partial = out.parent / f".{out.name}-partial"  # the lists decoded so far: a killed evaluation resumes
     dump = partial / f"{split}_users.parquet"
     start, spent = time.time(), partial_seconds(partial, key, split, max(ev.ks))
-    metrics = evaluate_decoding(model, index, data, dec, ev, seed, split, progress, dump, partial, key)
+    metrics = evaluate_decoding(model, index, data, dec, ev, seed, split, progress, dump, partial, key, precision)
     if metrics is None:  # not rank 0 of a launch
         return None
 

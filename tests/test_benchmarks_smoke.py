@@ -45,14 +45,40 @@ def synth_raw(folder: Path, n_users: int = 40, n_items: int = 30) -> Path:
 
 def test_decode_smoke_run_agrees_with_hf_generate(recipe_run, tiny_backbone, tmp_path):
     bench("benchmarks/decode.py", "--run", recipe_run, "--model", recipe_run / "model", "--users", 4, "--batch", 2,
-          "--beams", 4, "--k", 3, "--out", tmp_path)
+          "--beams", 4, "--k", 3, "--round-beams", 2, "--repeats", 1, "--out", tmp_path)
     r = json.loads((tmp_path / "decode.json").read_text())
     # the model as its folder says: the tiny backbone cut to one layer, the codes prompt, the trie softmax
     assert (r["backbone"], r["prompt"], r["softmax"]) == (str(tiny_backbone), "codes", "trie")
     assert r["weights"] == str(recipe_run / "model") and r["users"] == 4 and (r["beams"], r["k"]) == (4, 3)
     assert r["identical_top10_share"] == 1.0  # the same model, the same trie, the same scores: the same lists
     assert r["ratio"] == pytest.approx(r["ours_users_per_s"] / r["hf_users_per_s"], rel=0.02)
-    assert f"**{r['ratio']:.1f}x**" in (tmp_path / "decode.md").read_text()
+    assert r["ratio"] == pytest.approx(r["hf_s_per_user"] / r["ours_s_per_user"], rel=0.02)
+    # the floor (each prompt read once, no beam step) is part of what ours does: below it is impossible
+    assert r["floor_ratio"] == pytest.approx(r["ours_s_per_user"] / r["floor_s_per_user"], rel=0.02)
+    assert r["floor_ratio"] > 1 and r["hf_floor_ratio"] > 1
+    assert r["round_beams"] == 2 and isinstance(r["cpu_bf16"], bool) and r["machine"]["cpu_bf16"] == r["cpu_bf16"]
+    md = (tmp_path / "decode.md").read_text()
+    assert f"**{r['ratio']:.1f}x**" in md and f"**{r['floor_ratio']:.2f}x**" in md and "| floor: one forward" in md
+
+
+def test_inference_precision_smoke_run_compares_against_fp32(recipe_run, tmp_path):
+    from genrec.data.dataset import Dataset
+
+    bench("benchmarks/inference_precision.py", "--run", recipe_run, "--users", 6, "--beams", 5, "--batch", 4,
+          "--out", tmp_path)
+    r = json.loads((tmp_path / "inference_precision.json").read_text())
+    ds = Dataset.load(recipe_run / "data")
+    assert r["users"] == 6 and r["model"] == str(recipe_run / "model") and r["mask_history"] == (not ds.has_repeats())
+    ref, bf16, int8 = r["rows"]
+    assert [x["precision"] for x in r["rows"]] == ["fp32", "bf16", "int8"]
+    assert ref["identical_top10_share"] == ref["top10_overlap"] == 1.0 and ref["NDCG@10_diff"] == 0.0
+    assert bf16["compute"] == ("bfloat16" if r["cpu_bf16"] else "float32") and int8["compute"].startswith("int8")
+    for x in r["rows"]:
+        assert 0 <= x["NDCG@10"] <= x["HR@10"] <= 1  # one target per user: NDCG@10 <= HR@10
+        assert x["NDCG@10_diff"] == pytest.approx(x["NDCG@10"] - ref["NDCG@10"], abs=1e-5)
+        assert 0 <= x["identical_top10_share"] <= x["top10_overlap"] <= 1
+        assert x["users_per_s"] > 0 and x["s_per_user"] == pytest.approx(1 / x["users_per_s"], rel=0.01)
+        assert f"| {x['precision']} |" in (tmp_path / "inference_precision.md").read_text()
 
 
 def test_new_items_smoke_run_adds_items_with_codes_of_their_own(recipe_run, tmp_path):

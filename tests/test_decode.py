@@ -268,3 +268,73 @@ def test_excluded_items_never_come_out_and_free_their_slots(model):
         assert not set(got) & set(excl[u])
         if u < 2:  # a few exclusions: the 3 slots are still filled
             assert len(got) == 3
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_the_pruned_last_level_equals_exhaustive_scoring(model, k):
+    """beams >= items with k < items: the last level is stepped a few beams at a time and beams that
+    cannot reach the top k are skipped; the top k is still every item ranked by its exact score."""
+    items = code_items(20, 2, 6, seed=13)
+    ps = prompts(4, seed=14)
+    for round_beams in (1, 3, None):
+        res = beam_search(Decoder.from_hf(model), ps, Trie(items), beams=len(items), k=k, round_beams=round_beams)
+        for u, p in enumerate(ps):
+            ref = exhaustive(model, p, items)
+            order = np.argsort(-ref, kind="stable")[:k]
+            assert res.items[u].tolist() == order.tolist()
+            np.testing.assert_allclose(res.scores[u], ref[order], rtol=1e-4, atol=1e-4)
+
+
+def test_pruning_skips_beams_and_changes_no_list(model, monkeypatch):
+    """With fewer beams than items, stepping the last level in rounds (with and without the
+    popularity adjustment, whose priors can raise a score, and excluded items) gives the lists and
+    scores of stepping every beam at once, while stepping fewer beam rows."""
+    from genrec.decode.beam import SharedPromptSteps, TrieTensors
+
+    rows = []
+    step = SharedPromptSteps.step
+    monkeypatch.setattr(SharedPromptSteps, "step", lambda self, tokens, *a, **kw: (rows.append(len(tokens)),
+                                                                                    step(self, tokens, *a, **kw))[1])
+    items = code_items(80, 3, 5, seed=21)
+    weight = np.random.default_rng(22).integers(1, 100, size=len(items)).astype(float)
+    tt = TrieTensors.of(Trie(items), torch.device("cpu"), item_weight=weight)
+    ps = prompts(6, seed=23)
+    excl = [[0, 5, 9], [], [1], list(range(20)), [], [3]]
+    for alpha, exclude in ((0.0, None), (0.7, None), (0.0, excl), (0.7, excl)):
+        rows.clear()
+        full = beam_search(Decoder.from_hf(model), ps, tt, beams=8, k=4, pop_alpha=alpha, exclude=exclude, round_beams=None)
+        n_full = sum(rows)
+        for round_beams in (1, 2, 5):
+            rows.clear()
+            got = beam_search(Decoder.from_hf(model), ps, tt, beams=8, k=4, pop_alpha=alpha, exclude=exclude,
+                              round_beams=round_beams)
+            assert got.items.tolist() == full.items.tolist()
+            np.testing.assert_allclose(got.scores, full.scores, rtol=1e-6, atol=1e-5)  # other row counts: other rounding
+            if round_beams == 1:
+                assert sum(rows) < n_full  # some last-level beams were never stepped
+
+
+def test_a_renormalised_beams_only_child_finishes_without_a_step(model, monkeypatch):
+    """Renormalised over the trie's children (softmax="trie"), an only child has log-probability 0:
+    under a last level of one token per item (codes that collide get several), such beams finish
+    with no model row, and the lists and scores are those of stepping every beam."""
+    from genrec.decode.beam import SharedPromptSteps
+
+    rows = []
+    step = SharedPromptSteps.step
+    monkeypatch.setattr(SharedPromptSteps, "step", lambda self, tokens, *a, **kw: (rows.append(len(tokens)),
+                                                                                    step(self, tokens, *a, **kw))[1])
+    rng = np.random.default_rng(31)
+    codes = [tuple(int(x) for x in rng.integers(0, 4, 2)) for _ in range(20)]  # some codes collide
+    items = [[10 + c[0], 14 + c[1], 18 + j] for j, c in enumerate(codes)]  # item j's own last token
+    assert any(codes.count(c) > 1 for c in codes) and any(codes.count(c) == 1 for c in codes)
+    ps = prompts(5, seed=32)
+    dec = Decoder.from_hf(model)
+    dec.renorm = True
+    full = beam_search(dec, ps, Trie(items), beams=8, k=6, round_beams=None)
+    n_full = sum(rows)
+    rows.clear()
+    got = beam_search(dec, ps, Trie(items), beams=8, k=6, round_beams=3)
+    assert got.items.tolist() == full.items.tolist()
+    np.testing.assert_allclose(got.scores, full.scores, rtol=1e-6, atol=1e-5)
+    assert sum(rows) < n_full

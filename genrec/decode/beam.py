@@ -39,6 +39,7 @@ class Decoder:
     shared_prompt: bool = True  # use the shared-prompt steps when the architecture allows
     share_prefix: bool = True  # encode the prompts' common prefix once (causal LMs; not encoder-decoders)
     renorm: bool = False  # each step's log-probabilities renormalised over the trie node's children (softmax="trie")
+    first_token: int = 0  # ``head`` gives the logits of tokens first_token.. only (the others can never be written)
 
     @classmethod
     def from_hf(cls, model, pad_id: int = 0) -> Decoder:
@@ -48,10 +49,13 @@ class Decoder:
         return cls(_hf_body(body), lambda h: head(h).float(), next(model.parameters()).device, pad_id, body)
 
     @classmethod
-    def from_codelm(cls, lm, pad_id: int = 0) -> Decoder:
-        """A fine-tuned :class:`genrec.llm.model.CodeLM`."""
-        return cls(_hf_body(lm.body), lm.logits, next(lm.parameters()).device, pad_id, lm.body,
-                   renorm=getattr(lm, "softmax", None) == "trie")
+    def from_codelm(cls, lm, pad_id: int = 0, body=None) -> Decoder:
+        """A fine-tuned :class:`genrec.llm.model.CodeLM`; ``body``: a stand-in for its decoder body
+        (e.g. a quantised copy)."""
+        body = lm.body if body is None else body
+        codes_only = getattr(lm, "softmax", "full") in ("codes", "trie")  # a softmax over the code tokens only
+        return cls(_hf_body(body), lm.code_logits if codes_only else lm.logits, next(lm.parameters()).device, pad_id,
+                   body, renorm=lm.softmax == "trie" if codes_only else False, first_token=lm.n_old if codes_only else 0)
 
 
 def _hf_body(body):
@@ -220,9 +224,15 @@ class SharedPromptSteps:
         return att is not None and all(hasattr(att, n) for n in need) and not hasattr(att, "q_norm") \
             and hasattr(body, "rotary_emb") and hasattr(body, "norm")
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-        """Logits [N, V] after feeding one token per beam slot; ``src`` is the slot each slot continues."""
-        U, B = self.bias.shape[0], self.B
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, src: torch.Tensor, users: torch.Tensor | None = None,
+             keep: bool = True) -> torch.Tensor:
+        """Log-probabilities [N, V] after feeding one token per beam slot; ``src`` is the slot of the
+        previous step each slot continues. ``users``: the slots belong to these users only (the
+        same number each, in user order; default all). ``keep``: remember the slots' keys and
+        values for a next step (not needed at the last level)."""
+        bias = self.bias if users is None else self.bias[users]
+        U = bias.shape[0]
+        B = len(tokens) // U
         h = self.body.embed_tokens(tokens)  # [N, D]
         cos, sin = self.body.rotary_emb(h[:, None], positions[:, None])  # [N, 1, d]
         for i, layer in enumerate(self.layers):
@@ -238,13 +248,14 @@ class SharedPromptSteps:
             old = self.gen[i]
             kg = k[:, :, None] if old is None else torch.cat([old[0][src], k[:, :, None]], 2)  # [N, Hkv, t, d]
             vg = v[:, :, None] if old is None else torch.cat([old[1][src], v[:, :, None]], 2)
-            self.gen[i] = (kg, vg)
-            kp, vp = self.kv[i]
+            if keep:
+                self.gen[i] = (kg, vg)
+            kp, vp = self.kv[i] if users is None else (self.kv[i][0][users], self.kv[i][1][users])
             L, t = kp.shape[2], kg.shape[2]
             q5 = q.view(U, B, kv_heads, groups, d)
             # prompt part: every beam of user u against user u's single copy of the prompt
             sp = torch.matmul(q5.permute(0, 2, 1, 3, 4).reshape(U, kv_heads, B * groups, d), kp.transpose(-1, -2))
-            sp = sp.view(U, kv_heads, B, groups, L).permute(0, 2, 1, 3, 4) * att.scaling + self.bias
+            sp = sp.view(U, kv_heads, B, groups, L).permute(0, 2, 1, 3, 4) * att.scaling + bias
             sg = torch.matmul(q5, kg.view(U, B, kv_heads, t, d).transpose(-1, -2)) * att.scaling  # [U, B, Hkv, G, t]
             w = torch.softmax(torch.cat([sp, sg], -1).float(), -1).to(q.dtype)
             wp, wg = w[..., :L], w[..., L:]
@@ -282,7 +293,8 @@ def _encode_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]]):
 
 class _Steps:
     """One token per slot (``slots`` per prompt) after the encoded prompts: the shared-prompt
-    steps when the architecture allows, else the generic path with a prompt cache copy per slot."""
+    steps when the architecture allows, else the generic path with a prompt cache copy per slot
+    (which steps every slot at once: no ``users`` subsets)."""
 
     def __init__(self, decoder: Decoder, cache, att: torch.Tensor, slots: int):
         self.decoder, self.cache, self.fast = decoder, cache, None
@@ -292,16 +304,114 @@ class _Steps:
             cache.reorder_cache(torch.arange(len(att), device=att.device).repeat_interleave(slots))
             self.att = att.repeat_interleave(slots, 0)
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, src: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, src: torch.Tensor, alive: torch.Tensor,
+             users: torch.Tensor | None = None, keep: bool = True) -> torch.Tensor:
         """Log-probabilities [N, V] after feeding ``tokens``; slot i continues slot ``src[i]``;
-        a slot with ``alive`` 0 is padding (its token is masked)."""
+        a slot with ``alive`` 0 is padding (its token is masked). ``users`` and ``keep``: see
+        :meth:`SharedPromptSteps.step` (the shared-prompt path only)."""
         if self.fast is not None:
-            return self.fast.step(tokens, positions, src)
+            return self.fast.step(tokens, positions, src, users, keep)
         self.cache.reorder_cache(src)
         self.att = torch.cat([self.att[src], alive.long().unsqueeze(1)], 1)
         out = self.decoder.body(tokens.unsqueeze(1), self.att, positions.unsqueeze(1), self.cache)
         self.cache = out.past_key_values
         return torch.log_softmax(self.decoder.head(out.last_hidden_state[:, -1]), -1)
+
+
+def _token_logp(decoder: Decoder, logp: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``logp[rows[i], column of tokens[i]]``; -inf for a token below the head's first column."""
+    col = tokens - decoder.first_token
+    out = logp[rows, col.clamp(min=0)]
+    return out if decoder.first_token == 0 else out.masked_fill(col < 0, float("-inf"))
+
+
+class _Found:
+    """Each user's best ``k`` finished items so far, as tensors, best first (ties: lower item first)."""
+
+    def __init__(self, n_users: int, k: int, device: torch.device):
+        self.n_users, self.k = n_users, k
+        self.user = torch.zeros(0, dtype=torch.long, device=device)
+        self.item = torch.zeros(0, dtype=torch.long, device=device)
+        self.score = torch.zeros(0, device=device)
+
+    def add(self, user: torch.Tensor, item: torch.Tensor, score: torch.Tensor) -> None:
+        user, item, score = torch.cat([self.user, user]), torch.cat([self.item, item]), torch.cat([self.score, score])
+        order = torch.argsort(item, stable=True)
+        order = order[torch.argsort(score[order], descending=True, stable=True)]
+        order = order[torch.argsort(user[order], stable=True)]
+        rank = _rank_in_group(user[order], self.n_users)
+        order = order[rank < self.k]
+        self.user, self.item, self.score = user[order], item[order], score[order]
+
+    def kth(self) -> torch.Tensor:
+        """[users] the k-th best score found so far (-inf while fewer than k)."""
+        out = torch.full((self.n_users,), float("-inf"), device=self.score.device)
+        last = _rank_in_group(self.user, self.n_users) == self.k - 1
+        out[self.user[last]] = self.score[last]
+        return out
+
+    def result(self) -> BeamResult:
+        items = np.full((self.n_users, self.k), -1, dtype=np.int64)
+        best = np.full((self.n_users, self.k), -np.inf, dtype=np.float64)
+        user, rank = self.user.cpu().numpy(), _rank_in_group(self.user, self.n_users).cpu().numpy()
+        items[user, rank] = self.item.cpu().numpy()
+        best[user, rank] = self.score.double().cpu().numpy()
+        return BeamResult(items, best)
+
+
+def _rank_in_group(group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Position of each entry within its group, for entries sorted by group."""
+    start = torch.searchsorted(group, torch.arange(n_groups, device=group.device))
+    return torch.arange(len(group), device=group.device) - start[group]
+
+
+def _banned(tt: TrieTensors, exclude: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """[users, trie nodes]: the leaves of each user's excluded items."""
+    banned = torch.zeros((len(exclude), len(tt.item)), dtype=torch.bool, device=device)
+    leaf_of = torch.full((int(tt.item.max()) + 1,), -1, dtype=torch.long, device=device)
+    leaves = torch.nonzero(tt.item >= 0)[:, 0]
+    leaf_of[tt.item[leaves]] = leaves
+    for u, items in enumerate(exclude):
+        ids = torch.as_tensor([int(i) for i in items if 0 <= int(i) < len(leaf_of)], dtype=torch.long, device=device)
+        nodes_u = leaf_of[ids]
+        banned[u, nodes_u[nodes_u >= 0]] = True
+    return banned
+
+
+@dataclass
+class _Search:
+    """What scoring a level's candidates needs besides the beams themselves."""
+
+    decoder: Decoder
+    trie: TrieTensors
+    slot_user: torch.Tensor  # [slots] the user of each beam slot
+    pop_alpha: float
+    banned: torch.Tensor | None
+
+    def candidates(self, nodes: torch.Tensor, alive: torch.Tensor, scores: torch.Tensor, logp: torch.Tensor,
+                   rows: torch.Tensor):
+        """Every child edge of the live slots with its score: (slot, edge, score); slot i's
+        next-token log-probabilities are ``logp[rows[i]]``."""
+        tt = self.trie
+        beam, edge = _expand(tt, nodes, alive)
+        lp = _backoff(tt, beam, edge, _token_logp(self.decoder, logp, rows[beam], tt.token[edge]), len(nodes))
+        if self.decoder.renorm:
+            lp = _renormalize(lp, beam, len(nodes))
+        if self.pop_alpha:
+            lp = lp - self.pop_alpha * tt.prior[edge]
+        cand = scores[beam] + lp
+        if self.banned is not None:
+            cand = cand.masked_fill(self.banned[self.slot_user[beam], tt.node[edge]], float("-inf"))
+        return beam, edge, cand
+
+    def bound(self, nodes: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """[slots] the most a slot's score can still gain: a step's log-probability is at most 0,
+        so 0 unless the popularity adjustment adds ``-pop_alpha * prior`` (its largest child's)."""
+        out = torch.zeros(len(nodes), device=nodes.device)
+        if not self.pop_alpha:
+            return out
+        beam, edge = _expand(self.trie, nodes, alive)
+        return out.scatter_reduce(0, beam, -self.pop_alpha * self.trie.prior[edge], "amax", include_self=False)
 
 
 @torch.no_grad()
@@ -313,100 +423,107 @@ def beam_search(
     k: int = 10,
     pop_alpha: float = 0.0,
     exclude: Sequence[Sequence[int]] | None = None,
+    round_beams: int | None = 5,
 ) -> BeamResult:
     """Top-``k`` items for each prompt by constrained beam search with ``beams`` beams; the items in
     ``exclude[u]`` (a user's history, say) never finish for prompt u, so they take no slot.
 
     ``pop_alpha`` > 0 ranks by ``log p(item | prompt) - pop_alpha * log p_pop(item)``, step by step
     through the trie's edge priors (``trie.prior``): popular items lose their head start and
-    beams keep rarer items the model still rates (logit adjustment); 0 ranks by the model alone."""
+    beams keep rarer items the model still rates (logit adjustment); 0 ranks by the model alone.
+
+    ``round_beams``: the last level (where every child is an item) is stepped this many beams
+    per user at a time, best beams first, and a beam whose score (plus what it can still gain)
+    is below the user's k-th best item found so far is never stepped: no item under it could
+    enter the top k, so the lists are those of stepping every beam (up to exact score ties),
+    for fewer model rows. None steps every beam at once (also the generic, non-Llama path)."""
     if pop_alpha and (not isinstance(trie, TrieTensors) or trie.prior is None):
         raise ValueError("pop_alpha needs a TrieTensors with item weights (TrieTensors.of(..., item_weight=...))")
     dev = decoder.device
     tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, dev)
-    n_users = len(prompts)
+    n_users, B = len(prompts), beams
     logp, cache, att = _encode_prompts(decoder, prompts)
     lengths = att.sum(-1)
 
-    # state per beam slot (U * B of them): trie node, score, alive
-    B = beams
+    # state per beam slot (U * B of them, a user's in rank order): trie node, score, alive
     slot_user = torch.arange(n_users, device=dev).repeat_interleave(B)
     nodes = torch.zeros(n_users * B, dtype=torch.long, device=dev)
     scores = torch.zeros(n_users * B, device=dev)
     alive = torch.zeros(n_users * B, dtype=torch.long, device=dev)
     alive[::B] = 1  # one live beam per user at the root
-    step_logp = logp.repeat_interleave(B, 0)
+    rows = slot_user  # the row of ``logp`` each slot reads: its user's prompt, then its own
     steps = _Steps(decoder, cache, att, B)
-    done_items: list[list[tuple[float, int]]] = [[] for _ in range(n_users)]
-    banned = None
-    if exclude is not None:
-        banned = torch.zeros((n_users, len(tt.item)), dtype=torch.bool, device=dev)  # by trie node
-        leaf_of = torch.full((int(tt.item.max()) + 1,), -1, dtype=torch.long, device=dev)
-        leaves = torch.nonzero(tt.item >= 0)[:, 0]
-        leaf_of[tt.item[leaves]] = leaves
-        for u, items in enumerate(exclude):
-            ids = torch.as_tensor([int(i) for i in items if 0 <= int(i) < len(leaf_of)], dtype=torch.long, device=dev)
-            nodes_u = leaf_of[ids]
-            banned[u, nodes_u[nodes_u >= 0]] = True
-
+    found = _Found(n_users, k, dev)
+    search = _Search(decoder, tt, slot_user, pop_alpha, None if exclude is None else _banned(tt, exclude, dev))
+    slot_of = torch.arange(n_users * B, device=dev)
     for depth in range(tt.max_depth):
-        beam, edge = _expand(tt, nodes, alive)
+        beam, edge, cand = search.candidates(nodes, alive, scores, logp, rows)
         if len(beam) == 0:
             break
-        lp = _backoff(tt, beam, edge, step_logp[beam, tt.token[edge]], len(nodes))
-        if decoder.renorm:
-            lp = _renormalize(lp, beam, len(nodes))
-        if pop_alpha:
-            lp = lp - pop_alpha * tt.prior[edge]
-        cand_score = scores[beam] + lp
-        cand_user = slot_user[beam]
-        if banned is not None:
-            cand_score = cand_score.masked_fill(banned[cand_user, tt.node[edge]], float("-inf"))
         # the best B candidates of each user: sort by (user, -score), rank within the user
-        order = torch.argsort(cand_score, descending=True, stable=True)
-        order = order[torch.argsort(cand_user[order], stable=True)]
-        u_sorted = cand_user[order]
-        start = torch.searchsorted(u_sorted, torch.arange(n_users, device=dev))
-        rank = torch.arange(len(order), device=dev) - start[u_sorted]
-        keep = order[rank < B]
-        keep = keep[torch.isfinite(cand_score[keep])]
-        child = tt.node[edge[keep]]
-        item = tt.item[child]
+        order = torch.argsort(cand, descending=True, stable=True)
+        order = order[torch.argsort(slot_user[beam][order], stable=True)]
+        keep = order[_rank_in_group(slot_user[beam][order], n_users) < B]
+        keep = keep[torch.isfinite(cand[keep])]
+        item = tt.item[tt.node[edge[keep]]]
         finished = item >= 0
-        for u, i, s in zip(cand_user[keep][finished].tolist(), item[finished].tolist(),
-                           cand_score[keep][finished].tolist(), strict=True):
-            done_items[u].append((s, i))
+        found.add(slot_user[beam[keep[finished]]], item[finished], cand[keep[finished]])
         cont = keep[~finished]
         if len(cont) == 0:
             break
         # place the continuing candidates into their user's slots, in rank order
-        cu = cand_user[cont]
-        slot_start = torch.searchsorted(cu, torch.arange(n_users, device=dev))
-        slot = cu * B + (torch.arange(len(cont), device=dev) - slot_start[cu])
-        parent = beam[cont]
-        new_nodes = torch.zeros_like(nodes)
-        new_scores = torch.full_like(scores, -float("inf"))
-        new_alive = torch.zeros_like(alive)
-        src = torch.arange(n_users * B, device=dev)  # cache row each slot continues from
-        new_nodes[slot], new_scores[slot], new_alive[slot] = tt.node[edge[cont]], cand_score[cont], 1
-        src[slot] = parent
-        tokens = torch.full((n_users * B,), decoder.pad_id, dtype=torch.long, device=dev)
-        tokens[slot] = tt.token[edge[cont]]
-        nodes, scores, alive = new_nodes, new_scores, new_alive
-        step_logp = steps.step(tokens, lengths[slot_user] + depth, src, alive)
+        cu = slot_user[beam[cont]]
+        slot = cu * B + _rank_in_group(cu, n_users)
+        nodes = torch.zeros_like(nodes).index_put_((slot,), tt.node[edge[cont]])
+        scores = torch.full_like(scores, -float("inf")).index_put_((slot,), cand[cont])
+        alive = torch.zeros_like(alive).index_put_((slot,), torch.ones_like(slot))
+        src = slot_of.clone().index_put_((slot,), beam[cont])  # the slot each slot continues
+        tokens = torch.full((n_users * B,), decoder.pad_id, dtype=torch.long, device=dev).index_put_(
+            (slot,), tt.token[edge[cont]])
+        positions = lengths[slot_user] + depth
+        if round_beams and depth + 2 == tt.max_depth and steps.fast is not None and k <= B:
+            _last_level(steps, search, found, nodes, alive, scores, tokens, positions, src, B, round_beams)
+            break
+        logp, rows = steps.step(tokens, positions, src, alive), slot_of
+    return found.result()
 
-    items = np.full((n_users, k), -1, dtype=np.int64)
-    best = np.full((n_users, k), -np.inf, dtype=np.float64)
-    for u, found in enumerate(done_items):
-        found.sort(key=lambda x: (-x[0], x[1]))
-        for j, (s, i) in enumerate(found[:k]):
-            items[u, j], best[u, j] = i, s
-    return BeamResult(items, best)
+
+def _last_level(steps: _Steps, search: _Search, found: _Found, nodes, alive, scores, tokens, positions, src,
+                B: int, chunk: int) -> None:
+    """The last level's beams (each child an item), ``chunk`` slots per user at a time in rank
+    order, skipping the slots that cannot reach their user's top k (see :func:`beam_search`).
+    Renormalised over the trie's children, a beam's only child has log-probability exactly 0
+    whatever the model says, so such beams (e.g. above a level of one token per item) finish
+    without a step."""
+    n_users, dev, tt = found.n_users, nodes.device, search.trie
+    if search.decoder.renorm:
+        only = alive.bool() & (tt.ptr[nodes + 1] - tt.ptr[nodes] == 1)
+        if bool(only.any()):
+            any_logp = torch.zeros((1, int(tt.token.max()) - search.decoder.first_token + 1), device=dev)
+            beam, edge, cand = search.candidates(nodes, only.long(), scores, any_logp, torch.zeros_like(nodes))
+            ok = torch.isfinite(cand)
+            found.add(search.slot_user[beam[ok]], tt.item[tt.node[edge[ok]]], cand[ok])
+            alive = alive * (~only).long()
+    bound = scores + search.bound(nodes, alive)
+    for lo in range(0, B, chunk):
+        cols = torch.arange(lo, min(lo + chunk, B), device=dev)
+        slots = (torch.arange(n_users, device=dev)[:, None] * B + cols).reshape(-1)
+        need = (alive[slots].bool() & (bound[slots] >= found.kth()[search.slot_user[slots]])).view(n_users, -1)
+        users = torch.nonzero(need.any(1))[:, 0]
+        if len(users) == 0:
+            continue
+        slots = (users[:, None] * B + cols).reshape(-1)
+        live = need[users].reshape(-1).long()
+        logp = steps.step(tokens[slots], positions[slots], src[slots], live, users=users, keep=False)
+        rows = torch.zeros_like(nodes).index_put_((slots,), torch.arange(len(slots), device=dev))
+        beam, edge, cand = search.candidates(nodes, torch.zeros_like(alive).index_put_((slots,), live), scores, logp, rows)
+        ok = torch.isfinite(cand)
+        found.add(search.slot_user[beam[ok]], search.trie.item[search.trie.node[edge[ok]]], cand[ok])
 
 
 def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie | TrieTensors, beams: int = 20,
                  k: int = 10, batch: int = 8, pop_alpha: float = 0.0,
-                 exclude: Sequence[Sequence[int]] | None = None) -> BeamResult:
+                 exclude: Sequence[Sequence[int]] | None = None, round_beams: int | None = 5) -> BeamResult:
     """:func:`beam_search` over many prompts, batched by length (little left padding), in input order."""
     tt = trie if isinstance(trie, TrieTensors) else TrieTensors.of(trie, decoder.device)
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -415,7 +532,7 @@ def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie 
     for lo in range(0, len(order), batch):
         rows = order[lo : lo + batch]
         res = beam_search(decoder, [prompts[r] for r in rows], tt, beams, k, pop_alpha,
-                          None if exclude is None else [exclude[r] for r in rows])
+                          None if exclude is None else [exclude[r] for r in rows], round_beams)
         items[rows], scores[rows] = res.items, res.scores
     return BeamResult(items, scores)
 
@@ -439,17 +556,17 @@ def score_sequences(decoder: Decoder, prompts: Sequence[Sequence[int]], seqs: np
     tok = torch.as_tensor(seqs.reshape(n_users * K, D), device=dev)
     slot_user = torch.arange(n_users, device=dev).repeat_interleave(K)
     src = torch.arange(n_users * K, device=dev)
-    step_logp = logp.repeat_interleave(K, 0)
+    rows = slot_user
     total = torch.zeros(n_users * K, dtype=torch.float64, device=dev)
     nodes = torch.zeros(n_users * K, dtype=torch.long, device=dev)
     for d in range(D):
         t = tok[:, d]
         live = t >= 0
         safe = torch.where(live, t, torch.full_like(t, decoder.pad_id))
-        lp = step_logp.gather(1, safe[:, None])[:, 0]
+        lp = _token_logp(decoder, logp, rows, safe)
         if decoder.renorm:  # the sequence's token among its trie node's children
             beam, edge = _expand(trie, nodes, live.long())
-            cand = _renormalize(step_logp[beam, trie.token[edge]], beam, len(nodes))
+            cand = _renormalize(_token_logp(decoder, logp, rows[beam], trie.token[edge]), beam, len(nodes))
             hit = trie.token[edge] == safe[beam]
             lp = torch.full_like(lp, float("-inf"))
             lp[beam[hit]] = cand[hit]
@@ -457,5 +574,5 @@ def score_sequences(decoder: Decoder, prompts: Sequence[Sequence[int]], seqs: np
             nodes[beam[hit]] = trie.node[edge[hit]]
         total += torch.where(live, lp.double(), 0.0)
         if d + 1 < D and bool((tok[:, d + 1] >= 0).any()):
-            step_logp = steps.step(safe, lengths[slot_user] + d, src, live)
+            logp, rows = steps.step(safe, lengths[slot_user] + d, src, live), src
     return total.view(n_users, K).cpu().numpy()

@@ -27,7 +27,7 @@ class GenerativeRecommender:
     def __init__(self, lm, tokenizer, index: ItemIndex, beams: int = 20, batch_users: int = 8, max_history: int = 20,
                  cold_from: int | None = None, layout: str = "per_prefix", prompt: str = "chat",
                  pop_alpha: float = 0.0, popularity: np.ndarray | None = None, exclude_history: bool = False,
-                 item_ids: list | None = None):
+                 item_ids: list | None = None, precision: str | None = None):
         """``cold_from``: items from this index on were added after training (their unseen last
         codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`).
         ``layout`` and ``prompt``: the sequential layout and prompt form ('chat', 'plain' or 'codes') the
@@ -36,7 +36,9 @@ class GenerativeRecommender:
         0): rank by the model's log-probability minus ``pop_alpha`` times the item's log share of
         popularity + 1 (see :func:`genrec.decode.beam.beam_search`). ``exclude_history``: a user's
         history items never come out (they take no beam slot), as the evaluator's masking wants.
-        ``item_ids``: the dataset's id of each item index (what :meth:`recommend` takes and gives)."""
+        ``item_ids``: the dataset's id of each item index (what :meth:`recommend` takes and gives).
+        ``precision``: the decoding arithmetic (see :func:`inference_precision`); None: the dtype the
+        model computes in (its training ``dtype``, ``auto`` by default)."""
         from genrec.llm.encode import PromptFormat
 
         self.lm = lm.eval()
@@ -44,7 +46,8 @@ class GenerativeRecommender:
         self.index = index
         self.beams, self.batch_users, self.max_history, self.layout = beams, batch_users, max_history, layout
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.decoder = Decoder.from_codelm(lm, pad)
+        self.precision, self.dtype, body = inference_precision(lm, precision)
+        self.decoder = Decoder.from_codelm(lm, pad, body)
         cold = range(cold_from, index.n_items) if cold_from is not None else None
         weight = None
         if popularity is not None:
@@ -138,7 +141,8 @@ class GenerativeRecommender:
         (folder / "train_config.json").write_text(json.dumps(config, indent=1))
         (folder / "corpus_meta.json").write_text(json.dumps(meta, indent=1))
         settings = {"beams": self.beams, "batch_users": self.batch_users, "max_history": self.max_history,
-                    "cold_from": self.cold_from, "pop_alpha": self.pop_alpha, "exclude_history": self.exclude_history}
+                    "cold_from": self.cold_from, "pop_alpha": self.pop_alpha, "exclude_history": self.exclude_history,
+                    "precision": self.precision}
         (folder / DECODING_FILE).write_text(json.dumps(settings, indent=1))
         if self.popularity is not None:
             np.save(folder / POPULARITY_FILE, self.popularity, allow_pickle=False)
@@ -190,7 +194,7 @@ class GenerativeRecommender:
         list with fewer than k items). ``beams``: instead of ``self.beams``."""
         from genrec.llm.train import autocast
 
-        with autocast(self.decoder.device, self.lm.compute_dtype):
+        with autocast(self.decoder.device, self.dtype):
             return rank_prompts(self.decoder, self.prompts(histories), self.trie, beams or self.beams, k, self.batch_users,
                                 self.pop_alpha, histories if self.exclude_history else None)
 
@@ -215,11 +219,53 @@ class GenerativeRecommender:
                 seqs[u, j, : len(toks)] = toks
         out = np.full(items.shape, -np.inf)
         order = np.argsort([len(p) for p in prompts], kind="stable")
-        with autocast(self.decoder.device, self.lm.compute_dtype):
+        with autocast(self.decoder.device, self.dtype):
             for lo in range(0, len(order), self.batch_users):
                 rows = order[lo : lo + self.batch_users]
                 out[rows] = score_sequences(self.decoder, [prompts[r] for r in rows], seqs[rows], self.trie)
         return np.where(items >= 0, out, -np.inf)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+
+def inference_precision(lm, precision: str | None = None):
+    """(precision, compute dtype, decoder body) for decoding ``lm`` in ``precision``:
+
+    - None: the dtype ``lm`` computes in (``lm.compute_dtype``, from its training ``dtype``);
+    - ``auto``: bf16 where the hardware computes it natively (CUDA with bf16, a CPU with
+      AVX512-BF16 or AMX; :func:`genrec.llm.backbone.pick_dtype`), fp32 elsewhere;
+    - ``fp32``; ``bf16``, which falls back to fp32 (with a warning) where ``auto`` would not pick
+      it (a CPU without native bf16, where it would be emulated and slower; a GPU without bf16);
+    - ``int8``: the decoder body's linear layers quantised dynamically to int8 weights
+      (``torch.ao.quantization.quantize_dynamic``, a copy: ``lm`` is left alone), fp32 elsewhere; CPU only.
+
+    Under bf16 the matmuls run under autocast; the logits come back as fp32, and every score is summed in fp32."""
+    import warnings
+
+    import torch
+
+    from genrec.llm.backbone import pick_dtype
+
+    device = next(lm.parameters()).device
+    if precision is None:
+        return None, getattr(lm, "compute_dtype", torch.float32), None
+    if precision not in PRECISIONS:
+        raise GenrecError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        if device.type != "cpu":
+            raise GenrecError(f"precision int8 (dynamic quantisation) runs on the CPU only, not on {device}")
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch announces the move of its quantisation to torchao
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning, FutureWarning))
+            body = quantize_dynamic(lm.body, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+        return precision, torch.float32, body
+    if precision == "bf16" and pick_dtype(device, "auto") != torch.bfloat16:
+        warnings.warn(f"precision bf16: no native bf16 on this {device.type} (a CPU needs AVX512-BF16 or AMX); "
+                      "decoding in fp32", stacklevel=3)
+        return precision, torch.float32, None
+    return precision, pick_dtype(device, precision), None
 
 
 def _corpus_layout(model_dir: Path) -> str:

@@ -234,6 +234,11 @@ class CodeLM(nn.Module):
         w = self.distill_weight
         return nll[~has].sum() + ((1 - w) * nll[has] + w * ce).sum()
 
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of the code tokens only (vocabulary columns ``n_old`` on), float32: all a model
+        with ``softmax="codes"`` or ``"trie"`` can write."""
+        return (hidden @ self._heads()[1].to(hidden.dtype).T).float()
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of some hidden states (decoding), without concatenating the weights;
         with ``softmax="codes"`` every non-code token gets -inf, as in training."""
