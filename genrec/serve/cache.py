@@ -35,6 +35,18 @@ def cache_version(model_dir: Path, catalog: Catalog, users: Sequence[str], setti
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def load_decoder(model_dir: str | Path, catalog: Catalog, beams: int = 20, batch_users: int = 8, pop_alpha: float = 0.0,
+                 device: str = "auto"):
+    """The decoder a cache build ranks with, over the catalogue with its added items (their last
+    codes backed off to their siblings'), the popularity adjustment, and the user's history left out
+    on data without repeats. `genrec serve --decode` decodes cache misses with it too."""
+    from genrec.decode.recommender import GenerativeRecommender
+
+    return GenerativeRecommender.load(model_dir, catalog.extended_index(), device=device, beams=beams,
+                                      batch_users=batch_users, cold_from=catalog.n_catalogue, pop_alpha=pop_alpha,
+                                      popularity=catalog.ds.item_popularity(), exclude_history=not catalog.ds.has_repeats())
+
+
 def build_cache(
     store: CacheStore,
     catalog: Catalog,
@@ -87,12 +99,7 @@ def build_cache(
     if mine:
         from tqdm.auto import tqdm
 
-        from genrec.decode.recommender import GenerativeRecommender
-
-        rec = GenerativeRecommender.load(model_dir, catalog.extended_index(), device=device, beams=beams,
-                                         batch_users=batch_users, cold_from=catalog.n_catalogue, pop_alpha=pop_alpha,
-                                         popularity=catalog.ds.item_popularity(),
-                                         exclude_history=not catalog.ds.has_repeats())
+        rec = load_decoder(model_dir, catalog, beams, batch_users, pop_alpha, device)
         bar = tqdm(total=sum(len(chunks[c]) for c in mine), unit="user", desc=f"cache [rank {rank}]",
                    disable=not progress)
         for c in mine:
