@@ -757,10 +757,11 @@ def _serve(index: Path, data: Path, store: str, model: Path | None = None, decod
     act = st.active()
     rec = None
     if model is not None:
-        from genrec.serve.cache import load_decoder
+        from genrec.serve.app import DecodeProcess
 
         built = act or {}
-        rec = load_decoder(model, catalog, beams=built.get("beams", 20), batch_users=1, pop_alpha=built.get("pop_alpha", 0.0))
+        typer.echo(f"loading the decoder from {model} ...", err=True)
+        rec = DecodeProcess(model, index, data, store, beams=built.get("beams", 20), pop_alpha=built.get("pop_alpha", 0.0))
     token = os.environ.get(admin_token_env) or None
     app_ = create_app(st, catalog, admin_token=token, recommender=rec, decode_budget_ms=decode_budget_ms,
                       decode_queue=decode_queue, max_k=max_k, store_timeout_ms=store_timeout_ms,

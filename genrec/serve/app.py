@@ -23,13 +23,15 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 from fastapi import FastAPI, Header, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from genrec.errors import GenrecError
 from genrec.serve.catalog import Catalog
 from genrec.serve.store import CacheStore, StoreError, decode_row
 
@@ -190,19 +192,24 @@ class Guard:
 
 
 class StoreGuard:
-    """Store reads off the event loop, each bounded by ``timeout_s``. After a failure (an error, or
-    no answer in time) the store is left alone for ``retry_s`` (reads fail at once, naming the
-    last fault), then tried again: the server recovers by itself when the store is back."""
+    """Store reads off the event loop, each bounded by ``timeout_s`` (a read that fails or does not
+    answer in time is a StoreError naming the store). After ``trip`` failures of the store in a row
+    it is left alone for ``retry_s`` (reads fail at once, naming the last fault), then tried again:
+    the server recovers by itself when the store is back. A read this process was too busy to start
+    within half the timeout still fails (the request falls back in time) but is not the store's
+    fault, so a busy CPU does not send every request to the fallback for ``retry_s``."""
 
-    def __init__(self, store: CacheStore, timeout_s: float, retry_s: float, threads: int = 4):
-        self.store, self.timeout_s, self.retry_s, self.threads = store, timeout_s, retry_s, threads
+    def __init__(self, store: CacheStore, timeout_s: float, retry_s: float, threads: int = 16, trip: int = 3):
+        self.store, self.timeout_s, self.retry_s, self.threads, self.trip = store, timeout_s, retry_s, threads, trip
+        self.failures = 0
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
         self.busy = 0
         self.lock = threading.Lock()
         self.down_until = 0.0
         self.fault: str | None = None
 
-    def _run(self, fn, args):
+    def _run(self, fn, args, started: list):
+        started.append(time.monotonic())
         try:
             return fn(*args)
         finally:
@@ -210,7 +217,9 @@ class StoreGuard:
                 self.busy -= 1
 
     def _fail(self, fault: str) -> StoreError:
-        self.fault, self.down_until = fault, time.monotonic() + self.retry_s
+        self.fault, self.failures = fault, self.failures + 1
+        if self.failures >= self.trip:
+            self.down_until = time.monotonic() + self.retry_s
         return StoreError(fault)
 
     async def call(self, fn, *args):
@@ -218,16 +227,20 @@ class StoreGuard:
             raise StoreError(self.fault)
         with self.lock:
             if self.busy >= self.threads:  # every reader is stuck on the store
-                raise StoreError(f"{self.store.url}: {self.busy} reads already waiting")
+                raise self._fail(f"{self.store.url}: {self.busy} reads already waiting")
             self.busy += 1
-        fut = asyncio.get_running_loop().run_in_executor(self.pool, self._run, fn, args)
+        asked, started = time.monotonic(), []
+        fut = asyncio.get_running_loop().run_in_executor(self.pool, self._run, fn, args, started)
         try:
             out = await asyncio.wait_for(fut, self.timeout_s)
         except TimeoutError:
+            if not started or started[0] - asked > self.timeout_s / 2:  # this process was too busy to ask in time
+                raise StoreError(f"{self.store.url}: not asked within {self.timeout_s * 1000:g} ms (the server is "
+                                 "overloaded)") from None
             raise self._fail(f"{self.store.url}: no answer within {self.timeout_s * 1000:g} ms") from None
         except StoreError as e:
             raise self._fail(str(e)) from None
-        self.fault, self.down_until = None, 0.0
+        self.fault, self.down_until, self.failures = None, 0.0, 0
         return out
 
 
@@ -235,27 +248,82 @@ class Fallback(Exception):
     """No decoded list now; the reason goes to ``fallback_reason``."""
 
 
-class OnTheFly:
-    """Decoding of lists the cache does not hold, in one worker thread (never on the event loop, so
-    cache hits are served while it works). A request waits at most ``budget_s``; at most
-    ``max_pending`` decodes are queued or running, and a request beyond that falls back at once.
-    A decode that outlives its request still finishes and is kept (LRU) for the next request."""
+def _rank(rec, history) -> tuple[list[int], list[float]]:
+    """The decoder's list for one history: (item positions, log-probabilities), best first."""
+    res = rec.rank_scored([history], rec.beams)
+    ok = res.items[0] >= 0
+    return res.items[0][ok].tolist(), res.scores[0][ok].tolist()
 
-    def __init__(self, recommender, catalog: Catalog, budget_s: float, max_pending: int, keep: int = 10_000):
-        self.rec, self.catalog, self.budget_s, self.max_pending, self.keep = recommender, catalog, budget_s, max_pending, keep
-        self.n_items = recommender.index.n_items if hasattr(recommender, "index") else len(catalog.ids)  # items it decodes over
+
+class DecodeThread:
+    """A decoder object (e.g. a GenerativeRecommender) run in one worker thread of this process."""
+
+    def __init__(self, rec, n_items: int):
+        self.rec, self.n_items = rec, n_items
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+
+    def submit(self, history) -> Future:
+        return self.pool.submit(_rank, self.rec, history)
+
+
+_worker_rec = None  # in a DecodeProcess's child: its decoder
+
+
+def _worker_load(model, index, data, store, beams, pop_alpha) -> None:
+    global _worker_rec
+    from genrec.serve.cache import load_decoder
+    from genrec.serve.store import open_store
+
+    _worker_rec = load_decoder(model, Catalog(index, data, open_store(store)), beams=beams, batch_users=1, pop_alpha=pop_alpha)
+
+
+def _worker_items() -> int:
+    return _worker_rec.index.n_items
+
+
+def _worker_rank(history) -> tuple[list[int], list[float]]:
+    return _rank(_worker_rec, history)
+
+
+class DecodeProcess:
+    """The decoder of `genrec serve --decode`: :func:`genrec.serve.cache.load_decoder` (the cache
+    build's) loaded in one child process, so decoding never holds the server's interpreter lock
+    and cache hits only share the CPU with it. Returns once the model is loaded."""
+
+    def __init__(self, model, index, data, store: str, beams: int, pop_alpha: float):
+        import multiprocessing
+
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_load, initargs=(model, index, data, store, beams, pop_alpha))
+        try:
+            self.n_items = self.pool.submit(_worker_items).result()
+        except BrokenProcessPool:
+            raise GenrecError(f"{model}: the decoder process failed to load the model (its error is above)") from None
+
+    def submit(self, history) -> Future:
+        return self.pool.submit(_worker_rank, history)
+
+
+class OnTheFly:
+    """Decoding of lists the cache does not hold, off the event loop (cache hits are served while
+    it works). A request waits at most ``budget_s``; at most ``max_pending`` decodes are queued or
+    running, and a request beyond that falls back at once. A decode that outlives its request
+    still finishes and is kept (LRU) for the next request."""
+
+    def __init__(self, decoder: DecodeThread | DecodeProcess, catalog: Catalog, budget_s: float, max_pending: int,
+                 keep: int = 10_000):
+        self.decoder, self.catalog, self.budget_s, self.max_pending, self.keep = decoder, catalog, budget_s, max_pending, keep
+        self.n_items = decoder.n_items  # the items it decodes over (added items up to its start)
         self.pending: dict[tuple, asyncio.Future] = {}
         self.done: OrderedDict[tuple, tuple[list[str], list[float]]] = OrderedDict()
 
-    def _decode(self, key: tuple, history) -> tuple[list[str], list[float]]:
-        res = self.rec.rank_scored([history], self.rec.beams)
-        ok = res.items[0] >= 0
-        out = ([self.catalog.ids[i] for i in res.items[0][ok]], res.scores[0][ok].tolist())
-        self.done[key] = out
-        while len(self.done) > self.keep:
-            self.done.popitem(last=False)
-        return out
+    def _finished(self, key: tuple, fut: asyncio.Future) -> None:
+        self.pending.pop(key, None)
+        if not fut.cancelled() and fut.exception() is None:
+            positions, scores = fut.result()
+            self.done[key] = ([self.catalog.ids[i] for i in positions], scores)
+            while len(self.done) > self.keep:
+                self.done.popitem(last=False)
 
     async def get(self, key: tuple, history) -> tuple[list[str], list[float]]:
         if key in self.done:
@@ -264,15 +332,20 @@ class OnTheFly:
         if fut is None:
             if len(self.pending) >= self.max_pending:
                 raise Fallback(f"decode queue full ({len(self.pending)} decodes waiting)")
-            fut = asyncio.wrap_future(self.pool.submit(self._decode, key, history))
+            try:
+                fut = asyncio.wrap_future(self.decoder.submit(history))
+            except Exception as e:  # noqa: BLE001 - e.g. the decoder process died: fall back, never a 500
+                raise Fallback(f"decoder unavailable ({type(e).__name__}: {e})") from None
             self.pending[key] = fut
-            fut.add_done_callback(lambda _f: self.pending.pop(key, None))
+            fut.add_done_callback(lambda f: self._finished(key, f))
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.budget_s)
+            await asyncio.wait_for(asyncio.shield(fut), self.budget_s)
         except TimeoutError:
             raise Fallback(f"decoding took over the {self.budget_s * 1000:g} ms budget (the list is kept for a retry)") from None
         except Exception as e:  # noqa: BLE001 - a failed decode falls back, never a 500
             raise Fallback(f"decoding failed ({type(e).__name__}: {e})") from None
+        positions, scores = fut.result()
+        return [self.catalog.ids[i] for i in positions], scores
 
 
 def create_app(
@@ -287,9 +360,10 @@ def create_app(
     store_timeout_ms: float = 50.0,
     store_retry_ms: float = 250.0,
 ) -> FastAPI:
-    """The API. ``recommender`` (a GenerativeRecommender over ``catalog.extended_index()``, made by
-    :func:`genrec.serve.cache.load_decoder`) enables on-the-fly decoding of users the cache does not
-    hold and of posted histories, within ``decode_budget_ms`` per request and ``decode_queue``
+    """The API. ``recommender`` enables on-the-fly decoding of users the cache does not hold and of
+    posted histories: a :class:`DecodeProcess`, or a decoder object with ``rank_scored`` and
+    ``beams`` (a GenerativeRecommender over ``catalog.extended_index()``, as
+    :func:`genrec.serve.cache.load_decoder` makes; decoded in a thread), within ``decode_budget_ms`` per request and ``decode_queue``
     decodes queued or running. ``store_timeout_ms``: the longest a request waits on the store;
     ``store_retry_ms``: how long a failed store is left alone before it is tried again."""
     app = FastAPI(
@@ -301,6 +375,8 @@ def create_app(
     popular = catalog.popular(max_k)
     versions: dict[str, dict] = {}
     guard = StoreGuard(store, store_timeout_ms / 1000, store_retry_ms / 1000)
+    if recommender is not None and not isinstance(recommender, DecodeProcess):
+        recommender = DecodeThread(recommender, recommender.index.n_items if hasattr(recommender, "index") else len(catalog.ids))
     fly = OnTheFly(recommender, catalog, decode_budget_ms / 1000, decode_queue) if recommender is not None else None
     started = time.time()
 
