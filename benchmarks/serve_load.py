@@ -430,7 +430,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python benchmarks/serve_load.py", *sys.argv[1:]])
+    argv = sys.argv[1:]
+    if "--out" in argv:  # where the results went is not part of what was measured
+        del argv[argv.index("--out") : argv.index("--out") + 2]
+    command = " ".join(["python benchmarks/serve_load.py", *(f"'{a}'" if " " in a else a for a in argv)])
     old = args.out / "serve_load.json"
     earlier = [r for r in (json.loads(old.read_text()) if old.is_file() else []) if r.get("command") != command]
     rows = [{**r, "machine": info, "command": command, "note": args.note} for r in rows]
