@@ -725,6 +725,10 @@ def serve_cmd(
     model: Annotated[Path | None, typer.Option(help="also load the model to decode users the cache lacks")] = None,
     decode: Annotated[bool, typer.Option(help="decode users missing from the cache on the fly (needs the model)")] = False,
     decode_budget_ms: Annotated[float, typer.Option(help="time budget of an on-the-fly decode; popularity after it")] = 200.0,
+    decode_queue: Annotated[int, typer.Option(help="decodes queued or running at most; popularity beyond")] = 8,
+    store_timeout_ms: Annotated[float, typer.Option(help="longest wait on the cache store; a fallback after it")] = 50.0,
+    store_retry_ms: Annotated[float, typer.Option(help="after a store fault, how long requests fall back at once "
+                                                       "before the store is tried again")] = 250.0,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     admin_token_env: Annotated[str, typer.Option(help="environment variable holding the admin token for POST /items")] = "GENREC_ADMIN_TOKEN",
@@ -734,13 +738,19 @@ def serve_cmd(
     model, index, data, store = _serving_paths(config, model, index, data, store)
     if decode and model is None:
         raise GenrecError("--decode needs --model (or --config)")
-    _serve(index, data, store, model if decode else None, decode_budget_ms, host, port, admin_token_env, max_k)
+    if min(decode_budget_ms, decode_queue, store_timeout_ms, store_retry_ms) <= 0:
+        raise GenrecError("--decode-budget-ms, --decode-queue, --store-timeout-ms and --store-retry-ms must be positive")
+    _serve(index, data, store, model if decode else None, decode_budget_ms, host, port, admin_token_env, max_k,
+           decode_queue=decode_queue, store_timeout_ms=store_timeout_ms, store_retry_ms=store_retry_ms)
 
 
 def _serve(index: Path, data: Path, store: str, model: Path | None = None, decode_budget_ms: float = 200.0,
            host: str = "127.0.0.1", port: int = 8000, admin_token_env: str = "GENREC_ADMIN_TOKEN", max_k: int = 100,
-           self_check: bool = False) -> None:
-    """Start the API (blocking). ``self_check``: once it is up, request one user's list and print it."""
+           self_check: bool = False, decode_queue: int = 8, store_timeout_ms: float = 50.0,
+           store_retry_ms: float = 250.0) -> None:
+    """Start the API (blocking). ``self_check``: once it is up, request one user's list and print it.
+    With ``model``, cache misses are decoded with the settings (beams, popularity adjustment) of
+    the active cache's build, else beam 20 without adjustment."""
     import os
     import threading
 
@@ -750,17 +760,20 @@ def _serve(index: Path, data: Path, store: str, model: Path | None = None, decod
     from genrec.serve.catalog import Catalog
     from genrec.serve.store import open_store
 
-    st = open_store(store)
+    st = open_store(store, timeout_ms=store_timeout_ms)
     catalog = Catalog(index, data, st)
+    act = st.active()
     rec = None
     if model is not None:
-        from genrec.decode.recommender import GenerativeRecommender
+        from genrec.serve.app import DecodeProcess
 
-        rec = GenerativeRecommender.load(model, catalog.extended_index(), beams=max(20, min(max_k, 100)),
-                                         cold_from=catalog.n_catalogue)
+        built = act or {}
+        typer.echo(f"loading the decoder from {model} ...", err=True)
+        rec = DecodeProcess(model, index, data, store, beams=built.get("beams", 20), pop_alpha=built.get("pop_alpha", 0.0))
     token = os.environ.get(admin_token_env) or None
-    app_ = create_app(st, catalog, admin_token=token, recommender=rec, decode_budget_ms=decode_budget_ms, max_k=max_k)
-    act = st.active()
+    app_ = create_app(st, catalog, admin_token=token, recommender=rec, decode_budget_ms=decode_budget_ms,
+                      decode_queue=decode_queue, max_k=max_k, store_timeout_ms=store_timeout_ms,
+                      store_retry_ms=store_retry_ms)
     url = f"http://{host}:{port}/users/{catalog.ds.user_ids[0]}/recommendations?k=5"
     typer.echo(f"serving {store} ({'cache ' + act['version'] if act else 'no cache yet: popularity only'}) on "
                f"http://{host}:{port} (API docs at /docs); admin endpoints "

@@ -171,3 +171,70 @@ def unpickle_in_full(path: Path) -> None:
     with zipfile.ZipFile(path) as z:
         name = next(n for n in z.namelist() if n.endswith("data.pkl"))
         pickle.loads(z.read(name))
+
+
+class LiveServer:
+    """An app served by uvicorn on a free loopback port in a thread (real concurrency, one event
+    loop, as `genrec serve` runs it); ``get``/``post`` return (status, JSON body, seconds)."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(500):
+            if self.server.started:
+                break
+            time.sleep(0.01)
+        else:
+            raise RuntimeError("the test server did not start")
+
+    def request(self, method: str, path: str, body=None, timeout: float = 60):
+        import json
+        import time
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        start = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        return status, json.loads(raw), time.perf_counter() - start  # every answer is JSON (a 500 would not be)
+
+    def get(self, path: str, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live():
+    """``live(app)`` serves ``app`` for the test (see LiveServer); stopped afterwards."""
+    servers = []
+
+    def start(app) -> LiveServer:
+        servers.append(LiveServer(app))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

@@ -339,14 +339,45 @@ def test_serve_load_smoke_run_serves_every_store_without_errors(recipe_run, tmp_
     from genrec.data.dataset import Dataset
 
     stores = ["sqlite", *(["redis"] if shutil.which("redis-server") else [])]
-    bench("benchmarks/serve_load.py", "--run", recipe_run, "--seconds", 1, "--warmup", 1, "--connections", 2,
-          "--stores", *stores, "--out", tmp_path)
+    bench("benchmarks/serve_load.py", "--run", recipe_run, "--modes", "hit", "--seconds", 1, "--warmup", 1,
+          "--connections", 2, "--stores", *stores, "--out", tmp_path)
     rows = json.loads((tmp_path / "serve_load.json").read_text())
-    assert [r["store"] for r in rows] == stores
+    assert [r["store"] for r in rows] == stores and {r["mode"] for r in rows} == {"hit"}
     for r in rows:
         assert r["users"] == Dataset.load(recipe_run / "data").n_users
         assert r["errors"] == 0 and r["requests"] > 0 and r["rps"] > 0  # every request a 200 from the cache
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+
+
+def test_serve_load_smoke_run_decodes_misses_rides_out_a_redis_fault_and_times_a_build(recipe_run, tmp_path):
+    for need in ("wrk", "redis-server"):
+        if shutil.which(need) is None:
+            pytest.skip(f"{need} is not installed (`make setup` installs it with apt-get): serve_load.py's miss and fault runs use it")
+    from genrec.data.dataset import Dataset
+
+    bench("benchmarks/serve_load.py", "--run", recipe_run, "--modes", "miss", "fault", "--miss-seconds", 2, "--miss-users", 8,
+          "--fault-seconds", 1, "--warmup", 1, "--connections", 2, "--build-sample", 4, "--out", tmp_path)
+    rows = json.loads((tmp_path / "serve_load.json").read_text())
+    assert [r["mode"] for r in rows] == ["miss", "hit during decoding", "miss", "fault", "build"]
+    decoded, hits, budgeted, fault, build = rows
+    n_users = Dataset.load(recipe_run / "data").n_users
+    assert decoded["users"] == 8 and hits["users"] == n_users - 8
+    # every miss answered 200; with an unbounded budget each held-out user is decoded (a repeat is kept: still "decode")
+    assert decoded["by_status"] == {"200": decoded["requests"]} and decoded["by_source"] == {"decode": decoded["requests"]}
+    assert hits["errors"] == 0 and hits["requests"] > 0
+    assert sum(budgeted["by_status"].values()) == budgeted["requests"] and set(budgeted["by_status"]) == {"200"}
+    assert set(budgeted["by_source"]) <= {"decode", "popular"}
+    phases = fault["phases"]
+    assert list(phases) == ["healthy", "paused (SIGSTOP)", "killed (SIGKILL)", "restarted"]
+    for name, ph in phases.items():
+        assert ph["by_status"] == {"200": ph["requests"]}, name  # never a 5xx: cache or popularity
+    assert phases["healthy"]["by_source"] == {"cache": phases["healthy"]["requests"]}
+    assert phases["paused (SIGSTOP)"]["by_source"].get("popular", 0) > 0
+    assert phases["killed (SIGKILL)"]["by_source"] == {"popular": phases["killed (SIGKILL)"]["requests"]}
+    assert phases["restarted"]["by_source"].get("cache", 0) > 0 and fault["recover_s"] is not None
+    assert build["users"] == 4 and build["all_users"] == n_users and 0 < build["decode_seconds"] <= build["seconds"]
+    text = (tmp_path / "serve_load.md").read_text()
+    assert "Redis store fault" in text and "Cache build" in text
 
 
 # ------------------------------------------------------------------------------------ coverage

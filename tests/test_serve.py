@@ -332,6 +332,37 @@ def test_healthz_and_metrics(api):
     assert 'genrec_request_seconds_count{endpoint="recommendations"} 4' in text
 
 
+def test_cache_misses_and_posted_histories_decode_on_the_fly_to_the_cache_builds_lists(run, tmp_path, cli, live):
+    """`serve --decode`: a user missing from the cache (built for half the users), and the same
+    user's history posted to POST /recommendations, get the list a full cache build writes for them."""
+    from genrec.serve.app import create_app
+    from genrec.serve.cache import load_decoder
+    from genrec.serve.catalog import Catalog
+
+    assert build(run, tmp_path / "full.db", cli=cli)[0] == 0
+    full = open_store(tmp_path / "full.db").rows()
+    users = sorted(full)
+    (tmp_path / "half.txt").write_text("\n".join(users[::2]) + "\n")
+    code, _, err = build(run, tmp_path / "half.db", "--users", tmp_path / "half.txt", cli=cli)
+    assert code == 0, err
+    st = open_store(tmp_path / "half.db", timeout_ms=1000)
+    catalog = Catalog(run / "index", run / "data", st)
+    rec = load_decoder(run / "model", catalog, beams=st.active()["beams"], batch_users=1, device="cpu")
+    server = live(create_app(st, catalog, recommender=rec, decode_budget_ms=120_000, max_k=10, store_timeout_ms=1000))
+    for u in users[1:6:2]:
+        items, scores = decode_row(full[u])
+        status, body, _ = server.get(f"/users/{u}/recommendations?k=10")
+        assert status == 200 and body["source"] == "decode" and body["fallback_reason"] is None
+        assert [x["item_id"] for x in body["items"]] == items
+        np.testing.assert_allclose([x["score"] for x in body["items"]], scores, rtol=1e-4, atol=1e-4)
+        history = [catalog.ids[i] for i in catalog.history(u)]
+        status, body, _ = server.post("/recommendations", {"history": history, "k": 10})
+        assert status == 200 and body["source"] == "decode" and [x["item_id"] for x in body["items"]] == items
+    assert server.get(f"/users/{users[0]}/recommendations?k=10")[1]["source"] == "cache"
+    status, body, _ = server.post("/recommendations", {"history": [catalog.ids[0], "no-such-item"], "k": 10})
+    assert status == 422 and "'no-such-item'" in body["detail"]
+
+
 def test_a_new_item_joins_the_rebuilt_cache_ranked_exactly_as_the_model_scores_it(run, tmp_path, cli):
     """POST an item with co-interacted neighbours, rebuild the cache (no retraining): its codes come
     from the codebooks (sharing a neighbour's first code), and with beams >= items every user's

@@ -1,13 +1,19 @@
 """``genrec serve``: the HTTP API over a cache store.
 
 - ``GET /users/{user_id}/recommendations?k=``: the user's cached top-k. A user the cache does not
-  hold gets a fallback, marked in ``source``: a decode on the fly when the server has the model
-  and the user's history (within a time budget), else the most popular items.
+  hold gets a fallback, marked in ``source`` and ``fallback_reason``: a decode on the fly when the
+  server has the model and the user's history (within a time budget and a queue length), else the
+  most popular items.
+- ``POST /recommendations`` with a history of item ids: decoded on the fly by the same path
+  (anonymous sessions, users whose cached list is stale); unknown item ids are a 422 naming them.
 - ``POST /items`` (admin token): a new item's codes from the codebooks, persisted; the next
   ``genrec cache build`` decodes with it. ``GET /items/{item_id}``: an item and its codes.
 - ``/healthz``; ``/metrics`` (Prometheus text format).
 
-Every error is JSON ``{"detail": ...}`` with a 4xx status saying what was wrong.
+Every error is JSON ``{"detail": ...}`` with a 4xx status saying what was wrong. The store is read
+in a pool of threads with a timeout (:class:`StoreGuard`): a slow or failed store never holds a
+request past the timeout nor gives a 500; recommendations fall back to popularity naming the store,
+other endpoints answer a JSON 503, and the store is tried again by itself.
 """
 
 from __future__ import annotations
@@ -17,14 +23,17 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
+import numpy as np
 from fastapi import FastAPI, Header, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from genrec.errors import GenrecError
 from genrec.serve.catalog import Catalog
-from genrec.serve.store import CacheStore, decode_row
+from genrec.serve.store import CacheStore, StoreError, decode_row
 
 MAX_BODY = 64 * 1024
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -43,6 +52,14 @@ class Recommendations(BaseModel):
     fallback_reason: str | None = None
     model_version: str | None = None
     cache_version: str | None = None
+
+
+class HistoryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[str | int] = Field(min_length=1, max_length=1000, description="item ids, oldest first")
+    k: int = Field(10, ge=1, description="items wanted (at most the server's max k)")
+    user_id: str | None = Field(None, max_length=200, description="a label echoed back (e.g. a session id)")
 
 
 class NewItem(BaseModel):
@@ -120,7 +137,7 @@ class Metrics:
 
 
 def _endpoint(path: str) -> str:
-    if path.startswith("/users/"):
+    if path.startswith("/users/") or path == "/recommendations":
         return "recommendations"
     if path.startswith("/items"):
         return "items"
@@ -174,17 +191,181 @@ class Guard:
         self.metrics.observe(_endpoint(scope["path"]), status[0], time.perf_counter() - start)
 
 
+class StoreGuard:
+    """Store reads off the event loop, each bounded by ``timeout_s`` (a read that fails or does not
+    answer in time is a StoreError naming the store). After ``trip`` failures of the store in a row
+    it is left alone for ``retry_s`` (reads fail at once, naming the last fault), then tried again:
+    the server recovers by itself when the store is back. A read this process was too busy to start
+    within half the timeout still fails (the request falls back in time) but is not the store's
+    fault, so a busy CPU does not send every request to the fallback for ``retry_s``."""
+
+    def __init__(self, store: CacheStore, timeout_s: float, retry_s: float, threads: int = 16, trip: int = 3):
+        self.store, self.timeout_s, self.retry_s, self.threads, self.trip = store, timeout_s, retry_s, threads, trip
+        self.failures = 0
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
+        self.busy = 0
+        self.lock = threading.Lock()
+        self.down_until = 0.0
+        self.fault: str | None = None
+
+    def _run(self, fn, args, started: list):
+        started.append(time.monotonic())
+        try:
+            return fn(*args)
+        finally:
+            with self.lock:
+                self.busy -= 1
+
+    def _fail(self, fault: str) -> StoreError:
+        self.fault, self.failures = fault, self.failures + 1
+        if self.failures >= self.trip:
+            self.down_until = time.monotonic() + self.retry_s
+        return StoreError(fault)
+
+    async def call(self, fn, *args):
+        if time.monotonic() < self.down_until:
+            raise StoreError(self.fault)
+        with self.lock:
+            if self.busy >= self.threads:  # every reader is stuck on the store
+                raise self._fail(f"{self.store.url}: {self.busy} reads already waiting")
+            self.busy += 1
+        asked, started = time.monotonic(), []
+        fut = asyncio.get_running_loop().run_in_executor(self.pool, self._run, fn, args, started)
+        try:
+            out = await asyncio.wait_for(fut, self.timeout_s)
+        except TimeoutError:
+            if not started or started[0] - asked > self.timeout_s / 2:  # this process was too busy to ask in time
+                raise StoreError(f"{self.store.url}: not asked within {self.timeout_s * 1000:g} ms (the server is "
+                                 "overloaded)") from None
+            raise self._fail(f"{self.store.url}: no answer within {self.timeout_s * 1000:g} ms") from None
+        except StoreError as e:
+            raise self._fail(str(e)) from None
+        self.fault, self.down_until, self.failures = None, 0.0, 0
+        return out
+
+
+class Fallback(Exception):
+    """No decoded list now; the reason goes to ``fallback_reason``."""
+
+
+def _rank(rec, history) -> tuple[list[int], list[float]]:
+    """The decoder's list for one history: (item positions, log-probabilities), best first."""
+    res = rec.rank_scored([history], rec.beams)
+    ok = res.items[0] >= 0
+    return res.items[0][ok].tolist(), res.scores[0][ok].tolist()
+
+
+class DecodeThread:
+    """A decoder object (e.g. a GenerativeRecommender) run in one worker thread of this process."""
+
+    def __init__(self, rec, n_items: int):
+        self.rec, self.n_items = rec, n_items
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+
+    def submit(self, history) -> Future:
+        return self.pool.submit(_rank, self.rec, history)
+
+
+_worker_rec = None  # in a DecodeProcess's child: its decoder
+
+
+def _worker_load(model, index, data, store, beams, pop_alpha) -> None:
+    global _worker_rec
+    from genrec.serve.cache import load_decoder
+    from genrec.serve.store import open_store
+
+    _worker_rec = load_decoder(model, Catalog(index, data, open_store(store)), beams=beams, batch_users=1, pop_alpha=pop_alpha)
+
+
+def _worker_items() -> int:
+    return _worker_rec.index.n_items
+
+
+def _worker_rank(history) -> tuple[list[int], list[float]]:
+    return _rank(_worker_rec, history)
+
+
+class DecodeProcess:
+    """The decoder of `genrec serve --decode`: :func:`genrec.serve.cache.load_decoder` (the cache
+    build's) loaded in one child process, so decoding never holds the server's interpreter lock
+    and cache hits only share the CPU with it. Returns once the model is loaded."""
+
+    def __init__(self, model, index, data, store: str, beams: int, pop_alpha: float):
+        import multiprocessing
+
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_worker_load, initargs=(model, index, data, store, beams, pop_alpha))
+        try:
+            self.n_items = self.pool.submit(_worker_items).result()
+        except BrokenProcessPool:
+            raise GenrecError(f"{model}: the decoder process failed to load the model (its error is above)") from None
+
+    def submit(self, history) -> Future:
+        return self.pool.submit(_worker_rank, history)
+
+
+class OnTheFly:
+    """Decoding of lists the cache does not hold, off the event loop (cache hits are served while
+    it works). A request waits at most ``budget_s``; at most ``max_pending`` decodes are queued or
+    running, and a request beyond that falls back at once. A decode that outlives its request
+    still finishes and is kept (LRU) for the next request."""
+
+    def __init__(self, decoder: DecodeThread | DecodeProcess, catalog: Catalog, budget_s: float, max_pending: int,
+                 keep: int = 10_000):
+        self.decoder, self.catalog, self.budget_s, self.max_pending, self.keep = decoder, catalog, budget_s, max_pending, keep
+        self.n_items = decoder.n_items  # the items it decodes over (added items up to its start)
+        self.pending: dict[tuple, asyncio.Future] = {}
+        self.done: OrderedDict[tuple, tuple[list[str], list[float]]] = OrderedDict()
+
+    def _finished(self, key: tuple, fut: asyncio.Future) -> None:
+        self.pending.pop(key, None)
+        if not fut.cancelled() and fut.exception() is None:
+            positions, scores = fut.result()
+            self.done[key] = ([self.catalog.ids[i] for i in positions], scores)
+            while len(self.done) > self.keep:
+                self.done.popitem(last=False)
+
+    async def get(self, key: tuple, history) -> tuple[list[str], list[float]]:
+        if key in self.done:
+            return self.done[key]
+        fut = self.pending.get(key)
+        if fut is None:
+            if len(self.pending) >= self.max_pending:
+                raise Fallback(f"decode queue full ({len(self.pending)} decodes waiting)")
+            try:
+                fut = asyncio.wrap_future(self.decoder.submit(history))
+            except Exception as e:  # noqa: BLE001 - e.g. the decoder process died: fall back, never a 500
+                raise Fallback(f"decoder unavailable ({type(e).__name__}: {e})") from None
+            self.pending[key] = fut
+            fut.add_done_callback(lambda f: self._finished(key, f))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.budget_s)
+        except TimeoutError:
+            raise Fallback(f"decoding took over the {self.budget_s * 1000:g} ms budget (the list is kept for a retry)") from None
+        except Exception as e:  # noqa: BLE001 - a failed decode falls back, never a 500
+            raise Fallback(f"decoding failed ({type(e).__name__}: {e})") from None
+        positions, scores = fut.result()
+        return [self.catalog.ids[i] for i in positions], scores
+
+
 def create_app(
     store: CacheStore,
     catalog: Catalog,
     admin_token: str | None = None,
     recommender=None,
     decode_budget_ms: float = 200.0,
+    decode_queue: int = 8,
     max_k: int = 100,
     max_body: int = MAX_BODY,
+    store_timeout_ms: float = 50.0,
+    store_retry_ms: float = 250.0,
 ) -> FastAPI:
-    """The API. ``recommender`` (a GenerativeRecommender over ``catalog.extended_index()``) enables
-    on-the-fly decoding of users the cache does not hold."""
+    """The API. ``recommender`` enables on-the-fly decoding of users the cache does not hold and of
+    posted histories: a :class:`DecodeProcess`, or a decoder object with ``rank_scored`` and
+    ``beams`` (a GenerativeRecommender over ``catalog.extended_index()``, as
+    :func:`genrec.serve.cache.load_decoder` makes; decoded in a thread), within ``decode_budget_ms`` per request and ``decode_queue``
+    decodes queued or running. ``store_timeout_ms``: the longest a request waits on the store;
+    ``store_retry_ms``: how long a failed store is left alone before it is tried again."""
     app = FastAPI(
         title="genrec",
         version="1",
@@ -193,67 +374,86 @@ def create_app(
     metrics = Metrics()
     popular = catalog.popular(max_k)
     versions: dict[str, dict] = {}
-    decoded: OrderedDict[str, tuple[list[str], list[float]]] = OrderedDict()
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") if recommender is not None else None
-    pending: dict[str, object] = {}
+    guard = StoreGuard(store, store_timeout_ms / 1000, store_retry_ms / 1000)
+    if recommender is not None and not isinstance(recommender, DecodeProcess):
+        recommender = DecodeThread(recommender, recommender.index.n_items if hasattr(recommender, "index") else len(catalog.ids))
+    fly = OnTheFly(recommender, catalog, decode_budget_ms / 1000, decode_queue) if recommender is not None else None
     started = time.time()
 
-    def version_meta(version: str) -> dict:
+    async def version_meta(version: str) -> dict:
         if version not in versions:
-            act = store.active()
+            try:
+                act = await guard.call(store.active)
+            except StoreError:
+                return {"version": version}  # not kept: asked again once the store answers
             versions[version] = act if act is not None and act["version"] == version else {"version": version}
         return versions[version]
 
-    def decode(user_id: str, history) -> tuple[list[str], list[float]]:
-        res = recommender.rank_scored([history], min(max_k, recommender.beams))
-        ok = res.items[0] >= 0
-        out = ([catalog.ids[i] for i in res.items[0][ok]], res.scores[0][ok].tolist())
-        decoded[user_id] = out
-        while len(decoded) > 10_000:
-            decoded.popitem(last=False)
-        return out
+    def respond(body: dict, items: list[str], scores: list, k: int) -> JSONResponse:
+        metrics.sources[body["source"]] += 1
+        body["items"] = [{"item_id": i, "score": s} for i, s in zip(items[:k], scores[:k], strict=True)]
+        return JSONResponse(body)
 
-    err = {400: {"model": Error}, 404: {"model": Error}, 413: {"model": Error}, 422: {"model": Error}}
+    async def decoded_or_popular(body: dict, key: tuple, history, reason: str, k: int) -> JSONResponse:
+        """A decode of ``history`` on the fly, or the popular items with why."""
+        if fly is not None:
+            try:
+                items, scores = await fly.get(key, history)
+                return respond({**body, "source": "decode"}, items, scores, k)
+            except Fallback as e:
+                reason = f"{reason}; {e}"
+        return respond({**body, "source": "popular", "fallback_reason": reason}, popular, [None] * len(popular), k)
+
+    err = {400: {"model": Error}, 404: {"model": Error}, 413: {"model": Error}, 422: {"model": Error},
+           503: {"model": Error}}
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=err,
              summary="A user's top-k recommendations")
     async def recommendations(user_id: str = Path(max_length=200), k: int = Query(10, ge=1, le=max_k)):
-        found = store.lookup(user_id)
         body = {"user_id": user_id, "k": k, "fallback_reason": None, "model_version": None, "cache_version": None}
+        try:
+            found = await guard.call(store.lookup, user_id)
+        except StoreError as e:  # slow or down: popularity at once (decoding every user would swamp the decoder)
+            reason = f"cache store unavailable ({e})"
+            return respond({**body, "source": "popular", "fallback_reason": reason}, popular, [None] * len(popular), k)
         if found is not None:
             version, payload = found
             items, scores = decode_row(payload)
-            meta = version_meta(version)
-            body.update(source="cache", cache_version=version, model_version=meta.get("model_version"))
-        elif user_id in decoded:
-            items, scores = decoded[user_id]
-            body.update(source="decode")
-        else:
-            items, scores, reason = None, None, "unknown user"
-            history = catalog.history(user_id)
-            if history is not None:
-                reason = "user not in the cache"
-                if pool is not None:
-                    fut = pending.get(user_id) or asyncio.wrap_future(pool.submit(decode, user_id, history))
-                    pending[user_id] = fut
-                    fut.add_done_callback(lambda _f, u=user_id: pending.pop(u, None))
-                    try:
-                        items, scores = await asyncio.wait_for(asyncio.shield(fut), decode_budget_ms / 1000)
-                        body.update(source="decode")
-                    except TimeoutError:
-                        reason = f"user not in the cache; decoding took over {decode_budget_ms:g} ms (retry later)"
-            if items is None:
-                items, scores = popular, [None] * len(popular)
-                body.update(source="popular", fallback_reason=reason)
-        metrics.sources[body["source"]] += 1
-        body["items"] = [{"item_id": i, "score": s} for i, s in zip(items[:k], scores[:k], strict=True)]
-        return JSONResponse(body)
+            meta = await version_meta(version)
+            return respond({**body, "source": "cache", "cache_version": version, "model_version": meta.get("model_version")},
+                           items, scores, k)
+        history = catalog.history(user_id)
+        if history is None:
+            return respond({**body, "source": "popular", "fallback_reason": "unknown user"}, popular,
+                           [None] * len(popular), k)
+        return await decoded_or_popular(body, ("user", user_id), history, "user not in the cache", k)
+
+    @app.post("/recommendations", response_model=Recommendations, responses=err,
+              summary="Top-k recommendations after a given history (decoded on the fly)")
+    async def recommendations_for(req: HistoryRequest):
+        if req.k > max_k:
+            return _error(422, f"k: at most {max_k}, got {req.k}")
+        ids = [str(i) for i in req.history]
+        n_items = fly.n_items if fly is not None else len(catalog.ids)
+        positions = [catalog.pos.get(i) for i in ids]
+        unknown = [i for i, k_ in zip(ids, positions, strict=True) if k_ is None or k_ >= n_items]
+        if unknown:
+            shown = ", ".join(repr(i) for i in unknown[:20]) + (f" and {len(unknown) - 20} more" if len(unknown) > 20 else "")
+            return _error(422, f"history: unknown item ids {shown} (not among the {n_items} items served)")
+        body = {"user_id": req.user_id or "anonymous", "k": req.k, "fallback_reason": None, "model_version": None,
+                "cache_version": None}
+        reason = "fresh history" if fly is not None else "no decoder on this server (start it with --decode)"
+        history = np.asarray(positions, dtype=np.int64)
+        return await decoded_or_popular(body, ("history", *positions), history, reason, req.k)
 
     @app.get("/items/{item_id}", response_model=Item, responses=err, summary="An item and its codes")
     def get_item(item_id: str = Path(max_length=200)):
         found = catalog.item(item_id)
         if found is None:
-            catalog.refresh()  # added by another process?
+            try:
+                catalog.refresh()  # added by another process?
+            except StoreError as e:
+                return _error(503, f"no item {item_id!r} here, and the cache store cannot be asked for added items ({e})")
             found = catalog.item(item_id)
         if found is None:
             return _error(404, f"no item {item_id!r}")
@@ -270,28 +470,33 @@ def create_app(
             return _error(403, "wrong admin token")
         try:
             out = catalog.add(item.model_dump())
+        except StoreError as e:
+            return _error(503, f"cache store unavailable, the item was not added ({e})")
         except KeyError:
             return _error(409, f"item {item.item_id!r} already exists")
         except ValueError as e:
             return _error(422, str(e))
         return JSONResponse(out, status_code=201)
 
-    @app.get("/healthz", summary="Liveness and what is being served")
-    def healthz():
+    @app.get("/healthz", summary="Liveness and what is being served", responses={503: {"model": Error}})
+    async def healthz():
         try:
-            act = store.active()
-        except Exception as e:  # the store is down: say so, do not crash
-            return JSONResponse({"status": "error", "detail": f"cache store unreachable: {type(e).__name__}"},
-                                status_code=503)
+            act = await guard.call(store.active)
+        except StoreError as e:  # the store is down: say so, do not crash
+            return JSONResponse({"status": "error", "detail": f"cache store unavailable ({e})"}, status_code=503)
         return {"status": "ok", "cache_version": act and act["version"], "model_version": act and act.get("model_version"),
                 "cached_users": act and act.get("n_users"), "items": len(catalog.ids), "added_items": len(catalog.added),
-                "decoder": recommender is not None, "uptime_s": round(time.time() - started, 1)}
+                "decoder": fly is not None, "decodes_pending": len(fly.pending) if fly else 0, "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def prometheus():
         extra = {"genrec_items": len(catalog.ids), "genrec_added_items": len(catalog.added),
                  "genrec_uptime_seconds": round(time.time() - started, 1)}
         return PlainTextResponse(metrics.render(extra), media_type="text/plain; version=0.0.4")
+
+    @app.exception_handler(StoreError)
+    async def store_fault(request, exc: StoreError):  # any store fault not handled above: a JSON 503, never a 500
+        return _error(503, f"cache store unavailable ({exc})")
 
     app.add_middleware(Guard, metrics=metrics, max_body=max_body)
     app.state.metrics = metrics
