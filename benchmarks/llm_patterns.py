@@ -14,7 +14,8 @@ evaluator's auto setting decides), plus the costs of the long-short update.
 - **costs**: the encoder cache reused as is (nothing encoded), and rebuilt after ``--changed``
   items' text changed (only those encoded, the backbone loaded once), against SASRec-LLM's training.
 
-``--reuse NAME=STAGE``: take a finished baseline stage of the same data (e.g. a run's
+``--parts``: run only some of the three (e.g. the cold split in a second process); a last run with
+all of them gathers what is finished. ``--reuse NAME=STAGE``: take a finished baseline stage of the same data (e.g. a run's
 ``baselines/sasrec-ce``) instead of training that model again. Stages are kept under --run-dir, so a
 rerun skips what is done and a killed fit resumes. Writes ``llm_patterns.{md,json}`` under --out.
 """
@@ -166,6 +167,9 @@ def main() -> None:
     ap.add_argument("--cold-train", default=None, help="training settings of both models on the cold-item split (default: --train)")
     ap.add_argument("--changed", type=int, default=43, help="items whose text changes for the incremental rebuild")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", nargs="+", default=["normal", "costs", "cold"], choices=["normal", "costs", "cold"],
+                    help="what to run (several processes may run different parts on one --run-dir; a last run with "
+                         "all parts gathers the finished stages into the results)")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
     from genrec.llm.item_encoder import default_cache_dir
@@ -185,8 +189,8 @@ def main() -> None:
     mask = resolve_mask_history("auto", ds)
     ev = EvaluateSection()
     command = "OMP_NUM_THREADS=1 python benchmarks/llm_patterns.py " + " ".join(sys.argv[1:])
-    rows = []
-    for name in MODELS:
+    rows: list[dict] = []
+    for name in MODELS if "normal" in args.parts else []:
         if name in reuse:
             made = read_manifest(reuse[name])
             if made is None or made["inputs"]["data"]["fingerprint"] != fingerprint(args.data):
@@ -198,11 +202,15 @@ def main() -> None:
         rows.append(row_of(stage, args.label, name, "normal", mask))
         print(f"normal {name}: HR@10 {rows[-1]['HR@10']:.4f} NDCG@10 {rows[-1]['NDCG@10']:.4f}", flush=True)
         write_results(args.out, args.label, rows, [], None, command, args.note, ds.n_items)
-    costs = encoder_costs(ds, llm_cfg, args.run_dir, args.changed, args.seed)
-    print(f"costs: {costs}", flush=True)
-    write_results(args.out, args.label, rows, [], costs, command, args.note, ds.n_items)
+    costs = None
+    if "costs" in args.parts:  # measured once per --run-dir (it loads the backbone)
+        kept = args.run_dir / "costs.json"
+        costs = json.loads(kept.read_text()) if kept.is_file() else encoder_costs(ds, llm_cfg, args.run_dir, args.changed, args.seed)
+        kept.write_text(json.dumps(costs, indent=2))
+        print(f"costs: {costs}", flush=True)
+        write_results(args.out, args.label, rows, [], costs, command, args.note, ds.n_items)
     cold = []
-    if args.cold_share > 0:
+    if args.cold_share > 0 and "cold" in args.parts:
         split = cold_item_split(ds, args.cold_share, args.seed)
         cold_data = args.run_dir / "cold" / "data"
         if not Dataset.is_prepared(cold_data):  # no manifest: its fingerprint is its files' hash

@@ -29,7 +29,7 @@ from genrec.evaluate.fairness import fairness, fairness_markdown, read_rows
 COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
 BASELINE_NAMES = {"pop": "Pop", "sasrec": "SASRec (BCE)", "sasrec-ce": "SASRec (CE)", "bert4rec": "BERT4Rec",
                   "gru4rec": "GRU4Rec", "fmlp": "FMLP-Rec", "lightgcn": "LightGCN", "dccf": "DCCF",
-                  "tiger": "TIGER-style encoder-decoder (on an index's codes)"}
+                  "tiger": "TIGER-style encoder-decoder (on an index's codes)", "sasrec-llm": "SASRec + LLM item embeddings"}
 
 
 @dataclass
