@@ -167,3 +167,20 @@ def test_report_has_a_fairness_section_for_runs_with_ranked_lists(tmp_path, cli)
     assert "| Pop | 2.4 | 0.5938 | 0.3750 | 0.3750 | 1.0000 |" in text
     saved = json.loads((tmp_path / "rep" / "fairness.json").read_text())
     assert saved["run"]["Pop"]["overall"]["tail_share@10"] == pytest.approx(0.375)
+
+
+def test_evaluate_fairness_option_reads_the_decoded_lists(recipe_run, cli):
+    """`genrec evaluate --fairness` without --out: the lists go through a temporary dump; its overall HR/NDCG
+    agree with the evaluator's own (no tie in a ranked list)."""
+    code, out, err = cli("evaluate", "--model", recipe_run / "model", "--index", recipe_run / "index", "--data",
+                         recipe_run / "data", "--users", 12, "--beams", 5, "--fairness", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    fair = res["fairness"]
+    assert fair["n_users"] == res["n_users"]
+    for k in (1, 5, 10, 20):
+        assert fair["overall"][f"HR@{k}"] == pytest.approx(res["metrics"][f"HR@{k}"])
+        assert fair["overall"][f"NDCG@{k}"] == pytest.approx(res["metrics"][f"NDCG@{k}"])
+        assert fair["overall"][f"coverage@{k}"] == pytest.approx(res["metrics"][f"coverage@{k}"])
+        assert fair["overall"][f"avg_pop@{k}"] == pytest.approx(res["metrics"][f"avg_pop@{k}"])
+    assert sum(g["n_users"] for g in fair["by_user_group"].values()) == res["n_users"]
