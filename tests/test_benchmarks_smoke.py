@@ -351,6 +351,10 @@ def test_llm_patterns_smoke_run_sets_sasrec_llm_beside_sasrec_ce(tiny_backbone, 
         mine = [x for x in rows if x["user_idx"] in set(split.users.tolist())]
         assert r["users"] == len(split.users) == len(mine)
         assert r["HR@10"] == round(sum(1 for x in mine if x["rank"] == x["rank"] and x["rank"] <= 10) / len(mine), 4)
+        others = [x for x in rows if x["user_idx"] not in set(split.users.tolist())]
+        cold = set(split.cold_items.tolist())
+        share = sum(sum(i in cold for i in x["topk"][:10]) / len(x["topk"][:10]) for x in others) / len(others)
+        assert r["others_cold_slots"] == round(share, 4)
     assert Dataset.load(tmp_path / "runs" / "cold" / "data").item_popularity()[split.cold_items].sum() == 0
     text = (tmp_path / "out" / "llm_patterns.md").read_text()
     assert "## synth: normal split" in text and "cold-item split" in text and "long-short update" in text
