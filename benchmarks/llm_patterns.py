@@ -82,6 +82,25 @@ def cold_metrics(stage: Path, users: np.ndarray, cold_items: np.ndarray, ks=(1, 
     return out
 
 
+def per_user(stage: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(users, {HR@10, NDCG@10} per user) of a stage's test rows, from their ranks."""
+    t = pq.read_table(stage / "test_users.parquet", columns=["user_idx", "rank"])
+    rank = np.nan_to_num(t["rank"].to_numpy(zero_copy_only=False).astype(float), nan=np.inf)
+    hit = rank <= 10
+    return t["user_idx"].to_numpy(), {"HR@10": hit.astype(float), "NDCG@10": np.where(hit, 1 / np.log2(np.where(hit, rank, 1) + 1), 0.0)}
+
+
+def paired_gain(base: Path, new: Path, resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """{metric: [mean gain of ``new`` over ``base``, 2.5%, 97.5%]}: a paired bootstrap over the test users."""
+    ub, b = per_user(base)
+    un, n = per_user(new)
+    if not np.array_equal(ub, un):
+        raise ValueError(f"{base} and {new} hold different test users")
+    idx = np.random.default_rng(seed).integers(0, len(ub), size=(resamples, len(ub)))
+    return {k: [round(float((n[k] - b[k]).mean()), 4), *(round(float(x), 4) for x in np.percentile((n[k] - b[k])[idx].mean(1), [2.5, 97.5]))]
+            for k in b}
+
+
 def encoder_costs(ds: Dataset, cfg: dict, run_dir: Path, changed: int, seed: int) -> dict:
     """The cache reused as is, then a copy rebuilt after ``changed`` items' text changed."""
     from genrec.llm.item_encoder import encoder_key, item_encoder_embeddings
@@ -110,11 +129,11 @@ def encoder_costs(ds: Dataset, cfg: dict, run_dir: Path, changed: int, seed: int
 
 
 def write_results(out: Path, label: str, rows: list[dict], cold: list[dict], costs: dict | None, command: str,
-                  note: str, n_items: int) -> None:
+                  note: str, n_items: int, gain: dict | None = None) -> None:
     info = machine()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "llm_patterns.json").write_text(json.dumps({"machine": info, "command": command, "rows": rows, "cold": cold,
-                                                       "costs": costs}, indent=2) + "\n")
+    (out / "llm_patterns.json").write_text(json.dumps({"machine": info, "command": command, "rows": rows, "gain": gain,
+                                                       "cold": cold, "costs": costs}, indent=2) + "\n")
     lines = ["# The LLM as item encoder: SASRec with LLM item embeddings", "",
              "Test split (leave-one-out), full ranking over all items, history masked as the evaluator's auto setting "
              "decides; both models through the baseline stage and `genrec.evaluate.Evaluator`. `s/user`: the test "
@@ -129,6 +148,9 @@ def write_results(out: Path, label: str, rows: list[dict], cold: list[dict], cos
         lines.append(f"| {r['method']} | " + " | ".join(f"{r[c]:.4f}" for c in COLS) +
                      f" | {r['seconds_per_epoch']} | {r['best_epoch']} | {r['epochs_run']} | {r['train_seconds']:.0f} | "
                      f"{r['seconds_per_user']:.5f} |")
+    if gain:
+        lines += ["", "Gain of sasrec-llm over sasrec-ce on the same users (paired bootstrap, 2,000 resamples, 95% interval): "
+                  + "; ".join(f"{k} {v[0]:+.4f} [{v[1]:+.4f}, {v[2]:+.4f}]" for k, v in gain.items()) + "."]
     if cold:
         c0 = cold[0]
         lines += ["", f"## {label}: cold-item split", "",
@@ -198,6 +220,8 @@ def main() -> None:
     ev = EvaluateSection()
     command = "OMP_NUM_THREADS=1 python benchmarks/llm_patterns.py " + " ".join(sys.argv[1:])
     rows: list[dict] = []
+    stages: dict[str, Path] = {}
+    gain = None
     for name in MODELS if "normal" in args.parts else []:
         if name in reuse:
             made = read_manifest(reuse[name])
@@ -207,16 +231,19 @@ def main() -> None:
         else:
             stage = stage_baseline(args.data, args.run_dir / "normal" / name, name, ev, seed=args.seed,
                                    params=params_of(name, train)).path
+        stages[name] = stage
         rows.append(row_of(stage, args.label, name, "normal", mask))
         print(f"normal {name}: HR@10 {rows[-1]['HR@10']:.4f} NDCG@10 {rows[-1]['NDCG@10']:.4f}", flush=True)
-        write_results(args.out, args.label, rows, [], None, command, args.note, ds.n_items)
+        if len(stages) == len(MODELS):
+            gain = paired_gain(*stages.values())
+        write_results(args.out, args.label, rows, [], None, command, args.note, ds.n_items, gain)
     costs = None
     if "costs" in args.parts:  # measured once per --run-dir (it loads the backbone)
         kept = args.run_dir / "costs.json"
         costs = json.loads(kept.read_text()) if kept.is_file() else encoder_costs(ds, llm_cfg, args.run_dir, args.changed, args.seed)
         kept.write_text(json.dumps(costs, indent=2))
         print(f"costs: {costs}", flush=True)
-        write_results(args.out, args.label, rows, [], costs, command, args.note, ds.n_items)
+        write_results(args.out, args.label, rows, [], costs, command, args.note, ds.n_items, gain)
     cold = []
     if args.cold_share > 0 and "cold" in args.parts:
         split = cold_item_split(ds, args.cold_share, args.seed)
@@ -231,7 +258,7 @@ def main() -> None:
                          **cold_metrics(stage, split.users, split.cold_items), "all": {c: r[c] for c in COLS},
                          "train_seconds": r["train_seconds"]})
             print(f"cold {name}: {cold[-1]}", flush=True)
-            write_results(args.out, args.label, rows, cold, costs, command, args.note, ds.n_items)
+            write_results(args.out, args.label, rows, cold, costs, command, args.note, ds.n_items, gain)
 
 
 if __name__ == "__main__":

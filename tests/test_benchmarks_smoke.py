@@ -343,6 +343,12 @@ def test_llm_patterns_smoke_run_sets_sasrec_llm_beside_sasrec_ce(tiny_backbone, 
         assert {c: r[c] for c in COLS} == {c: round(m["test"]["metrics"][c], 4) for c in COLS}
         assert r["epochs_run"] == 2 and r["seconds_per_user"] > 0 and 0 < r["train_seconds"] <= r["wall_seconds"]
     llm = res["rows"][1]
+    hits = {}  # HR@10 gain by a plain loop over the two stages' rows
+    for r in res["rows"]:
+        rows = pq.read_table(tmp_path / "runs" / "normal" / r["method"] / "test_users.parquet").to_pylist()
+        hits[r["method"]] = [1.0 if x["rank"] == x["rank"] and x["rank"] <= 10 else 0.0 for x in rows]
+    gain = sum(b - a for a, b in zip(hits["sasrec-ce"], hits["sasrec-llm"], strict=True)) / len(hits["sasrec-ce"])
+    assert res["gain"]["HR@10"][0] == round(gain, 4) and res["gain"]["HR@10"][1] <= res["gain"]["HR@10"][2]
     assert llm["encoder"]["encoded"] + llm["encoder"]["reused"] == len(set(ds.items["title"] + " " + ds.items["description"]))
     assert res["costs"]["reuse"]["encoded"] == 0 and res["costs"]["update"]["encoded"] == 3  # only the changed texts
     split = cold_item_split(ds, 0.2, 0)
