@@ -194,6 +194,8 @@ def main() -> None:
     ap.add_argument("--train", default="{}", help="training settings of both models as JSON, e.g. '{\"epochs\": 2}'")
     ap.add_argument("--reuse", nargs="*", default=[], metavar="NAME=STAGE", help="a finished baseline stage of the same data")
     ap.add_argument("--cold-share", type=float, default=0.05, help="share of the items made cold; 0: no cold-item table")
+    ap.add_argument("--cold-modes", nargs="+", default=None, choices=["add", "replace"],
+                    help="sasrec-llm's modes on the cold-item split (default: --mode)")
     ap.add_argument("--cold-train", default=None, help="training settings of both models on the cold-item split (default: --train)")
     ap.add_argument("--changed", type=int, default=43, help="items whose text changes for the incremental rebuild")
     ap.add_argument("--seed", type=int, default=0)
@@ -250,14 +252,19 @@ def main() -> None:
         cold_data = args.run_dir / "cold" / "data"
         if not Dataset.is_prepared(cold_data):  # no manifest: its fingerprint is its files' hash
             split.dataset.save(cold_data)
-        for name in MODELS:
-            stage = stage_baseline(cold_data, args.run_dir / "cold" / name, name, ev, seed=args.seed,
-                                   params=params_of(name, cold_train)).path
+        # sasrec-llm in each of --cold-modes; a mode other than --mode has its own stage folder and label
+        runs = [("sasrec-ce", "sasrec-ce", None)] + [
+            ("sasrec-llm", "sasrec-llm" if m == args.mode else f"sasrec-llm-{m}", m) for m in args.cold_modes or [args.mode]]
+        for name, label, mode in runs:
+            params = params_of(name, cold_train)
+            if mode is not None:
+                params = {**params, "config": {**llm_cfg, "mode": mode}}
+            stage = stage_baseline(cold_data, args.run_dir / "cold" / label, name, ev, seed=args.seed, params=params).path
             r = row_of(stage, args.label, name, "cold", mask)
-            cold.append({"method": name, "cold_items": len(split.cold_items), "cold_share": args.cold_share, "train": cold_train,
+            cold.append({"method": label, "cold_items": len(split.cold_items), "cold_share": args.cold_share, "train": cold_train,
                          **cold_metrics(stage, split.users, split.cold_items), "all": {c: r[c] for c in COLS},
                          "train_seconds": r["train_seconds"]})
-            print(f"cold {name}: {cold[-1]}", flush=True)
+            print(f"cold {label}: {cold[-1]}", flush=True)
             write_results(args.out, args.label, rows, cold, costs, command, args.note, ds.n_items, gain)
 
 

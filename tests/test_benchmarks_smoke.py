@@ -334,7 +334,7 @@ def test_llm_patterns_smoke_run_sets_sasrec_llm_beside_sasrec_ce(tiny_backbone, 
     ds.save(tmp_path / "data")
     args = ["--data", tmp_path / "data", "--label", "synth", "--run-dir", tmp_path / "runs", "--out", tmp_path / "out",
             "--cache", tmp_path / "cache", "--backbone", tiny_backbone, "--encoder-layers", 1, "--max-tokens", 16,
-            "--train", '{"epochs": 2, "progress": false}', "--cold-share", 0.2, "--changed", 3]
+            "--train", '{"epochs": 2, "progress": false}', "--cold-share", 0.2, "--changed", 3, "--cold-modes", "add", "replace"]
     bench("benchmarks/llm_patterns.py", *args)
     res = json.loads((tmp_path / "out" / "llm_patterns.json").read_text())
     assert [r["method"] for r in res["rows"]] == ["sasrec-ce", "sasrec-llm"]
@@ -352,6 +352,9 @@ def test_llm_patterns_smoke_run_sets_sasrec_llm_beside_sasrec_ce(tiny_backbone, 
     assert llm["encoder"]["encoded"] + llm["encoder"]["reused"] == len(set(ds.items["title"] + " " + ds.items["description"]))
     assert res["costs"]["reuse"]["encoded"] == 0 and res["costs"]["update"]["encoded"] == 3  # only the changed texts
     split = cold_item_split(ds, 0.2, 0)
+    assert [r["method"] for r in res["cold"]] == ["sasrec-ce", "sasrec-llm", "sasrec-llm-replace"]
+    made = json.loads((tmp_path / "runs" / "cold" / "sasrec-llm-replace" / "manifest.json").read_text())
+    assert made["config"]["params"]["config"]["mode"] == "replace"
     for r in res["cold"]:  # cold users' HR@10 from the stage's per-user rows, by a plain loop
         rows = pq.read_table(tmp_path / "runs" / "cold" / r["method"] / "test_users.parquet").to_pylist()
         mine = [x for x in rows if x["user_idx"] in set(split.users.tolist())]
