@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -220,7 +221,11 @@ def main() -> None:
     ds = Dataset.load(args.data)
     mask = resolve_mask_history("auto", ds)
     ev = EvaluateSection()
-    command = "OMP_NUM_THREADS=1 python benchmarks/llm_patterns.py " + " ".join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--note" in argv:  # the note is printed apart
+        at = argv.index("--note")
+        argv = argv[:at] + argv[at + 2 :]
+    command = "OMP_NUM_THREADS=1 python benchmarks/llm_patterns.py " + " ".join(shlex.quote(a) for a in argv)
     rows: list[dict] = []
     stages: dict[str, Path] = {}
     gain = None
