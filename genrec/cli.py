@@ -249,6 +249,8 @@ def baselines_run(
     dump: Annotated[Path | None, typer.Option(help="write per-user results to this Parquet file")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
     force: Annotated[bool, typer.Option(help="refit even when up to date")] = False,
+    fairness: Annotated[bool, typer.Option("--fairness", help="also report popularity bias and fairness of the lists "
+                                                              "(as `genrec evaluate --fairness`)")] = False,
 ) -> None:
     """Fit a baseline on the training split through the baseline stage (the one `genrec run` runs) and
     print its metrics on the chosen split. A raw --data folder is prepared first, into a folder beside
@@ -283,14 +285,23 @@ def baselines_run(
     if dump is not None:
         shutil.copy2(res.path / f"{stage}_users.parquet", dump)
     result = res.manifest["metrics"][stage]
+    fair = None
+    if fairness:
+        from genrec.evaluate.fairness import fairness as fairness_of
+        from genrec.evaluate.fairness import fairness_markdown, read_rows
+
+        fair = fairness_of(Dataset.load(data), read_rows(res.path / f"{stage}_users.parquet"), ks=ev.ks)
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps({**result, "fairness": fair} if fair else result))
         return
     n_items = Dataset.load(data).n_items
     state = "up to date, skipped" if res.skipped else f"fitted in {res.manifest['wall_seconds']:.1f}s"
     typer.echo(f"{name} on {data} ({stage}, {result['n_users']:,} users, full ranking over {n_items:,} items); "
                f"{out}: {state}")
     typer.echo(EvalResult(**result).table())
+    if fair:
+        for k in fair["ks"]:
+            typer.echo("\n".join(["", f"bias and fairness @{k}", *fairness_markdown([(name, fair)], k)]))
 
 
 # -- cf -------------------------------------------------------------------------------
@@ -567,10 +578,15 @@ def evaluate_cmd(
     out: Annotated[Path | None, typer.Option(help="write metrics.json and per-user rows here; the decoded lists are "
                                                   "kept there as they come, so a killed run resumes when rerun")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+    fairness: Annotated[bool, typer.Option("--fairness", help="also report popularity bias and fairness of the lists: "
+                                                              "average popularity, long-tail share, coverage, Gini "
+                                                              "of exposure, HR/NDCG by user and item group")] = False,
 ) -> None:
     """Evaluate a fine-tuned generative model with constrained beam search through the shared evaluator.
 
     Under `accelerate launch` the users are sharded across ranks and rank 0 prints the result."""
+    import tempfile
+
     from genrec.config import DecodeSection, EvaluateSection
     from genrec.evaluate import EvalResult
     from genrec.stages import evaluate_decoding, stage_evaluate
@@ -592,18 +608,34 @@ def evaluate_cmd(
     ev = EvaluateSection()
     # the seed only draws the user sample: without one, any --seed names the same evaluation
     sample_seed = seed if users is not None else 0
-    if out is not None:
-        res = stage_evaluate(model, index, data, out, dec, ev, seed=sample_seed, split=stage, precision=precision)
-        metrics = None if res is None else res.manifest["metrics"]
-    else:
-        metrics = evaluate_decoding(model, index, data, dec, ev, sample_seed, stage, precision=precision)
-    if metrics is None:  # not rank 0 of a launch
-        return
+    with tempfile.TemporaryDirectory() as scratch:
+        if out is not None:
+            res = stage_evaluate(model, index, data, out, dec, ev, seed=sample_seed, split=stage, precision=precision)
+            metrics = None if res is None else res.manifest["metrics"]
+            rows = out / f"{stage}_users.parquet"
+        else:
+            rows = Path(scratch) / f"{stage}_users.parquet" if fairness else None
+            metrics = evaluate_decoding(model, index, data, dec, ev, sample_seed, stage, dump=rows, precision=precision)
+        if metrics is None:  # not rank 0 of a launch
+            return
+        fair = None
+        if fairness:
+            from genrec.data.dataset import Dataset
+            from genrec.evaluate.fairness import fairness as fairness_of
+            from genrec.evaluate.fairness import read_rows
+
+            fair = fairness_of(Dataset.load(data), read_rows(rows), ks=ev.ks)
     if as_json:
         typer.echo(json.dumps({**metrics[stage], "beams": beams, "users_sampled": users, "seed": seed, "model": str(model),
-                               "mask_history": metrics["mask_history"], "precision": precision}, indent=2))
+                               "mask_history": metrics["mask_history"], "precision": precision,
+                               **({"fairness": fair} if fair else {})}, indent=2))
     else:
         typer.echo(EvalResult(**metrics[stage]).table())
+        if fair:
+            from genrec.evaluate.fairness import fairness_markdown
+
+            for k in fair["ks"]:
+                typer.echo("\n".join(["", f"bias and fairness @{k}", *fairness_markdown([(str(model), fair)], k)]))
 
 
 @app.command("rerank")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from genrec.baselines import SPECS as CLASSIC
 from genrec.cf import SPECS as GRAPH
 from genrec.decode.configs import TigerConfig
-from genrec.llm.config import CLLM4RecConfig, CLLM4RecEmbConfig
+from genrec.llm.config import CLLM4RecConfig, CLLM4RecEmbConfig, SASRecLLMConfig
 from genrec.training.config import Spec
 
 #: name -> :class:`~genrec.training.config.Spec`, the user-facing baseline names in listing order
@@ -27,6 +27,8 @@ SPECS: dict[str, Spec] = {
     "cllm4rec": Spec("genrec.llm.cllm4rec:CLLM4Rec", CLLM4RecConfig),
     # a two-tower model over a fitted cllm4rec's token embeddings (config.source, or genrec run's cllm4rec)
     "cllm4rec-emb": Spec("genrec.llm.cllm4rec_emb:CLLM4RecEmb", CLLM4RecEmbConfig),
+    # SASRec over the items' LLM text embeddings (config.mode: add or replace; the encoder's cache)
+    "sasrec-llm": Spec("genrec.llm.sasrec_llm:SASRecLLMBaseline", SASRecLLMConfig),
 }
 
 #: behaviour model of the cf stage -> the baseline it trains (its class, model and trainer settings)

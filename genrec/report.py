@@ -6,10 +6,13 @@
 - fine-tuning loss curves (train and validation) of every run;
 - test metrics against the number of codebooks and against the negative-sampling ratio, when the
   runs differ in them;
-- each run's settings and stage wall times, read from the stage manifests.
+- each run's settings and stage wall times, read from the stage manifests;
+- popularity bias and fairness (:mod:`genrec.evaluate.fairness`) of every model whose test ranked
+  lists the run keeps (``baselines/*/test_users.parquet``, ``evaluate/test_users.parquet``).
 
 Every number comes from the runs' own artifacts (``baselines/*/metrics.json``,
-``evaluate/metrics.json``, ``model/log.jsonl``, ``*/manifest.json``); nothing is recomputed.
+``evaluate/metrics.json``, ``model/log.jsonl``, ``*/manifest.json``, the per-user rows and the
+training split for the fairness section); no model is run again.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genrec.artifacts import read_manifest
+from genrec.data.dataset import Dataset
 from genrec.errors import DataError
+from genrec.evaluate.fairness import fairness, fairness_markdown, read_rows
 
 COLS = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
 BASELINE_NAMES = {"pop": "Pop", "sasrec": "SASRec (BCE)", "sasrec-ce": "SASRec (CE)", "bert4rec": "BERT4Rec",
                   "gru4rec": "GRU4Rec", "fmlp": "FMLP-Rec", "lightgcn": "LightGCN", "dccf": "DCCF",
-                  "tiger": "TIGER-style encoder-decoder (on an index's codes)"}
+                  "tiger": "TIGER-style encoder-decoder (on an index's codes)", "sasrec-llm": "SASRec + LLM item embeddings"}
 
 
 @dataclass
@@ -214,6 +219,18 @@ def sweep_points(runs: list[Run], key: str) -> tuple[list[Run], list[tuple[objec
     return sweep, pts
 
 
+def fairness_of_run(run: Run, stage: str = "test") -> dict[str, dict]:
+    """{method label: :func:`~genrec.evaluate.fairness.fairness` at K = 10, 20} of every model of ``run``
+    whose per-user rows of ``stage`` are kept (empty when none is)."""
+    files = [(BASELINE_NAMES.get(f.parent.name, f.parent.name), f) for f in sorted((run.path / "baselines").glob(f"*/{stage}_users.parquet"))]
+    if (run.path / "evaluate" / f"{stage}_users.parquet").is_file():
+        files.append((f"genrec: {run.name}", run.path / "evaluate" / f"{stage}_users.parquet"))
+    if not files:
+        return {}
+    dataset = Dataset.load(run.path / "data")
+    return {label: fairness(dataset, read_rows(f), ks=(10, 20)) for label, f in files}
+
+
 def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "genrec report", notes: str = "",
                  baselines: dict[str, dict] | None = None) -> Path:
     runs = [read_run(p) for p in run_dirs]
@@ -253,6 +270,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "genr
     for r in runs:
         walls = ", ".join(f"{k} {v:,.1f}" for k, v in r.walls.items() if v is not None)
         lines.append(f"- {r.name}: {walls}")
+    fair = {r.name: fairness_of_run(r) for r in runs}
+    if any(fair.values()):
+        lines += ["", "## Bias and fairness (test split, @10)", "",
+                  "Popularity is an item's number of training interactions; the groups and metrics are defined in "
+                  "`genrec.evaluate.fairness`."]
+        for name, results in fair.items():
+            if results:
+                lines += ["", f"### {name}", "", *fairness_markdown([(label, res) for label, res in results.items()])]
+        (out / "fairness.json").write_text(json.dumps(fair, indent=2))
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

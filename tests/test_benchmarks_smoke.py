@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -378,6 +379,51 @@ def test_serve_load_smoke_run_decodes_misses_rides_out_a_redis_fault_and_times_a
     assert build["users"] == 4 and build["all_users"] == n_users and 0 < build["decode_seconds"] <= build["seconds"]
     text = (tmp_path / "serve_load.md").read_text()
     assert "Redis store fault" in text and "Cache build" in text
+
+
+def test_llm_patterns_smoke_run_sets_sasrec_llm_beside_sasrec_ce(tiny_backbone, tmp_path):
+    from genrec.data.cold import cold_item_split
+    from genrec.data.dataset import Dataset
+    from genrec.data.loaders import load_raw
+    from genrec.data.preprocess import PrepareConfig, preprocess
+
+    ds = preprocess(load_raw(synth_raw(tmp_path / "raw", n_users=60, n_items=30)), PrepareConfig(kcore=2))
+    ds.save(tmp_path / "data")
+    args = ["--data", tmp_path / "data", "--label", "synth", "--run-dir", tmp_path / "runs", "--out", tmp_path / "out",
+            "--cache", tmp_path / "cache", "--backbone", tiny_backbone, "--encoder-layers", 1, "--max-tokens", 16,
+            "--train", '{"epochs": 2, "progress": false}', "--cold-share", 0.2, "--changed", 3, "--cold-modes", "add", "replace"]
+    bench("benchmarks/llm_patterns.py", *args)
+    res = json.loads((tmp_path / "out" / "llm_patterns.json").read_text())
+    assert [r["method"] for r in res["rows"]] == ["sasrec-ce", "sasrec-llm"]
+    for r in res["rows"]:
+        m = json.loads((tmp_path / "runs" / "normal" / r["method"] / "metrics.json").read_text())
+        assert {c: r[c] for c in COLS} == {c: round(m["test"]["metrics"][c], 4) for c in COLS}
+        assert r["epochs_run"] == 2 and r["seconds_per_user"] > 0 and 0 < r["train_seconds"] <= r["wall_seconds"]
+    llm = res["rows"][1]
+    hits = {}  # HR@10 gain by a plain loop over the two stages' rows
+    for r in res["rows"]:
+        rows = pq.read_table(tmp_path / "runs" / "normal" / r["method"] / "test_users.parquet").to_pylist()
+        hits[r["method"]] = [1.0 if x["rank"] == x["rank"] and x["rank"] <= 10 else 0.0 for x in rows]
+    gain = sum(b - a for a, b in zip(hits["sasrec-ce"], hits["sasrec-llm"], strict=True)) / len(hits["sasrec-ce"])
+    assert res["gain"]["HR@10"][0] == round(gain, 4) and res["gain"]["HR@10"][1] <= res["gain"]["HR@10"][2]
+    assert llm["encoder"]["encoded"] + llm["encoder"]["reused"] == len(set(ds.items["title"] + " " + ds.items["description"]))
+    assert res["costs"]["reuse"]["encoded"] == 0 and res["costs"]["update"]["encoded"] == 3  # only the changed texts
+    split = cold_item_split(ds, 0.2, 0)
+    assert [r["method"] for r in res["cold"]] == ["sasrec-ce", "sasrec-llm", "sasrec-llm-replace"]
+    made = json.loads((tmp_path / "runs" / "cold" / "sasrec-llm-replace" / "manifest.json").read_text())
+    assert made["config"]["params"]["config"]["mode"] == "replace"
+    for r in res["cold"]:  # cold users' HR@10 from the stage's per-user rows, by a plain loop
+        rows = pq.read_table(tmp_path / "runs" / "cold" / r["method"] / "test_users.parquet").to_pylist()
+        mine = [x for x in rows if x["user_idx"] in set(split.users.tolist())]
+        assert r["users"] == len(split.users) == len(mine)
+        assert r["HR@10"] == round(sum(1 for x in mine if x["rank"] == x["rank"] and x["rank"] <= 10) / len(mine), 4)
+        others = [x for x in rows if x["user_idx"] not in set(split.users.tolist())]
+        cold = set(split.cold_items.tolist())
+        share = sum(sum(i in cold for i in x["topk"][:10]) / len(x["topk"][:10]) for x in others) / len(others)
+        assert r["others_cold_slots"] == round(share, 4)
+    assert Dataset.load(tmp_path / "runs" / "cold" / "data").item_popularity()[split.cold_items].sum() == 0
+    text = (tmp_path / "out" / "llm_patterns.md").read_text()
+    assert "## synth: normal split" in text and "cold-item split" in text and "long-short update" in text
 
 
 # ------------------------------------------------------------------------------------ coverage

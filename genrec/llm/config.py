@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genrec.baselines.configs import SASRecConfig
+
 
 class DistillConfig(BaseModel):
     """Distillation from a classic recommender (the ``train.distill`` section): each code target of
@@ -156,3 +158,23 @@ class CLLM4RecEmbConfig(BaseModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     id_embeddings: bool = Field(True, description="items also get a trainable ID embedding of size dim (the plain "
                                                   "two-tower model), beside their projected CLLM4Rec embedding")
+
+
+class SASRecLLMConfig(SASRecConfig):
+    """SASRec with LLM item embeddings (:mod:`genrec.llm.sasrec_llm`): the items' vectors from the
+    backbone over their text (:mod:`genrec.llm.item_encoder`), projected to ``dim``, in place of or
+    added to the ID embeddings."""
+
+    loss: str = Field("ce", pattern="^(bce|ce)$")
+    mode: Literal["replace", "add"] = Field("add", description="replace: an item is its projected text vector alone; add: "
+                                                               "its ID embedding plus that (items without training "
+                                                               "interactions keep a zero ID part)")
+    backbone: str = Field("default", description="the encoder LLM (as the run's backbone)")
+    encoder_layers: int | None = Field(None, ge=0, description="encode with the backbone's first N decoder layers (0: the "
+                                                               "mean input embedding, the text stage's vectors); None: all")
+    max_tokens: int = Field(64, ge=1, description="tokens of an item's text the encoder reads")
+    encoder_dtype: str = Field("auto", description="the encoder's dtype (auto: bf16 where the device computes it natively)")
+    cache: str | None = Field(None, description="the encoder cache folder; None: $GENREC_CACHE/item-encoder "
+                                                "(~/.cache/genrec/item-encoder)")
+    embeddings: str | None = Field(None, description="precomputed item vectors instead of the encoder: a .npy file "
+                                                     "[n_items, hidden] or a text stage folder (item_embeddings.npy)")
