@@ -176,3 +176,16 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(shop, tiny
     assert second["steps"] == whole["steps"] == 6
     a, b = load_trained_weights(tmp_path / "whole"), load_trained_weights(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_rerank_names_a_bad_method_or_a_missing_index(shop, cli, tmp_path):
+    root, _ = shop
+    args = ["rerank", "--base", tmp_path, "--model", tmp_path, "--data", root / "data", "--out", tmp_path / "o"]
+    code, _, err = cli(*args, "--method", "pairwise")
+    assert code == 2 and "--method 'pairwise': expected one of codes, tallrec" in err
+    code, _, err = cli(*args)
+    assert code == 2 and "needs --index" in err
+    code, _, err = cli(*args, "--method", "tallrec")
+    assert code == 2 and "yes/no ranker folder" in err
+    code, _, err = cli("tallrec", "train", "--data", root / "data", "--out", tmp_path / "t", "--set", "negatives=0")
+    assert code == 2 and "negatives" in err and not (tmp_path / "t").exists()

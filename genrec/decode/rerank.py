@@ -202,17 +202,17 @@ METHODS = ("codes", "tallrec")
 def load_reranker(method: str, model_dir: Path, index_dir: Path | None, data_dir: Path, batch_users: int):
     """The LLM scorer of a shortlist: ``codes``, the fine-tuned generative model's code
     log-likelihood; ``tallrec``, a yes/no ranker's log P(Yes) (:mod:`genrec.llm.tallrec`)."""
+    if method not in METHODS:
+        raise GenrecError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     if method == "codes":
         from genrec.decode.recommender import GenerativeRecommender
 
         if index_dir is None:
             raise GenrecError("--method codes needs --index (the item index the model was trained on)")
         return GenerativeRecommender.load(model_dir, index_dir, batch_users=batch_users)
-    if method == "tallrec":
-        from genrec.llm.tallrec import YesNoRanker
+    from genrec.llm.tallrec import YesNoRanker
 
-        return YesNoRanker.load(model_dir, data_dir, batch_rows=8 * batch_users)
-    raise GenrecError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    return YesNoRanker.load(model_dir, data_dir, batch_rows=8 * batch_users)
 
 
 def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path | None, data_dir: Path, out: Path, candidates: int = 20,
@@ -231,8 +231,8 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path | None, data_dir
         raise GenrecError(f"--candidates {candidates}: expected at least 1")
     start = time.perf_counter()
     ds = Dataset.load(data_dir)
-    base = load_scorer(base_dir)
     rec = load_reranker(method, model_dir, index_dir, data_dir, batch_users)
+    base = load_scorer(base_dir)
     ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=False)
     n = max(candidates, max(ev.ks))
     key = {"base": fingerprint(base_dir), "model": fingerprint(model_dir), "data": fingerprint(data_dir),
