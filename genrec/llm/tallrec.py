@@ -65,17 +65,24 @@ class YesNoPrompt:
             raise GenrecError(f"the tokenizer writes {words[0]!r} / {words[1]!r} as {ids}: the yes/no ranker needs one token each")
         self.yes, self.no = ids[0][0], ids[1][0]
 
-    def ids(self, history, item: int) -> list[int]:
-        """The prompt for ``item`` after ``history`` (item indices), up to the answer position."""
+    def head(self, history) -> list[int]:
+        """What every candidate's prompt after ``history`` (item indices) starts with."""
         hist = [int(i) for i in history][-self.max_history:]
         out = list(self.prefix)
-        if hist:
-            out += self.parts["history"]
-            for n, i in enumerate(hist):
-                out += (self.parts["sep"] if n else []) + self.titles[i]
-        else:
-            out += self.parts["none"]
-        return out + self.parts["cand"] + self.titles[int(item)] + self.parts["q"] + self.suffix
+        if not hist:
+            return out + self.parts["none"]
+        out += self.parts["history"]
+        for n, i in enumerate(hist):
+            out += (self.parts["sep"] if n else []) + self.titles[i]
+        return out
+
+    def tail(self, item: int) -> list[int]:
+        """The rest of the prompt for candidate ``item``, up to the answer position."""
+        return self.parts["cand"] + self.titles[int(item)] + self.parts["q"] + self.suffix
+
+    def ids(self, history, item: int) -> list[int]:
+        """The prompt for ``item`` after ``history`` (item indices), up to the answer position."""
+        return self.head(history) + self.tail(item)
 
 
 def _titles(ds, source: Path) -> list[str]:
@@ -242,25 +249,54 @@ class YesNoRanker:
         return cls(lm.merge_for_inference(), prompt, pad, batch_rows, lm.compute_dtype)
 
     @torch.no_grad()
-    def yes_no_logits(self, rows: list[list[int]]) -> np.ndarray:
-        """[N, 2] logits of Yes and No after each prompt (right-padded batches of similar length)."""
+    def yes_no_logits(self, heads: list[list[int]], tails: list[list[list[int]]]) -> list[np.ndarray]:
+        """[C_u, 2] logits of Yes and No after ``heads[u] + tails[u][j]`` for each user u.
+
+        A user's head is computed once: each batch row is a head followed by its tails, every tail
+        attending to the head and causally to itself only, at the positions it has in its own
+        prompt (a 4D attention mask, as the trainer's shared prompts), so each answer position
+        sees exactly its own prompt. Rows are batched ``batch_rows`` prompts at a time, by length."""
         from genrec.llm.train import autocast
 
-        out = np.zeros((len(rows), 2))
-        order = np.argsort([len(r) for r in rows], kind="stable")
-        for lo in range(0, len(order), self.batch_rows):
-            pick = order[lo : lo + self.batch_rows]
-            n = max(len(rows[r]) for r in pick)
-            ids = torch.full((len(pick), n), self.pad_id, dtype=torch.long)
-            att = torch.zeros((len(pick), n), dtype=torch.long)
-            for b, r in enumerate(pick):
-                ids[b, : len(rows[r])] = torch.tensor(rows[r])
-                att[b, : len(rows[r])] = 1
-            ids, att = ids.to(self.device), att.to(self.device)
-            with autocast(self.device, self.dtype):
-                h = self.lm.hidden(ids, attention_mask=att).last_hidden_state
-            last = h[torch.arange(len(pick), device=self.device), att.sum(1) - 1].float()
-            out[pick] = (last @ self.answer_rows.T).cpu().numpy()
+        out = [np.zeros((len(t), 2)) for t in tails]
+        sizes = [len(h) + sum(len(x) for x in t) for h, t in zip(heads, tails, strict=True)]
+        order = [u for u in np.argsort(sizes, kind="stable") if tails[u]]
+        batches, cur = [], []
+        for u in order:
+            if cur and sum(len(tails[v]) for v in cur) + len(tails[u]) > self.batch_rows:
+                batches.append(cur)
+                cur = []
+            cur.append(u)
+        if cur:
+            batches.append(cur)
+        for users in batches:
+            n = max(sizes[u] for u in users)
+            ids = torch.full((len(users), n), self.pad_id, dtype=torch.long)
+            pos = torch.zeros((len(users), n), dtype=torch.long)
+            att = torch.eye(n, dtype=torch.bool).repeat(len(users), 1, 1, 1)  # padding attends to itself
+            causal = torch.ones((n, n), dtype=torch.bool).tril()
+            answer_rows, answer_cols = [], []
+            for b, u in enumerate(users):
+                p = len(heads[u])
+                ids[b, :p], pos[b, :p], att[b, 0, :p, :p] = torch.tensor(heads[u], dtype=torch.long), torch.arange(p), causal[:p, :p]
+                at = p
+                for t in tails[u]:
+                    k = len(t)
+                    ids[b, at : at + k] = torch.tensor(t, dtype=torch.long)
+                    pos[b, at : at + k] = torch.arange(p, p + k)
+                    att[b, 0, at : at + k, :p] = True
+                    att[b, 0, at : at + k, at : at + k] = causal[:k, :k]
+                    answer_rows.append(b), answer_cols.append(at + k - 1)
+                    at += k
+            dev = self.device
+            with autocast(dev, self.dtype):
+                h = self.lm.hidden(ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev)).last_hidden_state
+            logits = (h[torch.tensor(answer_rows, device=dev), torch.tensor(answer_cols, device=dev)].float()
+                      @ self.answer_rows.T).cpu().numpy()
+            at = 0
+            for u in users:
+                out[u] = logits[at : at + len(tails[u])]
+                at += len(tails[u])
         return out
 
     def score_items(self, histories: list[np.ndarray], items: np.ndarray) -> np.ndarray:
@@ -272,10 +308,11 @@ class YesNoRanker:
         if (items >= len(self.prompt.titles)).any():
             raise GenrecError(f"item {int(items.max())} is not in the ranker's catalogue of {len(self.prompt.titles)} items")
         out = np.full(items.shape, -np.inf)
-        where = np.argwhere(items >= 0)
-        if len(where):
-            yn = self.yes_no_logits([self.prompt.ids(histories[u], items[u, j]) for u, j in where])
-            out[where[:, 0], where[:, 1]] = yn[:, 0] - np.logaddexp(yn[:, 0], yn[:, 1])
+        real = [np.flatnonzero(row >= 0) for row in items]
+        logits = self.yes_no_logits([self.prompt.head(h) for h in histories],
+                                    [[self.prompt.tail(i) for i in row[j]] for row, j in zip(items, real, strict=True)])
+        for u, (j, yn) in enumerate(zip(real, logits, strict=True)):
+            out[u, j] = yn[:, 0] - np.logaddexp(yn[:, 0], yn[:, 1])
         return out
 
     def p_yes(self, histories: list[np.ndarray], items: np.ndarray) -> np.ndarray:
