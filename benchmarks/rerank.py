@@ -17,9 +17,17 @@ benchmarks/results/rerank.{md,json}.
     .venv/bin/python benchmarks/rerank.py --quality runs/scientific/rerank-sasrec-ce
 
 writes the quality table of a finished `genrec rerank --out DIR` instead
-(benchmarks/results/rerank-DATASET-BASE.{md,json}): its test rows, the validation grid, and a paired
+(benchmarks/results/rerank-DATASET-BASE.{md,json}; ``-tallrec`` before the suffix for a
+``--method tallrec`` folder): its test rows, the validation grid, and a paired
 bootstrap (2,000 resamples of the test users) of the fused list's HR@10 / NDCG@10 gain over the
 classic model's on the same users, from the kept shortlists.
+
+    .venv/bin/python benchmarks/rerank.py --quality runs/scientific/rerank-sasrec-ce runs/scientific/rerank-tallrec
+
+writes each folder's table and, for folders reranking the same classic model's shortlists of the
+same test users (the code-likelihood reranker and the TALLRec-style yes/no ranker, say), one table
+of both side by side with each scorer's seconds per user
+(benchmarks/results/rerank-compare-DATASET-BASE.{md,json}).
 """
 
 from __future__ import annotations
@@ -77,7 +85,7 @@ def describe_model(model: Path) -> str:
     return f"{cfg.get('mode', 'lora')} fine-tune{layers}, {cfg.get('epochs', 1):g} epoch(s){distill}"
 
 
-def quality(folder: Path, out: Path, label: str | None = None) -> None:
+def quality(folder: Path, out: Path, label: str | None = None) -> dict:
     import numpy as np
 
     from genrec.data.dataset import Dataset
@@ -85,8 +93,9 @@ def quality(folder: Path, out: Path, label: str | None = None) -> None:
     from genrec.evaluate.metrics import metrics_from_ranked_lists
 
     res = json.loads((folder / "metrics.json").read_text())
-    data = Path(res["model"]).parent / "data"  # runs/NAME/{model,data}
-    dataset = label or Path(res["model"]).parent.name
+    data = Path(res.get("data") or Path(res["model"]).parent / "data")  # runs/NAME/{model,data}
+    dataset = label or data.parent.name
+    method = res.get("method", "codes")
     ds = Dataset.load(data)
     parts = sorted((folder / ".shortlists-test").glob("chunk-*.npz"))
     short = Shortlists.concat([Shortlists.load(p) for p in parts])
@@ -109,17 +118,21 @@ def quality(folder: Path, out: Path, label: str | None = None) -> None:
     name = Path(res["base"]).parent.name
     valid = res.get("valid")  # absent when the weight was given (genrec rerank --weight), not picked
     picked = "picked on validation" if valid else "given"
-    rows = [(f"{name} alone", t["base"]), (f"the LLM alone on {name}'s top {res['candidates']} (w = 1)", t["llm_on_shortlist"]),
-            (f"{name} + LLM rerank (w = {res['weight']}, {picked})", t["fused"])]
-    md = [f"# Filter-then-rerank on {dataset}: {name}'s shortlist reordered by the fine-tuned LLM", "",
+    llm = METHOD_NAMES[method]
+    rows = [(f"{name} alone", t["base"]), (f"{llm} alone on {name}'s top {res['candidates']} (w = 1)", t["llm_on_shortlist"]),
+            (f"{name} + {llm} rerank (w = {res['weight']}, {picked})", t["fused"])]
+    where = (f"--index {Path(res['model']).parent / 'index'}" if method == "codes" else f"--method {method}")
+    md = [f"# Filter-then-rerank on {dataset}: {name}'s shortlist reordered by {llm}", "",
           f"Machine: {describe(machine())}.", "",
-          f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} --index "
-          f"{Path(res['model']).parent / 'index'} --data {data} --out {shown(folder)} "
+          f"Command: `OMP_NUM_THREADS=2 genrec rerank --base {res['base']} --model {res['model']} {where} "
+          f"--data {data} --out {shown(folder)} "
           + (f"--valid-users {valid['users']}" if valid else f"--weight {res['weight']}") + f"{sampled}`, then "
           f"`python benchmarks/rerank.py --quality {shown(folder)}{f' --label {label}' if label else ''}`.", "",
           f"Test split, {who}, full ranking, the shared evaluator ("
           f"{'history items never recommended' if res.get('mask_history') else 'history items kept'}, as for every "
-          f"model in the same table). The LLM: {Path(res['model'])} ({describe_model(ROOT / res['model'])}). "
+          f"model in the same table). The LLM: {Path(res['model'])} ({describe_model(ROOT / res['model'])}"
+          + (f"; shortlisting and scoring {res['seconds_per_user']:.3f} s per user" if res.get("seconds_per_user") else "")
+          + "). "
           f"The weight w of the LLM in (1 - w) log p_{name} + w log p_LLM over the shortlist was "
           + (f"picked by NDCG@10 on {valid['users']:,} validation users (seed {res['seed']})." if valid else "given."), "",
           "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
@@ -132,8 +145,48 @@ def quality(folder: Path, out: Path, label: str | None = None) -> None:
                ", ".join(f"{w}: {m['NDCG@10']:.4f} / {m['HR@10']:.4f}" for w, m in valid["by_weight"].items())]
     md.append("")
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"rerank-{dataset}-{name}.md").write_text("\n".join(md))
-    (out / f"rerank-{dataset}-{name}.json").write_text(json.dumps({**res, "bootstrap": boot, "machine": machine()}, indent=2) + "\n")
+    stem = f"rerank-{dataset}-{name}" + ("" if method == "codes" else f"-{method}")
+    (out / f"{stem}.md").write_text("\n".join(md))
+    (out / f"{stem}.json").write_text(json.dumps({**res, "bootstrap": boot, "machine": machine()}, indent=2) + "\n")
+    print("\n".join(md))
+    return {**res, "name": name, "dataset": dataset, "users": short.users}
+
+
+METHOD_NAMES = {"codes": "the LLM (code likelihood)", "tallrec": "the TALLRec-style yes/no ranker"}
+
+
+def compare(results: list[dict], out: Path, folders: list[Path]) -> None:
+    """One table of several rerank folders over the same classic model's shortlists of the same
+    test users: the classic model once, then each scorer alone and fused, with its seconds per user."""
+    import numpy as np
+
+    first = results[0]
+    for r in results[1:]:
+        if r["name"] != first["name"] or r["candidates"] != first["candidates"] or not np.array_equal(r["users"], first["users"]):
+            raise SystemExit("--quality folders to compare must rerank the same classic model's top candidates of the "
+                             f"same test users ({first['name']}, {first['candidates']} candidates, the same --users and --seed)")
+    cols = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10"]
+    name, base = first["name"], first["test"]["base"]
+    rows = [(f"{name} alone", base, "")]
+    for r in results:
+        llm, spu = METHOD_NAMES[r.get("method", "codes")], r.get("seconds_per_user")
+        cost = f"{spu:.3f}" if spu else "n/a"
+        rows += [(f"{llm} alone on the top {r['candidates']}", r["test"]["llm_on_shortlist"], cost),
+                 (f"{name} + {llm} (w = {r['weight']})", r["test"]["fused"], cost)]
+    md = [f"# Reranking {name}'s shortlist on {first['dataset']}: code likelihood against the yes/no ranker", "",
+          f"Machine: {describe(machine())}.", "",
+          "Command: `python benchmarks/rerank.py --quality " + " ".join(str(shown(f)) for f in folders) + "` over the "
+          "`genrec rerank` folders named there.", "",
+          f"Test split, the same {len(first['users']):,} users for every row. Seconds per user: shortlisting and "
+          "scoring the test users' candidates (the classic model's share is the same in every row).", "",
+          "| method | " + " | ".join(cols) + " | s per user |", "|---|" + "---|" * (len(cols) + 1)]
+    md += [f"| {label} | " + " | ".join(f"{m[c]:.4f}" for c in cols) + f" | {cost} |" for label, m, cost in rows]
+    md.append("")
+    stem = f"rerank-compare-{first['dataset']}-{name}"
+    (out / f"{stem}.md").write_text("\n".join(md))
+    keep = [{k: v for k, v in r.items() if k != "users"} for r in results]
+    (out / f"{stem}.json").write_text(json.dumps({"folders": [str(shown(f)) for f in folders], "results": keep,
+                                                  "machine": machine()}, indent=2) + "\n")
     print("\n".join(md))
 
 
@@ -152,11 +205,15 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8, help="users scored together by ours")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--quality", type=Path, help="a finished `genrec rerank --out` folder: write its quality table")
+    ap.add_argument("--quality", type=Path, nargs="+", help="finished `genrec rerank --out` folders: write each one's quality "
+                                                            "table, and with several, their comparison")
     ap.add_argument("--label", help="with --quality: the results are rerank-LABEL-BASE.{md,json} (default: the run folder's name)")
     args = ap.parse_args()
     if args.quality:
-        quality(args.quality.resolve(), args.out, args.label)
+        folders = [q.resolve() for q in args.quality]
+        results = [quality(f, args.out, args.label) for f in folders]
+        if len(results) > 1:
+            compare(results, args.out, folders)
         return
     if not has_trained_weights(args.run / "model"):
         sys.exit(f"{args.run}/model: no trained model; run `genrec run configs/scientific.yaml` first")

@@ -643,10 +643,12 @@ def rerank_cmd(
     base: Annotated[Path, typer.Option(help="a classic model that shortlists: a baseline stage's model folder, "
                                             "e.g. runs/scientific/baselines/sasrec-ce/model")],
     model: Annotated[Path, typer.Option(help="the fine-tuned LLM that reorders the shortlist (`genrec train`)")],
-    index: Annotated[Path, typer.Option(help="the item index it was trained on")],
     data: Annotated[Path, typer.Option(help="prepared dataset folder")],
     out: Annotated[Path, typer.Option(help="metrics.json goes here; the scored shortlists are kept as they come, "
                                            "so a killed run resumes when rerun")],
+    index: Annotated[Path | None, typer.Option(help="the item index the model was trained on (--method codes)")] = None,
+    method: Annotated[str, typer.Option(help="codes: the generative model's log-likelihood of each candidate's codes; "
+                                             "tallrec: a yes/no ranker's log P(Yes) (--model from `genrec tallrec train`)")] = "codes",
     candidates: Annotated[int, typer.Option(help="shortlist length (the hard candidates the LLM scores)")] = 20,
     weight: Annotated[float | None, typer.Option(help="the LLM's weight in [0, 1]; default: the best of 0, 0.1, ..., 1 "
                                                       "on the validation split")] = None,
@@ -663,7 +665,8 @@ def rerank_cmd(
     ranks and rank 0 prints the result."""
     from genrec.decode.rerank import run_rerank
 
-    res = run_rerank(base, model, index, data, out, candidates, valid_users, users, seed, batch_users, weight)
+    res = run_rerank(base, model, index, data, out, candidates, valid_users, users, seed, batch_users, weight,
+                     method=method)
     if res is None:  # not rank 0 of a launch
         return
     if as_json:
@@ -672,8 +675,43 @@ def rerank_cmd(
     t = res["test"]
     rows = {"classic model alone": t["base"], "LLM alone on its shortlist (w = 1)": t["llm_on_shortlist"],
             f"fused (w = {res['weight']})": t["fused"]}
-    typer.echo(f"test, {t['users']:,} users, shortlist of {res['candidates']} from {base}:")
+    typer.echo(f"test, {t['users']:,} users, shortlist of {res['candidates']} from {base}, {method} scores"
+               + (f", {res['seconds_per_user']:.3f} s per user:" if res.get("seconds_per_user") is not None else ":"))
     typer.echo(_compare_table(rows, [1, 5, 10, 20]))
+
+
+tallrec_app = typer.Typer(help="A TALLRec-style yes/no ranker: the backbone tuned with LoRA to answer "
+                               "'will the user buy it?'; it reranks with `genrec rerank --method tallrec`.",
+                          no_args_is_help=True)
+app.add_typer(tallrec_app, name="tallrec")
+
+
+@tallrec_app.command("train")
+def tallrec_train(
+    data: Annotated[Path, typer.Option("--data", "-d", help="prepared dataset folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the ranker's model folder (replaced when training ends)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="a setting, e.g. negatives=2, train.layers=4, "
+                                                                 "train.max_steps=100 (see docs/cli.md)")] = None,
+    stop_after: Annotated[int | None, typer.Option(help="stop after this many optimizer steps, with a checkpoint; rerun to resume")] = None,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+) -> None:
+    """Tune the backbone on yes/no prompts (history titles, a candidate, the question) with sampled
+    negatives. A killed run resumes when rerun; works unchanged under `accelerate launch`."""
+    from genrec.config import apply_overrides
+    from genrec.llm.config import TallrecConfig
+
+    cfg = _validated(TallrecConfig, apply_overrides({}, set_ or []), "tallrec")
+    from genrec.device import launch_rank
+    from genrec.llm.tallrec import train_tallrec
+
+    res = train_tallrec(data, out, cfg, progress=progress, stop_after=stop_after)
+    if launch_rank()[0] != 0:
+        return
+    if res.get("stopped"):
+        typer.echo(f"stopped at step {res['step']} of {res['total']}; rerun the same command to resume", err=True)
+        return
+    typer.echo(f"yes/no ranker {out}: {res['samples']:,} samples ({res['positives']:,} positives), {res['steps']:,} steps, "
+               f"final {_fit_summary(res)}", err=True)
 
 
 cache_app = typer.Typer(help="Precomputed top-K per user in a store (SQLite or Redis).", no_args_is_help=True)

@@ -148,6 +148,36 @@ def test_rerank_quality_smoke_run_bootstraps_the_gain_of_a_rerank_folder(recipe_
     assert "(w = 1.0, given)" in written.with_suffix(".md").read_text()
 
 
+def test_rerank_quality_smoke_run_compares_the_yes_no_ranker_with_code_likelihood(recipe_run, tiny_backbone, tmp_path, cli):
+    base = recipe_run / "baselines" / "sasrec-ce" / "model"
+    common = ["--base", base, "--data", recipe_run / "data", "--candidates", 5, "--weight", 1.0, "--users", 6, "--seed", 1]
+    code, _, err = cli("tallrec", "train", "--data", recipe_run / "data", "--out", tmp_path / "tallrec", "--no-progress",
+                       "--set", f"backbone={tiny_backbone}", "--set", "train.max_steps=3", "--set", "train.dtype=fp32",
+                       "--set", "valid_users=4")
+    assert code == 0, err
+    code, out, err = cli("rerank", "--method", "tallrec", "--model", tmp_path / "tallrec", "--out", tmp_path / "yn", *common)
+    assert code == 0, err
+    assert "tallrec scores" in out and "s per user" in out
+    code, _, err = cli("rerank", "--model", recipe_run / "model", "--index", recipe_run / "index", "--out", tmp_path / "codes",
+                       *common)
+    assert code == 0, err
+    bench("benchmarks/rerank.py", "--quality", tmp_path / "codes", tmp_path / "yn", "--out", tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").glob("*.json")} == {
+        "rerank-run-sasrec-ce.json", "rerank-run-sasrec-ce-tallrec.json", "rerank-compare-run-sasrec-ce.json"}
+    r = json.loads((tmp_path / "out" / "rerank-compare-run-sasrec-ce.json").read_text())
+    codes, yn = r["results"]
+    assert (codes["method"], yn["method"]) == ("codes", "tallrec") and codes["test"]["base"] == yn["test"]["base"]
+    assert yn["seconds_per_user"] > 0 and codes["seconds_per_user"] > 0
+    md = (tmp_path / "out" / "rerank-compare-run-sasrec-ce.md").read_text()
+    assert f"| {yn['seconds_per_user']:.3f} |" in md and "yes/no ranker alone on the top 5" in md
+    # shortlists of other users are not compared
+    code, _, err = cli("rerank", "--method", "tallrec", "--model", tmp_path / "tallrec", "--out", tmp_path / "yn2",
+                       *common[:-1], 2)
+    assert code == 0, err
+    proc = bench("benchmarks/rerank.py", "--quality", tmp_path / "codes", tmp_path / "yn2", "--out", tmp_path / "o2", ok=False)
+    assert proc.returncode != 0 and "same test users" in proc.stderr
+
+
 # ------------------------------------------------------------------------------------ runners
 
 

@@ -65,6 +65,11 @@ class GenerativeRecommender:
         self.model_dir: Path | None = None  # the folder the weights came from (load), which save_pretrained copies
         self.trie = TrieTensors.of(index.trie(self.fmt.items), self.decoder.device, cold, weight)
 
+    @property
+    def device(self):
+        """The device the model runs on."""
+        return self.decoder.device
+
     @classmethod
     def load(cls, model_dir: str | Path, index: str | Path | ItemIndex, device: str = "auto", **kw) -> GenerativeRecommender:
         """A model folder from the train stage, or a checkpoint folder of an unfinished one (its

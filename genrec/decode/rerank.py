@@ -18,6 +18,7 @@ user, and nothing when the shortlist is served from a cache.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,6 @@ WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # the validation grid of 
 
 def load_scorer(folder: str | Path):
     """A fitted classic model saved by a baseline stage (``runs/X/baselines/NAME/model``)."""
-    import json
-
     from genrec.baselines import SPECS as CLASSIC
     from genrec.baselines import Pop
     from genrec.cf import SPECS as GRAPH
@@ -155,12 +154,15 @@ def scored_shortlists(base, rec, split, users: np.ndarray, candidates: int, n: i
     (under ``key``: a folder of another key is emptied), so a killed run resumes. Under a
     multi-process launch the chunks are shared out between ranks; rank 0 gets the result, the
     others None."""
+    import time
+
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
+    from genrec.artifacts import write_json_atomic
     from genrec.decode.recommender import partial_open
 
-    state = PartialState(cpu=rec.decoder.device.type == "cpu")
+    state = PartialState(cpu=rec.device.type == "cpu")
     folder = Path(folder)
     if state.is_main_process:
         partial_open(folder, key)
@@ -172,35 +174,73 @@ def scored_shortlists(base, rec, split, users: np.ndarray, candidates: int, n: i
         if path.is_file():
             continue
         part = chunks[c]
-        shortlist(base, rec, [split.histories[u] for u in part], part, candidates, n, exclude_history).save(path)
+        t = time.perf_counter()
+        short = shortlist(base, rec, [split.histories[u] for u in part], part, candidates, n, exclude_history)
+        write_json_atomic(path.with_suffix(".json"), {"users": len(part), "seconds": time.perf_counter() - t})
+        short.save(path)
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
     return Shortlists.concat([Shortlists.load(folder / f"chunk-{c:05d}.npz") for c in range(len(chunks))])
 
 
-def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path, out: Path, candidates: int = 20,
+def seconds_per_user(folder: Path) -> float | None:
+    """Wall time of shortlisting and scoring per user, over the chunks of a :func:`scored_shortlists`
+    folder (each timed when it was scored, so a resumed run counts every chunk once); None when a
+    chunk has no timing (scored by an older version)."""
+    chunks = sorted(Path(folder).glob("chunk-*.npz"))
+    times = [chunk.with_suffix(".json") for chunk in chunks]
+    if not chunks or not all(t.is_file() for t in times):
+        return None
+    parts = [json.loads(t.read_text()) for t in times]
+    return sum(p["seconds"] for p in parts) / max(1, sum(p["users"] for p in parts))
+
+
+METHODS = ("codes", "tallrec")
+
+
+def load_reranker(method: str, model_dir: Path, index_dir: Path | None, data_dir: Path, batch_users: int):
+    """The LLM scorer of a shortlist: ``codes``, the fine-tuned generative model's code
+    log-likelihood; ``tallrec``, a yes/no ranker's log P(Yes) (:mod:`genrec.llm.tallrec`)."""
+    if method not in METHODS:
+        raise GenrecError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if method == "codes":
+        from genrec.decode.recommender import GenerativeRecommender
+
+        if index_dir is None:
+            raise GenrecError("--method codes needs --index (the item index the model was trained on)")
+        return GenerativeRecommender.load(model_dir, index_dir, batch_users=batch_users)
+    from genrec.llm.tallrec import YesNoRanker
+
+    return YesNoRanker.load(model_dir, data_dir, batch_rows=8 * batch_users)
+
+
+def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path | None, data_dir: Path, out: Path, candidates: int = 20,
                valid_users: int | None = None, test_users: int | None = None, seed: int = 0, batch_users: int = 8,
-               weight: float | None = None, progress: bool = True) -> dict | None:
-    """Shortlist with the classic model, score with the LLM, pick the weight on validation (unless
-    given), evaluate on test beside the classic model alone; write ``out/metrics.json``."""
+               weight: float | None = None, progress: bool = True, method: str = "codes") -> dict | None:
+    """Shortlist with the classic model, score with the LLM (``method``: see :func:`load_reranker`),
+    pick the weight on validation (unless given), evaluate on test beside the classic model alone;
+    write ``out/metrics.json``."""
     import time
 
     from genrec.artifacts import fingerprint, write_json_atomic
     from genrec.data.dataset import Dataset
-    from genrec.decode.recommender import GenerativeRecommender
     from genrec.evaluate import Evaluator
 
     if candidates < 1:
         raise GenrecError(f"--candidates {candidates}: expected at least 1")
     start = time.perf_counter()
     ds = Dataset.load(data_dir)
+    rec = load_reranker(method, model_dir, index_dir, data_dir, batch_users)
     base = load_scorer(base_dir)
-    rec = GenerativeRecommender.load(model_dir, index_dir, batch_users=batch_users)
     ev = Evaluator(ds, ks=(1, 5, 10, 20), progress=False)
     n = max(candidates, max(ev.ks))
-    key = {"base": fingerprint(base_dir), "model": fingerprint(model_dir), "index": fingerprint(index_dir),
-           "data": fingerprint(data_dir), "candidates": candidates, "n": n, "exclude_history": ev.mask_history}
+    key = {"base": fingerprint(base_dir), "model": fingerprint(model_dir), "data": fingerprint(data_dir),
+           "candidates": candidates, "n": n, "exclude_history": ev.mask_history}
+    if method == "codes":  # (the key of a folder written before there were methods)
+        key["index"] = fingerprint(index_dir)
+    else:
+        key["method"] = method
     out = Path(out)
     short = {}
     for stage, size in (("valid", valid_users), ("test", test_users)):
@@ -213,7 +253,8 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path,
                                          ev.mask_history, progress=progress)
     if short["test"] is None:  # not rank 0 of a launch
         return None
-    result = {"base": str(base_dir), "model": str(model_dir), "candidates": candidates, "seed": seed,
+    result = {"method": method, "base": str(base_dir), "model": str(model_dir), "data": str(data_dir),
+              "candidates": candidates, "seed": seed,
               "valid_users_sampled": valid_users, "test_users_sampled": test_users, "mask_history": bool(ev.mask_history)}
     if weight is None:
         weight, valid = pick_weight(ev, short["valid"])
@@ -224,6 +265,6 @@ def run_rerank(base_dir: Path, model_dir: Path, index_dir: Path, data_dir: Path,
         "base": ev.evaluate(base, stage="test", users=test.users).metrics,  # the classic model through the evaluator
         "llm_on_shortlist": ev.evaluate(test.ranker(1.0), stage="test", users=test.users).metrics,
         "fused": ev.evaluate(test.ranker(weight), stage="test", users=test.users).metrics,
-    }, seconds=round(time.perf_counter() - start, 1))
+    }, seconds=round(time.perf_counter() - start, 1), seconds_per_user=seconds_per_user(out / ".shortlists-test"))
     write_json_atomic(out / "metrics.json", result)
     return result

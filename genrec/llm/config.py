@@ -178,3 +178,24 @@ class SASRecLLMConfig(SASRecConfig):
                                                 "(~/.cache/genrec/item-encoder)")
     embeddings: str | None = Field(None, description="precomputed item vectors instead of the encoder: a .npy file "
                                                      "[n_items, hidden] or a text stage folder (item_embeddings.npy)")
+
+
+class TallrecConfig(BaseModel):
+    """The TALLRec-style yes/no ranker (:mod:`genrec.llm.tallrec`): its training samples, prompt and
+    fine-tuning settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field("default", description="the backbone to tune (as a run's backbone)")
+    negatives: int = Field(1, ge=1, description="sampled negatives per positive (TALLRec's is 1: balanced yes/no)")
+    positions: int = Field(1, ge=1, description="positives per user: the last N items of the training sequence, each "
+                                               "after the items before it")
+    max_history: int = Field(10, ge=1, description="history titles in a prompt, the most recent")
+    max_title_tokens: int = Field(24, ge=1, description="tokens of an item title at most")
+    chat: bool = Field(True, description="wrap the prompt in the backbone's chat template (the answer opens the "
+                                         "assistant turn)")
+    users: int | None = Field(None, ge=1, description="train on a seeded sample of this many users (default all)")
+    valid_users: int = Field(256, ge=0, description="validation loss on the yes/no samples of this many validation users")
+    train: LLMTrainConfig = Field(default_factory=LLMTrainConfig,
+                                  description="the fine-tuning settings (the shared trainer's train section; LoRA by "
+                                              "default)")

@@ -34,6 +34,22 @@ def item_token_ids(index: ItemIndex, tokenizer) -> list[list[int]]:
     return [text_ids(tokenizer, s) + [end] for s in index.item_strings]
 
 
+def chat_turn(tokenizer, system: str) -> tuple[list[int], list[int]]:
+    """(ids before, ids after) the user's text in the backbone's chat template, with ``system`` as
+    the system prompt and the assistant's turn opened; ([], []) for a tokenizer without a template.
+    The template's own text is tokenized as template (its special tokens are meant)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return [], []
+    marker = "\x00"
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": marker}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    pre, post = rendered.split(marker)
+    return tokenizer(pre, add_special_tokens=False)["input_ids"], tokenizer(post, add_special_tokens=False)["input_ids"]
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -64,18 +80,7 @@ class PromptFormat:
         self.codes_only = prompt == "codes"
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos
         self.start = [start] if self.codes_only and start is not None else []
-        self.user_prefix, self.user_suffix = [], []
-        if prompt == "chat" and getattr(tokenizer, "chat_template", None):
-            marker = "\x00"
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "system", "content": system}, {"role": "user", "content": marker}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            pre, post = rendered.split(marker)
-            # the template's own text: tokenized as template (its special tokens are meant)
-            self.user_prefix = tokenizer(pre, add_special_tokens=False)["input_ids"]
-            self.user_suffix = tokenizer(post, add_special_tokens=False)["input_ids"]
+        self.user_prefix, self.user_suffix = chat_turn(tokenizer, system) if prompt == "chat" else ([], [])
         self._text_cache: dict[str, list[int]] = {}
 
     def _template(self, text: str) -> list[int]:

@@ -37,7 +37,7 @@ class CodeEmbedding(nn.Module):
         super().__init__()
         self.n_old = old.shape[0]
         self.old = nn.Parameter(old, requires_grad=train_old)
-        self.new = nn.Parameter(new.float(), requires_grad=True)
+        self.new = nn.Parameter(new.float(), requires_grad=new.shape[0] > 0)  # no new tokens: nothing to train
 
     @property
     def weight(self) -> torch.Tensor:  # what generic code (e.g. resizing checks) reads
@@ -45,6 +45,8 @@ class CodeEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = F.embedding(ids.clamp(max=self.n_old - 1), self.old)
+        if not self.new.shape[0]:  # a backbone without added tokens (the yes/no ranker of genrec.llm.tallrec)
+            return out
         # no data-dependent branch: every trainable row takes part in every forward (DDP needs it)
         extra = F.embedding((ids - self.n_old).clamp(min=0), self.new).to(out.dtype)
         return torch.where((ids >= self.n_old).unsqueeze(-1), extra, out)
@@ -87,11 +89,11 @@ class CodeLM(nn.Module):
         self.body.embed_tokens = self.embed
         if self.tied:
             self.out_old = None
-            self.out_new = nn.Parameter(self.embed.new.data.clone(), requires_grad=True) if untie_codes else None
+            self.out_new = nn.Parameter(self.embed.new.data.clone(), requires_grad=n_new > 0) if untie_codes else None
         else:
             w = base.get_output_embeddings().weight.data
             self.out_old = nn.Parameter(w[:n_old].clone(), requires_grad=train_old and train_text_rows)
-            self.out_new = nn.Parameter(w[n_old:].clone().float(), requires_grad=True)
+            self.out_new = nn.Parameter(w[n_old:].clone().float(), requires_grad=n_new > 0)
         base.lm_head = None  # never computed over every position; see head_weight
         self.dropout = float(dropout)
         self.distill_weight = 0.0  # set by the trainer with train.distill
