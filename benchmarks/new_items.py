@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         new = catalog.n_catalogue + n
         row = {"anchor_id": p["anchor_id"], "anchor_codes": p["anchor_codes"], "new_codes": p["codes"],
                "shared_prefix": int(np.cumprod(np.array(p["codes"]) == np.array(p["anchor_codes"])).sum()),
-               "holders": len(p["holders"]), "others": len(p["others"])}
+               "neighbour_ids": [catalog.ids[i] for i in p["neighbours"]],
+               "holders": len(p["holders"]), "others": len(p["others"]),
+               "holder_users": [str(ds.user_ids[u]) for u in p["holders"]],
+               "other_users": [str(ds.user_ids[u]) for u in p["others"]]}
         for scoring in SCORINGS:
             got = lists[scoring]
             row[scoring] = {
