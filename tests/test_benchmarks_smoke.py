@@ -83,15 +83,22 @@ def test_inference_precision_smoke_run_compares_against_fp32(recipe_run, tmp_pat
 
 
 def test_new_items_smoke_run_adds_items_with_codes_of_their_own(recipe_run, tmp_path):
+    from genrec.data.dataset import Dataset
+    from genrec.decode.recommender import GenerativeRecommender
     from genrec.index.base import ItemIndex
 
-    bench("benchmarks/new_items.py", "--run", recipe_run, "--items", 2, "--users", 4, "--k", 5, "--beams", 5,
-          "--out", tmp_path)
+    bench("benchmarks/new_items.py", "--run", recipe_run, "--items", 2, "--users", 4, "--k", 20, "--beams", 20,
+          "--note", "a note", "--out", tmp_path)
     r = json.loads((tmp_path / "new_items.json").read_text())
     index = ItemIndex.load(recipe_run / "index")
-    ids = json.loads((recipe_run / "index" / "item_ids.json").read_text())
+    ds = Dataset.load(recipe_run / "data")
+    ids = [str(i) for i in json.loads((recipe_run / "index" / "item_ids.json").read_text())]
     trained = {tuple(int(c) for c in row) for row in index.codes}
     assert r["model"] == str(recipe_run / "model") and r["step"] is None and len(r["rows"]) == 2
+    assert r["command"] == f"OMP_NUM_THREADS=1 python benchmarks/new_items.py --run {recipe_run} --items 2 --users 4 " \
+                           f"--k 20 --beams 20 --out {tmp_path}" and r["note"] == "a note"
+    assert r["exclude_history"] == (not ds.has_repeats()) and r["max_history"] == 20
+    user = {u: k for k, u in enumerate(ds.user_ids.tolist())}
     for row in r["rows"]:
         assert tuple(row["new_codes"]) not in trained  # unique codes from the codebooks
         assert row["anchor_codes"] == [int(c) for c in index.codes[ids.index(row["anchor_id"])]]
@@ -99,12 +106,33 @@ def test_new_items_smoke_run_adds_items_with_codes_of_their_own(recipe_run, tmp_
         while shared < len(row["new_codes"]) and row["new_codes"][shared] == row["anchor_codes"][shared]:
             shared += 1
         assert row["shared_prefix"] == shared
-        assert 1 <= row["holders"] <= 4 and 1 <= row["others"] <= 4
-        for share, n in ((row["new_in_holders"], row["holders"]), (row["new_in_others"], row["others"]),
-                         (row["anchor_in_holders"], row["holders"])):
-            assert 0 <= share <= 1 and share * n == pytest.approx(round(share * n))  # a share of those users
-    for key in ("new_in_holders", "new_in_others", "anchor_in_holders"):
-        assert r["mean"][key] == pytest.approx(np.mean([row[key] for row in r["rows"]]))
+        assert 1 <= row["holders"] == len(row["holder_users"]) <= 4 and 1 <= row["others"] == len(row["other_users"]) <= 4
+        neighbours = {ids.index(i) for i in row["neighbour_ids"]}
+        assert len(neighbours) == 5 and ids.index(row["anchor_id"]) not in neighbours
+        for u in row["holder_users"]:  # a neighbour in the prompt (the last max_history items)
+            assert neighbours & set(ds.sequences[user[u]][-r["max_history"]:].tolist())
+        for u in row["other_users"]:  # no neighbour anywhere in the history
+            assert not neighbours & set(ds.sequences[user[u]].tolist())
+    # the shares again, decoded here: the index with the new items appended, each scoring its own recommender
+    codes = np.concatenate([index.codes, [row["new_codes"] for row in r["rows"]]])
+    extended = ItemIndex.from_codes(index.method, codes, index.sizes, config=index.config)
+    users = sorted({user[u] for row in r["rows"] for u in row["holder_users"] + row["other_users"]})
+    for scoring, cold_from in (("backoff", len(ids)), ("alone", None)):
+        rec = GenerativeRecommender.load(recipe_run / "model", extended, beams=20, exclude_history=r["exclude_history"],
+                                         cold_from=cold_from)
+        lists = dict(zip(users, rec.rank([ds.sequences[u] for u in users], np.array(users), 20), strict=True))
+        for n, row in enumerate(r["rows"]):
+            new, anchor = len(ids) + n, ids.index(row["anchor_id"])
+            got = row[scoring]
+            assert got["new_in_holders"] == pytest.approx(np.mean([new in lists[user[u]] for u in row["holder_users"]]))
+            assert got["new_in_others"] == pytest.approx(np.mean([new in lists[user[u]] for u in row["other_users"]]))
+            assert got["anchor_in_holders"] == pytest.approx(np.mean([anchor in lists[user[u]] for u in row["holder_users"]]))
+        for key in ("new_in_holders", "new_in_others", "anchor_in_holders"):
+            assert r["mean"][scoring][key] == pytest.approx(np.mean([row[scoring][key] for row in r["rows"]]))
+    # top-20 of the tiny shop's ~40 items: with the back-off, the new items reach some lists (the shares above are not all 0)
+    assert sum(row["backoff"]["new_in_holders"] + row["backoff"]["new_in_others"] for row in r["rows"]) > 0
+    md = (tmp_path / "new_items.md").read_text()
+    assert r["command"] in md and "a note" in md and f"**{r['mean']['backoff']['new_in_holders']:.3f}**" in md
 
 
 def test_new_items_synthetic_smoke_run_scores_every_category_both_ways(tmp_path):
