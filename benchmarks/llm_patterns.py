@@ -56,7 +56,7 @@ def row_of(stage: Path, dataset: str, method: str, split: str, mask: bool) -> di
     row = {"dataset": dataset, "split": split, "method": method, "mask_history": mask, **{c: round(test[c], 4) for c in COLS},
            "seconds_per_epoch": fit.get("seconds_per_epoch"), "best_epoch": fit.get("best_epoch"),
            "epochs_run": fit.get("epochs_run"), "wall_seconds": m["wall_seconds"],
-           "train_seconds": round(fit["seconds_per_epoch"] * fit["epochs_run"], 1),  # kept across a resumed fit
+           "train_seconds": round(fit["seconds_per_epoch"] * fit["epochs_run"], 3),  # kept across a resumed fit
            "seconds_per_user": round(metrics["test"]["seconds"] / metrics["test"]["n_users"], 6)}
     if "encoder" in fit:
         row["encoder"] = {k: v for k, v in fit["encoder"].items() if k != "cache_file"}
