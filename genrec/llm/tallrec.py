@@ -23,7 +23,6 @@ A model folder holds what :func:`genrec.llm.train.train` writes (``trainable.saf
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -158,7 +157,7 @@ def train_tallrec(data_dir: str | Path, out: str | Path, cfg: TallrecConfig | No
     """Tune the backbone on yes/no samples of the dataset's training split; write the model folder
     ``out`` (replaced only when training finishes). The checkpoint sits beside ``out``, keyed by the
     settings and the data, so rerunning a killed (or ``stop_after``) run resumes it."""
-    from genrec.artifacts import config_hash, fingerprint, write_json_atomic
+    from genrec.artifacts import config_hash, fingerprint, swap_dir, write_json_atomic
     from genrec.data.dataset import Dataset
     from genrec.llm.backbone import load_tokenizer
     from genrec.llm.train import train
@@ -191,12 +190,7 @@ def train_tallrec(data_dir: str | Path, out: str | Path, cfg: TallrecConfig | No
         metrics.update(samples=len(samples), positives=n_pos, negatives=len(samples) - n_pos)
         write_json_atomic(tmp / TALLREC_FILE, {"config": cfg.model_dump(), "data": data_fp, "n_items": ds.n_items,
                                                "yes": prompt.yes, "no": prompt.no, "metrics": metrics})
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, out)
         shutil.rmtree(ckpt, ignore_errors=True)
     PartialState().wait_for_everyone()
     return metrics

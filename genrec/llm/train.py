@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import resource
 import shutil
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec.artifacts import write_json_atomic
+from genrec.artifacts import swap_dir, write_json_atomic
 from genrec.errors import GenrecError
 from genrec.llm import files
 from genrec.llm.config import LLMTrainConfig
@@ -358,12 +357,7 @@ def save_checkpoint(folder: Path, lm, optimizer, step: int, epoch: int, acc, log
             (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2, sort_keys=True, default=str))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        old = folder.parent / f".{folder.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, folder)
     acc.wait_for_everyone()
 
 
