@@ -15,7 +15,6 @@ CLLM4Rec with the ``cllm4rec`` settings (``genrec run`` passes its ``cllm4rec`` 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +24,7 @@ from torch import nn
 
 from genrec.baselines.sequential import left_pad, training_windows
 from genrec.data.dataset import Dataset
-from genrec.device import pick_device
 from genrec.llm.config import CLLM4RecEmbConfig
-from genrec.safefiles import load_tensors
 from genrec.training.trainer import NeuralBaseline, NeuralRecommender, fit, seed_everything, shuffled_rows
 
 
@@ -125,17 +122,7 @@ class CLLM4RecEmb(NeuralBaseline):
         return {k: v for k, v in self.log.items() if k != "history"}
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "auto") -> CLLM4RecEmb:
-        folder = Path(folder)
-        meta = json.loads((folder / "model.json").read_text())
-        obj = cls(meta["config"], meta["train"])
-        state = load_tensors(folder / "model.safetensors")
-        obj.model = TwoTower(meta["n_items"], meta["n_users"], obj.config, state["user_feat"], state["item_feat"])
-        obj.model.load_state_dict(state)
-        dev = pick_device(device)
-        obj.model.device, obj.model.precision = dev, obj.train_cfg.precision
-        obj.model.to(dev)
-        obj.log = meta.get("log", {})
-        return obj
+    def build_model(cls, meta: dict, config: CLLM4RecEmbConfig, state: dict[str, torch.Tensor]) -> TwoTower:
+        return TwoTower(meta["n_items"], meta["n_users"], config, state["user_feat"], state["item_feat"])
 
 

@@ -14,7 +14,6 @@ many were encoded and how many reused (``encoder``), so a retrain costs SASRec's
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,8 @@ from torch import nn
 
 from genrec.baselines.sasrec import SASRec
 from genrec.data.dataset import Dataset
-from genrec.device import pick_device
 from genrec.errors import DataError
 from genrec.llm.config import SASRecLLMConfig
-from genrec.safefiles import load_tensors
 from genrec.training.trainer import NeuralBaseline, fit, seed_everything
 
 
@@ -123,15 +120,5 @@ class SASRecLLMBaseline(NeuralBaseline):
         return {k: v for k, v in self.log.items() if k != "history"}
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "auto") -> SASRecLLMBaseline:
-        folder = Path(folder)
-        meta = json.loads((folder / "model.json").read_text())
-        obj = cls(meta["config"], meta["train"])
-        state = load_tensors(folder / "model.safetensors")
-        obj.model = SASRecLLM(meta["n_items"], meta["n_users"], obj.config, state["item_emb.features"])
-        obj.model.load_state_dict(state)
-        dev = pick_device(device)
-        obj.model.device, obj.model.precision = dev, obj.train_cfg.precision
-        obj.model.to(dev)
-        obj.log = meta.get("log", {})
-        return obj
+    def build_model(cls, meta: dict, config: SASRecLLMConfig, state: dict[str, torch.Tensor]) -> SASRecLLM:
+        return SASRecLLM(meta["n_items"], meta["n_users"], config, state["item_emb.features"])

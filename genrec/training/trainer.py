@@ -255,13 +255,20 @@ class NeuralBaseline:
         save_tensors(folder / WEIGHTS_FILE, self.model.state_dict())
 
     @classmethod
+    def build_model(cls, meta: dict, config: BaseModel, state: dict[str, torch.Tensor]) -> NeuralRecommender:
+        """The model of a saved folder before its weights go in (``meta``: its model.json). A model
+        built around fixed tensors (item features, say) takes them from ``state``."""
+        return cls.model_cls(meta["n_items"], meta["n_users"], config)
+
+    @classmethod
     def load(cls, folder: str | Path, device: str = "auto") -> NeuralBaseline:
         folder = Path(folder)
         meta = json.loads((folder / "model.json").read_text())
         obj = cls(meta["config"], meta["train"])
-        obj.model = cls.model_cls(meta["n_items"], meta["n_users"], obj.config)
+        state = _weights(folder)
+        obj.model = cls.build_model(meta, obj.config, state)
         dev = pick_device(device)
-        obj.model.load_state_dict(_weights(folder))
+        obj.model.load_state_dict(state)
         obj.model.device, obj.model.precision = dev, obj.train_cfg.precision
         obj.model.to(dev)
         obj.log = meta.get("log", {})
