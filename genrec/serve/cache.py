@@ -122,7 +122,7 @@ def build_cache(
             raise GenrecError(f"cache version {version}: chunks {missing[:5]} were not written; rerun to finish")
         store.activate(version)
         echo(f"cache {store.url}: version {version} active: {len(users):,} users, top-{k}, "
-             f"{len(mine)} chunks decoded here in {time.time() - start:.1f}s (the model loaded in {loaded:.1f}s of it)")
+             f"{len(mine)} chunks decoded here in {time.time() - start:.3f}s (the model loaded in {loaded:.3f}s of it)")
     return {"version": version, "users": len(users), "decoded_chunks": len(mine),
             "seconds": round(time.time() - start, 3), "skipped": False}
 
