@@ -38,6 +38,14 @@ def tiny_shop(root: Path, codes_per_level: int = 8, mean_length: int = 6):
     return ds, index
 
 
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """(root, dataset) of :func:`tiny_shop`, built once per test module."""
+    root = tmp_path_factory.mktemp("shop")
+    ds, _ = tiny_shop(root)
+    return root, ds
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the genrec CLI in-process: returns (exit code, stdout, stderr)."""

@@ -45,13 +45,6 @@ def settings(backbone: Path, **config) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shop")
-    ds, _ = tiny_shop(root)
-    return root, ds
-
-
-@pytest.fixture(scope="module")
 def fitted(shop, tiny_backbone, tmp_path_factory):
     """(model, saved folder, checkpoint folder, fit info) of a tiny CLLM4Rec."""
     _, ds = shop

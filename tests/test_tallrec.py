@@ -11,20 +11,12 @@ import torch
 
 from genrec.errors import DataError, GenrecError
 from genrec.llm.config import LLMTrainConfig, TallrecConfig
-from tests.conftest import tiny_shop
 
 
 def small_cfg(backbone, **kw) -> TallrecConfig:
     train = {"dtype": "fp32", "device": "cpu", "lr": 5e-3, "epochs": 3, "batch_size": 8, "save_every": 1000,
              "lora_r": 4, **kw.pop("train", {})}
     return TallrecConfig(backbone=str(backbone), valid_users=8, train=LLMTrainConfig(**train), **kw)
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shop")
-    ds, _ = tiny_shop(root)
-    return root, ds
 
 
 @pytest.fixture(scope="module")
