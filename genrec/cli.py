@@ -285,12 +285,7 @@ def baselines_run(
     if dump is not None:
         shutil.copy2(res.path / f"{stage}_users.parquet", dump)
     result = res.manifest["metrics"][stage]
-    fair = None
-    if fairness:
-        from genrec.evaluate.fairness import fairness as fairness_of
-        from genrec.evaluate.fairness import fairness_markdown, read_rows
-
-        fair = fairness_of(Dataset.load(data), read_rows(res.path / f"{stage}_users.parquet"), ks=ev.ks)
+    fair = _fairness(data, res.path / f"{stage}_users.parquet", ev.ks) if fairness else None
     if as_json:
         typer.echo(json.dumps({**result, "fairness": fair} if fair else result))
         return
@@ -300,8 +295,7 @@ def baselines_run(
                f"{out}: {state}")
     typer.echo(EvalResult(**result).table())
     if fair:
-        for k in fair["ks"]:
-            typer.echo("\n".join(["", f"bias and fairness @{k}", *fairness_markdown([(name, fair)], k)]))
+        _echo_fairness(name, fair)
 
 
 # -- cf -------------------------------------------------------------------------------
@@ -601,10 +595,9 @@ def evaluate_cmd(
     if stage not in ("valid", "test"):
         raise GenrecError(f"--stage {stage!r}: expected valid or test")
     dec = _validated(DecodeSection, {"beams": beams, "batch_users": batch_users, "users": users}, "decode")
-    from genrec.decode.recommender import PRECISIONS
+    from genrec.decode.recommender import check_precision
 
-    if precision is not None and precision not in PRECISIONS:
-        raise GenrecError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision, "--precision")
     ev = EvaluateSection()
     # the seed only draws the user sample: without one, any --seed names the same evaluation
     sample_seed = seed if users is not None else 0
@@ -618,13 +611,7 @@ def evaluate_cmd(
             metrics = evaluate_decoding(model, index, data, dec, ev, sample_seed, stage, dump=rows, precision=precision)
         if metrics is None:  # not rank 0 of a launch
             return
-        fair = None
-        if fairness:
-            from genrec.data.dataset import Dataset
-            from genrec.evaluate.fairness import fairness as fairness_of
-            from genrec.evaluate.fairness import read_rows
-
-            fair = fairness_of(Dataset.load(data), read_rows(rows), ks=ev.ks)
+        fair = _fairness(data, rows, ev.ks) if fairness else None
     if as_json:
         typer.echo(json.dumps({**metrics[stage], "beams": beams, "users_sampled": users, "seed": seed, "model": str(model),
                                "mask_history": metrics["mask_history"], "precision": precision,
@@ -632,10 +619,23 @@ def evaluate_cmd(
     else:
         typer.echo(EvalResult(**metrics[stage]).table())
         if fair:
-            from genrec.evaluate.fairness import fairness_markdown
+            _echo_fairness(str(model), fair)
 
-            for k in fair["ks"]:
-                typer.echo("\n".join(["", f"bias and fairness @{k}", *fairness_markdown([(str(model), fair)], k)]))
+
+def _fairness(data: Path, rows: Path, ks) -> dict:
+    """Popularity bias and fairness (:func:`genrec.evaluate.fairness.fairness`) of the ranked lists
+    in a per-user rows file of ``data``."""
+    from genrec.data.dataset import Dataset
+    from genrec.evaluate.fairness import fairness, read_rows
+
+    return fairness(Dataset.load(data), read_rows(rows), ks=ks)
+
+
+def _echo_fairness(name: str, fair: dict) -> None:
+    from genrec.evaluate.fairness import fairness_markdown
+
+    for k in fair["ks"]:
+        typer.echo("\n".join(["", f"bias and fairness @{k}", *fairness_markdown([(name, fair)], k)]))
 
 
 @app.command("rerank")

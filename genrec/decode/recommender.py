@@ -234,6 +234,12 @@ class GenerativeRecommender:
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
+def check_precision(precision: str | None, name: str = "precision") -> None:
+    """Refuse a precision :func:`inference_precision` does not know (``name``: what the user set)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise GenrecError(f"{name} {precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
 def inference_precision(lm, precision: str | None = None):
     """(precision, compute dtype, decoder body) for decoding ``lm`` in ``precision``:
 
@@ -255,8 +261,7 @@ def inference_precision(lm, precision: str | None = None):
     device = next(lm.parameters()).device
     if precision is None:
         return None, getattr(lm, "compute_dtype", torch.float32), None
-    if precision not in PRECISIONS:
-        raise GenrecError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if precision == "int8":
         if device.type != "cpu":
             raise GenrecError(f"precision int8 (dynamic quantisation) runs on the CPU only, not on {device}")
