@@ -394,6 +394,9 @@ def create_app(
         body["items"] = [{"item_id": i, "score": s} for i, s in zip(items[:k], scores[:k], strict=True)]
         return JSONResponse(body)
 
+    def popular_for(body: dict, reason: str, k: int) -> JSONResponse:
+        return respond({**body, "source": "popular", "fallback_reason": reason}, popular, [None] * len(popular), k)
+
     async def decoded_or_popular(body: dict, key: tuple, history, reason: str, k: int) -> JSONResponse:
         """A decode of ``history`` on the fly, or the popular items with why."""
         if fly is not None:
@@ -402,7 +405,7 @@ def create_app(
                 return respond({**body, "source": "decode"}, items, scores, k)
             except Fallback as e:
                 reason = f"{reason}; {e}"
-        return respond({**body, "source": "popular", "fallback_reason": reason}, popular, [None] * len(popular), k)
+        return popular_for(body, reason, k)
 
     err = {400: {"model": Error}, 404: {"model": Error}, 413: {"model": Error}, 422: {"model": Error},
            503: {"model": Error}}
@@ -415,7 +418,7 @@ def create_app(
             found = await guard.call(store.lookup, user_id)
         except StoreError as e:  # slow or down: popularity at once (decoding every user would swamp the decoder)
             reason = f"cache store unavailable ({e})"
-            return respond({**body, "source": "popular", "fallback_reason": reason}, popular, [None] * len(popular), k)
+            return popular_for(body, reason, k)
         if found is not None:
             version, payload = found
             items, scores = decode_row(payload)
@@ -424,8 +427,7 @@ def create_app(
                            items, scores, k)
         history = catalog.history(user_id)
         if history is None:
-            return respond({**body, "source": "popular", "fallback_reason": "unknown user"}, popular,
-                           [None] * len(popular), k)
+            return popular_for(body, "unknown user", k)
         return await decoded_or_popular(body, ("user", user_id), history, "user not in the cache", k)
 
     @app.post("/recommendations", response_model=Recommendations, responses=err,
