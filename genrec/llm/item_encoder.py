@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genrec.artifacts import atomic_file
 from genrec.errors import DataError
 
 EmbedFn = Callable[[list[str]], np.ndarray]
@@ -67,18 +67,10 @@ def read_cache(path: Path) -> dict[str, np.ndarray]:
 
 def write_cache(path: Path, table: dict[str, np.ndarray]) -> None:
     """Replace the cache file atomically (a temporary file in the same folder, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     hashes = np.array(sorted(table), dtype="U64")
     vectors = np.stack([table[h] for h in hashes]).astype(np.float32) if len(hashes) else np.zeros((0, 0), np.float32)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".tmp.npz") as tmp:  # np.savez adds .npz to a name without it
         np.savez(tmp, hashes=hashes, vectors=vectors)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def cached_embeddings(texts: Sequence[str], embed: EmbedFn, cache_file: Path | None,
