@@ -518,7 +518,7 @@ def _last_level(steps: _Steps, search: _Search, found: _Found, nodes, alive, sco
         rows = torch.zeros_like(nodes).index_put_((slots,), torch.arange(len(slots), device=dev))
         beam, edge, cand = search.candidates(nodes, torch.zeros_like(alive).index_put_((slots,), live), scores, logp, rows)
         ok = torch.isfinite(cand)
-        found.add(search.slot_user[beam[ok]], search.trie.item[search.trie.node[edge[ok]]], cand[ok])
+        found.add(search.slot_user[beam[ok]], tt.item[tt.node[edge[ok]]], cand[ok])
 
 
 def rank_prompts(decoder: Decoder, prompts: Sequence[Sequence[int]], trie: Trie | TrieTensors, beams: int = 20,

@@ -250,7 +250,7 @@ class YesNoRanker:
         attending to the head and causally to itself only, at the positions it has in its own
         prompt (a 4D attention mask, as the trainer's shared prompts), so each answer position
         sees exactly its own prompt. Rows are batched ``batch_rows`` prompts at a time, by length."""
-        from genrec.llm.train import autocast
+        from genrec.llm.train import autocast, lay_out_branches
 
         out = [np.zeros((len(t), 2)) for t in tails]
         sizes = [len(h) + sum(len(x) for x in t) for h, t in zip(heads, tails, strict=True)]
@@ -265,26 +265,20 @@ class YesNoRanker:
             batches.append(cur)
         for users in batches:
             n = max(sizes[u] for u in users)
-            ids = torch.full((len(users), n), self.pad_id, dtype=torch.long)
-            pos = torch.zeros((len(users), n), dtype=torch.long)
-            att = torch.eye(n, dtype=torch.bool).repeat(len(users), 1, 1, 1)  # padding attends to itself
-            causal = torch.ones((n, n), dtype=torch.bool).tril()
+            ids = np.full((len(users), n), self.pad_id, dtype=np.int64)
+            pos = np.zeros((len(users), n), dtype=np.int64)
+            att = np.zeros((len(users), 1, n, n), dtype=np.bool_)
+            att[:, 0, np.arange(n), np.arange(n)] = True  # padding attends to itself
+            causal = np.tril(np.ones((n, n), dtype=np.bool_))
             answer_rows, answer_cols = [], []
             for b, u in enumerate(users):
-                p = len(heads[u])
-                ids[b, :p], pos[b, :p], att[b, 0, :p, :p] = torch.tensor(heads[u], dtype=torch.long), torch.arange(p), causal[:p, :p]
-                at = p
-                for t in tails[u]:
-                    k = len(t)
-                    ids[b, at : at + k] = torch.tensor(t, dtype=torch.long)
-                    pos[b, at : at + k] = torch.arange(p, p + k)
-                    att[b, 0, at : at + k, :p] = True
-                    att[b, 0, at : at + k, at : at + k] = causal[:k, :k]
-                    answer_rows.append(b), answer_cols.append(at + k - 1)
-                    at += k
+                starts = lay_out_branches(ids, pos, att, causal, b, heads[u], tails[u])
+                for t, at in zip(tails[u], starts, strict=True):
+                    answer_rows.append(b), answer_cols.append(at + len(t) - 1)
             dev = self.device
             with autocast(dev, self.dtype):
-                h = self.lm.hidden(ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev)).last_hidden_state
+                h = self.lm.hidden(torch.from_numpy(ids).to(dev), attention_mask=torch.from_numpy(att).to(dev),
+                                   position_ids=torch.from_numpy(pos).to(dev)).last_hidden_state
             logits = (h[torch.tensor(answer_rows, device=dev), torch.tensor(answer_cols, device=dev)].float()
                       @ self.answer_rows.T).cpu().numpy()
             at = 0

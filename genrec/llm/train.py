@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,25 @@ def collate(corpus: Corpus, rows: np.ndarray, pad_id: int, device: torch.device,
     return out
 
 
+def lay_out_branches(ids: np.ndarray, pos: np.ndarray, att: np.ndarray, causal: np.ndarray, b: int,
+                     prompt: Sequence[int], branches: Sequence[Sequence[int]]) -> list[int]:
+    """Lay out row ``b`` of a shared-prompt batch: ``prompt`` first, attending causally, then each
+    branch, attending to the prompt and causally to itself only, at the positions it has right
+    after the prompt (``ids``, ``pos``: [batch, T]; ``att``: [batch, 1, T, T], True = may attend;
+    ``causal``: a [T, T] lower triangle). Returns each branch's first column."""
+    p = len(prompt)
+    ids[b, :p], pos[b, :p], att[b, 0, :p, :p] = prompt, np.arange(p), causal[:p, :p]
+    starts, at = [], p
+    for x in branches:
+        k = len(x)
+        ids[b, at : at + k], pos[b, at : at + k] = x, np.arange(p, p + k)
+        att[b, 0, at : at + k, :p] = True
+        att[b, 0, at : at + k, at : at + k] = causal[:k, :k]
+        starts.append(at)
+        at += k
+    return starts
+
+
 def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int, device: torch.device,
                   soft_rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """The micro-batch of some units. A batch of single samples is :func:`collate`'s. A batch with a
@@ -186,23 +206,18 @@ def collate_units(corpus: Corpus, units: Units, picked: np.ndarray, pad_id: int,
     causal = np.tril(np.ones((n, n), dtype=np.bool_))
     for b, u in enumerate(picked):
         rows, p = units.groups[int(u)], units.prompt[int(u)]
-        x, m = corpus.sample(int(rows[0]))
-        ids[b, :p], tgt[b, :p], pos[b, :p] = x[:p], m[:p], np.arange(p)
+        samples = [corpus.sample(int(r)) for r in rows]
+        starts = lay_out_branches(ids, pos, att, causal, b, samples[0][0][:p], [x[p:] for x, _ in samples])
+        tgt[b, :p] = samples[0][1][:p]
         if soft_rows is not None:
             soft[b, :p] = soft_rows[corpus.offsets[rows[0]] : corpus.offsets[rows[0]] + p]
-        att[b, 0, :p, :p] = causal[:p, :p]
-        at = p
-        for r in rows:
-            x, m = corpus.sample(int(r))
+        for r, (x, m), at in zip(rows, samples, starts, strict=True):
             k = len(x) - p
-            ids[b, at : at + k], tgt[b, at : at + k], pos[b, at : at + k] = x[p:], m[p:], np.arange(p, p + k)
+            tgt[b, at : at + k] = m[p:]
             if soft_rows is not None:
                 soft[b, at : at + k] = soft_rows[corpus.offsets[r] + p : corpus.offsets[r + 1]]
-            att[b, 0, at : at + k, :p] = True
-            att[b, 0, at : at + k, at : at + k] = causal[:k, :k]
             if p:
                 src[b, at] = p - 1
-            at += k
     out = {
         "input_ids": torch.from_numpy(ids).to(device),
         "attention_mask": torch.from_numpy(att).to(device),
