@@ -346,6 +346,8 @@ def index_build(
     codebook_size: Annotated[int | None, typer.Option(help="codes per level (alignment, rqvae, semid)")] = None,
     no_llm_alignment: Annotated[bool, typer.Option("--no-llm-alignment", help="the 'w/o LA' ablation (alignment)")] = False,
     id_level: Annotated[bool, typer.Option("--id-level", help="a last level of one token per item")] = False,
+    text_layers: Annotated[int | None, typer.Option(
+        help="text embeddings from the backbone's first N layers (default: the mean input-layer embedding)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="indexer setting NAME=VALUE")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     force: Annotated[bool, typer.Option(help="rebuild even when up to date")] = False,
@@ -364,9 +366,10 @@ def index_build(
         config["llm_weight"] = 0.0
     check_request(method, data, embeddings, config)
     # the items' text embeddings beside the index, kept while data and backbone stay the same
-    text = stage_text(data, out.parent / f".{out.name}-text", backbone).path if method in NEEDS_LLM else None
-    res = stage_index(data, out, IndexSection(method=method, config=config, id_level=id_level), embeddings=embeddings, text=text, seed=seed,
-                      force=force)
+    section = IndexSection(method=method, config=config, id_level=id_level, text_layers=text_layers)
+    text_dir = out.parent / (f".{out.name}-text" + (f"-l{text_layers}" if text_layers else ""))
+    text = stage_text(data, text_dir, backbone, layers=text_layers).path if method in NEEDS_LLM else None
+    res = stage_index(data, out, section, embeddings=embeddings, text=text, seed=seed, force=force)
     typer.echo(_index_summary(out, res.manifest, res.skipped))
 
 
@@ -411,10 +414,10 @@ def index_assign(
     import time
 
     from genrec.index.stage import assign_new_items
-    from genrec.llm.backbone import item_llm_embeddings
+    from genrec.llm.backbone import TextEmbedder
 
     t0 = time.perf_counter()
-    rows = assign_new_items(index, new_items, item_llm_embeddings)
+    rows = assign_new_items(index, new_items, TextEmbedder)
     ms = 1000 * (time.perf_counter() - t0) / len(rows)
     if out is not None:
         tmp = out.with_name(f".{out.name}.tmp")

@@ -67,6 +67,9 @@ class IndexSection(BaseModel):
     id_level: bool = Field(False, description="add a last level that is each item's own token (one new token per "
                            "item): the codes narrow the choice, the last token names the item; new items then need "
                            "retraining")
+    text_layers: int | None = Field(None, ge=1, description="the items' text embeddings (LLM alignment, new items) "
+                                    "from the backbone's first N decoder layers, mean-pooled; unset: the mean "
+                                    "input-layer embedding (benchmarks/text_encoder.py compares the depths)")
 
 
 class DecodeSection(BaseModel):

@@ -93,13 +93,18 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         res = stage_cf(data, run_dir / "cf" / cf.model, cf, seed=cfg.seed, force=force)
         note(f"cf:{cf.model}", res)
         emb = res.path
-    text = None
-    if cfg.index.method in NEEDS_LLM or (cfg.train is not None and cfg.train.code_init == "text"):
-        res = stage_text(data, run_dir / "text", cfg.backbone, force=force)
+    text = index_text = None
+    layers = cfg.index.text_layers if cfg.index.method in NEEDS_LLM else None
+    if (cfg.index.method in NEEDS_LLM and not layers) or (cfg.train is not None and cfg.train.code_init == "text"):
+        res = stage_text(data, run_dir / "text", cfg.backbone, force=force)  # the mean input-layer embedding
         note("text", res)
-        text = res.path
+        text = index_text = res.path
+    if layers:  # the index's text vectors from deeper in the backbone, a folder of their own
+        res = stage_text(data, run_dir / f"text-l{layers}", cfg.backbone, layers=layers, force=force)
+        note(f"text:l{layers}", res)
+        index_text = res.path
     res = stage_index(data, run_dir / "index", cfg.index, embeddings=emb,
-                      text=text if cfg.index.method in NEEDS_LLM else None, seed=cfg.seed, force=force)
+                      text=index_text if cfg.index.method in NEEDS_LLM else None, seed=cfg.seed, force=force)
     note(f"index:{cfg.index.method}", res)
     if until == "index" or cfg.tasks is None:
         if until in ("tasks", "train"):

@@ -232,12 +232,14 @@ def stage_cf(
 
 
 # -- text and index ---------------------------------------------------------------------------------
-def stage_text(data: Path, out: Path, backbone: str = "default", *, force: bool = False) -> StageResult:
-    """The items' LLM embeddings (:func:`genrec.llm.backbone.item_llm_embeddings`) as an artifact the
-    index stage reads: ``item_embeddings.npy`` (float32 [n_items, hidden], row i is item_idx i), left
-    out when no item has a title (the indexers then go without text). A stage of its own because the
-    index sits below the LLM; its config names the backbone as given, which the index stage copies
-    into its own config."""
+def stage_text(data: Path, out: Path, backbone: str = "default", *, layers: int | None = None,
+               force: bool = False) -> StageResult:
+    """The items' LLM embeddings (:class:`genrec.llm.backbone.TextEmbedder`: the mean input-layer
+    embedding, or with ``layers`` the pooled hidden state after that many decoder layers) as an
+    artifact the index stage reads: ``item_embeddings.npy`` (float32 [n_items, hidden], row i is
+    item_idx i), left out when no item has a title (the indexers then go without text). A stage of
+    its own because the index sits below the LLM; its config names the backbone as given (and the
+    depth when set), which the index stage copies into its own config."""
     from genrec.index.stage import EMBEDDINGS_FILE
 
     def build(tmp: Path) -> dict:
@@ -246,11 +248,14 @@ def stage_text(data: Path, out: Path, backbone: str = "default", *, force: bool 
             return {"n_items": ds.n_items, "dim": None}
         from genrec.llm.backbone import item_llm_embeddings
 
-        emb = item_llm_embeddings(ds.items, backbone)
+        emb = item_llm_embeddings(ds.items, backbone, layers)
         np.save(tmp / EMBEDDINGS_FILE, emb)
         return {"n_items": ds.n_items, "dim": int(emb.shape[1])}
 
-    return run_stage(out, "text", {"backbone": backbone}, {"data": data}, build, force)
+    config: dict = {"backbone": backbone}
+    if layers:  # only when set: the text folders built before the option stay up to date
+        config["layers"] = int(layers)
+    return run_stage(out, "text", config, {"data": data}, build, force)
 
 
 def stage_index(
@@ -275,12 +280,16 @@ def stage_index(
     from genrec.index.inputs import IndexInputs
     from genrec.index.quality import index_quality
     from genrec.index.registry import make_indexer
-    from genrec.index.stage import EMBEDDINGS_FILE, NEEDS_LLM, check_request, load_embeddings, text_backbone
+    from genrec.index.stage import EMBEDDINGS_FILE, NEEDS_LLM, check_request, load_embeddings, text_encoder
 
     method, config = cfg.method, cfg.config
     check_request(method, data, embeddings, config)
-    backbone = text_backbone(text, data) if method in NEEDS_LLM else None
+    backbone, text_layers = text_encoder(text, data) if method in NEEDS_LLM else (None, None)
+    if text_layers != (cfg.text_layers if method in NEEDS_LLM else None):
+        raise GenrecError(f"the index asks for text_layers {cfg.text_layers}, the text stage {text} has {text_layers}")
     stage_config = {"method": method, "config": config or {}, "backbone": backbone, "seed": seed}
+    if text_layers:  # only when set, as id_level
+        stage_config["text_layers"] = text_layers
     if cfg.id_level:  # only when set: the fingerprints of indexes built before the option stay
         stage_config["id_level"] = True
     inputs: dict[str, Path] = {"data": data}

@@ -354,6 +354,42 @@ def test_index_smoke_run_on_a_synthetic_source(tiny_backbone, tmp_path):
     assert "## Cold start" in (tmp_path / "out" / "index.md").read_text()
 
 
+def test_text_encoder_smoke_run_scores_every_depth_like_a_slow_neighbour_count(recipe_run, tiny_backbone, tmp_path):
+    """Depth 0 and the last depth re-scored here the obvious way: each item's 10 most cosine-similar
+    items (centred vectors), counted against the items it shares a training sequence with."""
+    from genrec.data.dataset import Dataset
+    from genrec.llm.backbone import item_texts
+    from genrec.llm.item_encoder import BackboneEncoder
+
+    data = recipe_run / "data"
+    bench("benchmarks/text_encoder.py", "--data", data, "--backbone", tiny_backbone, "--max-tokens", 16, "--out", tmp_path)
+    r = json.loads((tmp_path / "text_encoder.json").read_text())
+    assert [row["layers"] for row in r["rows"]] == [0, 1, 2]  # the tiny backbone has two layers
+    assert r["best_layers"] == max(r["rows"], key=lambda row: (row["precision@10"], row["hit@10"]))["layers"]
+    ds = Dataset.load(data)
+    co = [set() for _ in range(ds.n_items)]
+    for seq in ds.train_sequences():
+        for i in seq:
+            co[int(i)] |= {int(j) for j in seq} - {int(i)}
+    for depth in (0, 2):
+        v = BackboneEncoder(str(tiny_backbone), depth, 16, device="cpu", dtype="fp32")(item_texts(ds.items))
+        v = v - v.mean(0)
+        v = v / np.linalg.norm(v, axis=1, keepdims=True)
+        hits, prec = [], []
+        for i in range(ds.n_items):
+            if not co[i]:
+                continue
+            order = [j for j in np.argsort(-(v @ v[i]), kind="stable") if j != i][:10]
+            n = sum(int(j) in co[i] for j in order)
+            hits.append(n > 0)
+            prec.append(n / 10)
+        row = r["rows"][depth]
+        assert row["items"] == len(hits)
+        assert row["hit@10"] == pytest.approx(np.mean(hits), abs=1e-4)
+        assert row["precision@10"] == pytest.approx(np.mean(prec), abs=1e-4)
+    assert "| random vectors |" in (tmp_path / "text_encoder.md").read_text()
+
+
 # ------------------------------------------------------------------------------------ throughput
 
 

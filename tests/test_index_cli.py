@@ -57,6 +57,37 @@ def test_build_stats_assign(cli, prepared, tiny_backbone, tmp_path):
     assert (tmp_path / "codes.jsonl").read_text() == (tmp_path / "codes2.jsonl").read_text()
 
 
+def test_text_layers_index_embeds_new_items_at_its_depth(cli, prepared, tiny_backbone, tmp_path):
+    """`--text-layers 1`: the index's text vectors and a new item's come from the backbone's first
+    layer (pooled), so a new item's codes are the codebooks' answer for that vector."""
+    from genrec.artifacts import read_manifest
+    from genrec.index.stage import EMBEDDINGS_FILE, load_indexer
+    from genrec.llm.item_encoder import BackboneEncoder
+
+    root, ds = prepared
+    out = tmp_path / "align-l1"
+    code, _, err = cli("index", "build", "--method", "alignment", "--data", root / "data", "--embeddings",
+                       root / "emb.npy", "--out", out, "--backbone", tiny_backbone, "--levels", "2", "--codebook-size",
+                       "8", "--text-layers", "1", "--set", "epochs=2", "--set", "progress=false")
+    assert code == 0, err
+    assert read_manifest(out)["config"]["text_layers"] == 1
+    enc = BackboneEncoder(str(tiny_backbone), 1, 64, device="cpu", dtype="fp32")
+    first = ds.items.iloc[0]
+    text = f"{first['title']} {first['description']}".strip()
+    np.testing.assert_allclose(np.load(tmp_path / ".align-l1-text-l1" / EMBEDDINGS_FILE)[0], enc([text])[0], rtol=1e-5,
+                               atol=1e-6)
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"item_id": "n1", "title": "Quiet mechanical keyboard", "description": "brown switches"})
+                   + "\n")
+    code, _, err = cli("index", "assign", out, new, "--out", tmp_path / "codes.jsonl")
+    assert code == 0, err
+    row = json.loads((tmp_path / "codes.jsonl").read_text())
+    indexer, _ = load_indexer(out)
+    taken = {tuple(r) for r in np.load(out / "codes.npy").tolist()}
+    want = indexer.encode(llm=enc(["Quiet mechanical keyboard brown switches"]), taken=taken)
+    assert row["source"] == "text" and row["codes"] == [int(c) for c in want[0]]
+
+
 def test_id_level_index_builds_and_refuses_new_items(cli, prepared, tiny_backbone, tmp_path):
     root, ds = prepared
     out = tmp_path / "align-id"
@@ -121,6 +152,15 @@ def test_the_index_reads_the_text_stage(prepared, tiny_backbone, tmp_path):
     other = stage_text(data, tmp_path / "text-random", "random:32x1")
     assert not stage_index(data, tmp_path / "index", IndexSection(method="semid", config=cfg), text=other.path).skipped
     assert read_manifest(tmp_path / "index")["config"]["backbone"] == "random:32x1"
+
+    # text vectors from deeper in the backbone: a text folder of their own, named in the index's config
+    deep = stage_text(data, tmp_path / "text-l1", str(tiny_backbone), layers=1)
+    assert deep.manifest["config"] == {"backbone": str(tiny_backbone), "layers": 1}
+    assert not np.allclose(np.load(deep.path / EMBEDDINGS_FILE), np.load(text.path / EMBEDDINGS_FILE))
+    with pytest.raises(GenrecError, match="text_layers"):  # the index must ask for the depth it is given
+        stage_index(data, tmp_path / "index-l1", IndexSection(method="semid", config=cfg), text=deep.path)
+    made = stage_index(data, tmp_path / "index-l1", IndexSection(method="semid", config=cfg, text_layers=1), text=deep.path)
+    assert made.manifest["config"]["text_layers"] == 1 and "text_layers" not in first.manifest["config"]
 
     ds.save(tmp_path / "data2")  # the same items under another fingerprint: a folder that is no stage
     (tmp_path / "data2" / "extra").write_text("x")

@@ -70,6 +70,34 @@ def test_layers_zero_is_the_text_stage_vector(tiny_backbone):
     assert len(one_layer.decoder.layers) == 1 and len(model.model.layers) == 2
 
 
+def test_the_every_layer_probe_equals_the_encoder_cut_to_each_depth(tiny_backbone):
+    """One pass of `pooled(every_layer=True)` gives at depth L what `layers=L` computes, and at depth 0
+    the input-layer mean; checked against HF's own per-layer hidden states through the final norm."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genrec.llm.backbone import TextEmbedder
+
+    texts = ["red pen", "a very long description of a blue notebook with many pages", ""]
+    full = BackboneEncoder(str(tiny_backbone), max_tokens=8, batch_size=2, device="cpu", dtype="fp32")
+    depths = full.pooled(texts, every_layer=True)
+    assert depths.shape == (3, 3, 32)
+    for layers in (0, 1, 2):
+        cut = BackboneEncoder(str(tiny_backbone), layers=layers, max_tokens=8, device="cpu", dtype="fp32")
+        np.testing.assert_allclose(depths[layers], cut(texts), rtol=1e-4, atol=1e-5)
+    model = AutoModelForCausalLM.from_pretrained(tiny_backbone).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_backbone)
+    ids = tok(texts[0], add_special_tokens=False)["input_ids"][:8]
+    with torch.no_grad():
+        h1 = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
+        np.testing.assert_allclose(depths[1, 0], model.model.norm(h1).mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    assert not depths[:, 2].any()  # no text: zeros at every depth
+    # the text stage's embedder at a depth: the encoder cut there, over 64 tokens
+    items = pd.DataFrame({"title": ["red pen", "notebook"], "description": ["fine tip", ""]})
+    np.testing.assert_allclose(TextEmbedder(str(tiny_backbone), 1)(items),
+                               BackboneEncoder(str(tiny_backbone), 1, 64, device="cpu", dtype="fp32")(
+                                   ["red pen fine tip", "notebook"]), rtol=1e-6)
+
+
 def test_the_cache_encodes_only_new_or_changed_texts(tmp_path):
     items = pd.DataFrame({"title": ["a", "b", "c", "a"], "description": ["x", "y", "z", "x"]})  # items 0 and 3 share text
     enc = CountingEncoder()

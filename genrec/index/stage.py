@@ -50,15 +50,16 @@ def check_request(method: str, data: Path, embeddings: Path | None = None, confi
         load_embeddings(embeddings, Dataset.load(data).n_items)
 
 
-def text_backbone(text: Path | None, data: Path) -> str:
-    """The backbone of the text stage's folder ``text``, after checking it embeds ``data``'s items."""
+def text_encoder(text: Path | None, data: Path) -> tuple[str, int | None]:
+    """The backbone and the depth (``layers``; None: the input-layer mean) of the text stage's folder
+    ``text``, after checking it embeds ``data``'s items."""
     made = read_manifest(text) if text is not None else None
     if made is None or made.get("stage") != "text":
         raise GenrecError(f"the index needs the items' text embeddings: {text} is no text stage folder "
                           "(genrec.stages.stage_text)")
     if made["inputs"]["data"]["fingerprint"] != fingerprint(data):
         raise DataError(text, None, f"text embeddings of another dataset than {data}: rebuild them")
-    return made["config"]["backbone"]
+    return made["config"]["backbone"], made["config"].get("layers")
 
 
 def read_new_items(path: Path) -> list[dict]:
@@ -145,16 +146,21 @@ def encode_new_item(indexer, row: dict, pos: dict[str, int], taken: set[tuple[in
 
 
 def assign_new_items(index_dir: Path, new_items: Path,
-                     embed_text: Callable[[pd.DataFrame, str | None], np.ndarray]) -> list[dict]:
+                     embedder: Callable[[str | None, int | None], Callable[[pd.DataFrame], np.ndarray]]) -> list[dict]:
     """Codes for new items from a built index's codebooks, without retraining; returns one dict per
     item (item_id, codes, item_string, source). Items are encoded in file order, each unique
-    against the catalogue and the items before it. ``embed_text(items, backbone)``: the LLM
-    embeddings of a title/description frame with the index's backbone
-    (:func:`genrec.llm.backbone.item_llm_embeddings`)."""
+    against the catalogue and the items before it. ``embedder(backbone, layers)``: a function of a
+    title/description frame giving the LLM embeddings the index's text stage gave the catalogue
+    (:class:`genrec.llm.backbone.TextEmbedder`), made when the first item needs it."""
     indexer, manifest = load_indexer(index_dir)
     index = ItemIndex.load(index_dir)
-    backbone = manifest["config"].get("backbone")
-    embed = lambda items: embed_text(items, backbone)  # noqa: E731
+    made: list = []
+
+    def embed(items: pd.DataFrame) -> np.ndarray:
+        if not made:
+            made.append(embedder(manifest["config"].get("backbone"), manifest["config"].get("text_layers")))
+        return made[0](items)
+
     ids = json.loads((index_dir / "item_ids.json").read_text())
     pos = {i: k for k, i in enumerate(ids)}
     taken = {tuple(r) for r in index.codes.tolist()}

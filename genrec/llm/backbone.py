@@ -197,10 +197,37 @@ def mean_input_embeddings(texts: list[str], tokenizer, embedding: torch.Tensor, 
     return out
 
 
-def item_llm_embeddings(items, backbone: str | None = None, max_tokens: int = 256) -> np.ndarray:
-    """Items' LLM embeddings (mean input-layer embedding over title and description). The text stage
-    (:func:`genrec.stages.stage_text`) keeps a catalogue's as an artifact."""
-    model, tok = load_backbone(backbone, device="cpu", dtype="fp32")
-    emb = mean_input_embeddings(item_texts(items), tok, model.get_input_embeddings().weight, max_tokens)
-    del model
-    return emb
+#: tokens of item text read by the text stage: the input-layer mean reads more (it costs no forward pass)
+TEXT_TOKENS = {"input": 256, "hidden": 64}
+
+
+class TextEmbedder:
+    """The text stage's item vectors, as a function of a title/description frame -> float32 [N, hidden],
+    loaded on its first call and kept (new items in serving and `genrec index assign` embed like the
+    catalogue). ``layers`` None: the mean input-layer embedding over up to 256 tokens, no forward pass;
+    ``layers`` L: the mean-pooled hidden state after the backbone's first L decoder layers (and its
+    final norm) over up to 64 tokens (:class:`genrec.llm.item_encoder.BackboneEncoder`). fp32 on CPU."""
+
+    def __init__(self, backbone: str | None = None, layers: int | None = None):
+        self.backbone, self.layers = backbone, layers
+        self._fn = None
+
+    def __call__(self, items) -> np.ndarray:
+        texts = item_texts(items)
+        if self._fn is None:
+            if self.layers:
+                from genrec.llm.item_encoder import BackboneEncoder
+
+                self._fn = BackboneEncoder(self.backbone or "default", self.layers, TEXT_TOKENS["hidden"], device="cpu",
+                                           dtype="fp32")
+            else:
+                model, tok = load_backbone(self.backbone, device="cpu", dtype="fp32")
+                weight = model.get_input_embeddings().weight.detach().clone()
+                del model
+                self._fn = lambda t: mean_input_embeddings(t, tok, weight, TEXT_TOKENS["input"])
+        return self._fn(texts)
+
+
+def item_llm_embeddings(items, backbone: str | None = None, layers: int | None = None) -> np.ndarray:
+    """Items' LLM embeddings, as the text stage makes them (:class:`TextEmbedder`)."""
+    return TextEmbedder(backbone, layers)(items)

@@ -124,14 +124,27 @@ class BackboneEncoder:
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls += len(texts)
+        return self.pooled(texts)[-1]
+
+    @torch.no_grad()
+    def pooled(self, texts: list[str], every_layer: bool = False) -> np.ndarray:
+        """[1, N, hidden] mean-pooled last hidden states of ``texts`` (after the final norm); with
+        ``every_layer``, [layers + 1, N, hidden]: row 0 the mean input-layer embedding, row L the final
+        norm of layer L's output pooled, which is what ``layers=L`` gives (a probe of all depths in one
+        pass)."""
         from genrec.llm.backbone import mean_input_embeddings, text_ids
 
-        self.calls += len(texts)
-        if self.input_only:
-            return mean_input_embeddings(texts, self.tok, self.decoder.get_input_embeddings().weight, self.max_tokens)
+        if self.input_only or every_layer:
+            first = mean_input_embeddings(texts, self.tok, self.decoder.get_input_embeddings().weight, self.max_tokens)
+            if self.input_only:
+                return first[None]
         ids = [text_ids(self.tok, t, self.max_tokens) for t in texts]
         hidden = self.decoder.config.hidden_size
-        out = np.zeros((len(texts), hidden), dtype=np.float32)
+        depth = len(self.decoder.layers) + 1 if every_layer else 1
+        out = np.zeros((depth, len(texts), hidden), dtype=np.float32)
+        if every_layer:
+            out[0] = first
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: little padding
         order = [i for i in order if ids[i]]  # no text: a zero vector
         for lo in range(0, len(order), self.batch_size):
@@ -142,9 +155,18 @@ class BackboneEncoder:
             for r, i in enumerate(rows):  # right padding: a causal model's real tokens never see it
                 x[r, : len(ids[i])] = torch.tensor(ids[i])
                 mask[r, : len(ids[i])] = 1
-            h = self.decoder(input_ids=x.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state.float()
-            m = mask.to(h.device).unsqueeze(-1).float()
-            out[rows] = ((h * m).sum(1) / m.sum(1)).cpu().numpy()
+            inner: list[torch.Tensor] = []  # every layer's output but the last, through hooks
+            hooks = [layer.register_forward_hook(lambda _m, _i, o, keep=inner: keep.append(o[0] if isinstance(o, tuple) else o))
+                     for layer in self.decoder.layers[:-1]] if every_layer else []
+            try:
+                last = self.decoder(input_ids=x.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            finally:
+                for h in hooks:
+                    h.remove()
+            states = [self.decoder.norm(h) for h in inner] + [last]  # the last state has the final norm already
+            m = mask.to(self.device).unsqueeze(-1).float()
+            for d, h in enumerate(states, start=depth - len(states)):
+                out[d, rows] = ((h.float() * m).sum(1) / m.sum(1)).cpu().numpy()
         return out
 
 

@@ -88,15 +88,14 @@ class Catalog:
 
     # new items --------------------------------------------------------------------------
     def _text_embed(self, items, manifest: dict) -> np.ndarray:
-        """LLM embeddings of new items' text; the backbone's input embeddings are loaded once."""
-        from genrec.llm.backbone import item_texts, load_backbone, mean_input_embeddings
+        """LLM embeddings of new items' text, as the index's text stage made the catalogue's; the
+        embedder is loaded once."""
+        from genrec.llm.backbone import TextEmbedder
 
         if self._embedder is None:
-            model, tok = load_backbone(self.backbone or manifest["config"].get("backbone"), device="cpu", dtype="fp32")
-            self._embedder = (tok, model.get_input_embeddings().weight.detach().clone())
-            del model
-        tok, weight = self._embedder
-        return mean_input_embeddings(item_texts(items), tok, weight, 256)
+            cfg = manifest["config"]
+            self._embedder = TextEmbedder(self.backbone or cfg.get("backbone"), cfg.get("text_layers"))
+        return self._embedder(items)
 
     def add(self, row: dict) -> dict:
         """Codes for a new item from the codebooks, persisted in the store. Raises ValueError
