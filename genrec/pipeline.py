@@ -84,11 +84,11 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
         if until is not None:
             raise GenrecError(f"the config has no index section: nothing to build up to {until!r}")
         return
-    from genrec.index.stage import NEEDS_BEHAVIOUR, NEEDS_LLM
+    from genrec.index.stage import NEEDS_LLM, needs_behaviour
 
     data = run_dir / "data"
     emb = None
-    if cfg.index.method in NEEDS_BEHAVIOUR:
+    if needs_behaviour(cfg.index.method, cfg.index.config):
         cf = cfg.cf or CFSection()
         res = stage_cf(data, run_dir / "cf" / cf.model, cf, seed=cfg.seed, force=force)
         note(f"cf:{cf.model}", res)

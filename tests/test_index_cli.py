@@ -119,6 +119,13 @@ def test_bad_requests_are_clear(cli, prepared, tmp_path):
     root, _ = prepared
     code, _, err = cli("index", "build", "--method", "alignment", "--data", root / "data", "--out", tmp_path / "x")
     assert code == 2 and "needs behaviour embeddings" in err
+    # RQ-KMeans on behaviour (SemID with input behaviour) needs them too; on text it does not
+    code, _, err = cli("index", "build", "--method", "semid", "--data", root / "data", "--out", tmp_path / "x",
+                       "--set", "input=behaviour")
+    assert code == 2 and "needs behaviour embeddings" in err
+    from genrec.index.stage import needs_behaviour
+
+    assert needs_behaviour("alignment") and not needs_behaviour("semid") and not needs_behaviour("semid", {"input": "llm"})
     code, _, err = cli("index", "build", "--method", "nope", "--data", root / "data", "--out", tmp_path / "x")
     assert code == 2 and "unknown indexer" in err
     np.save(tmp_path / "bad.npy", np.zeros((3, 4)))

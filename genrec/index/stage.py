@@ -26,6 +26,12 @@ NEEDS_BEHAVIOUR = {"alignment", "rqvae"}
 EMBEDDINGS_FILE = "item_embeddings.npy"
 
 
+def needs_behaviour(method: str, config: dict | None = None) -> bool:
+    """Whether the indexer ``method`` with ``config`` reads behaviour embeddings (``NEEDS_BEHAVIOUR``, and
+    SemID when it quantises them: RQ-KMeans on behaviour)."""
+    return method in NEEDS_BEHAVIOUR or (method == "semid" and (config or {}).get("input") == "behaviour")
+
+
 def load_embeddings(path: str | Path, n_items: int) -> np.ndarray:
     """Behaviour embeddings from a cf artifact folder or a .npy file, checked against the catalogue."""
     path = Path(path)
@@ -43,7 +49,7 @@ def check_request(method: str, data: Path, embeddings: Path | None = None, confi
     embeddings) before any work, the text stage's backbone loading before it included."""
     from genrec.index.registry import make_indexer
 
-    if method in NEEDS_BEHAVIOUR and embeddings is None:
+    if needs_behaviour(method, config) and embeddings is None:
         raise GenrecError(f"the {method} indexer needs behaviour embeddings: pass --embeddings (a `genrec cf train` output)")
     make_indexer(method, config)
     if embeddings is not None:
