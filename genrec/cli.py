@@ -749,6 +749,8 @@ def cache_build(
     chunk_users: Annotated[int, typer.Option(help="users written per transaction (the unit of resuming)")] = 64,
     pop_alpha: Annotated[float, typer.Option(help="popularity adjustment of the ranking (the evaluate stage's pick is in its "
                                                    "metrics.json)")] = 0.0,
+    precision: Annotated[str | None, typer.Option(help="decoding arithmetic: auto, fp32, bf16 or int8 (as `genrec "
+                                                       "evaluate`); default the model's own training dtype")] = None,
     progress: Annotated[bool, typer.Option(help="progress bar")] = True,
 ) -> None:
     """Decode every user's top-K and switch the store to the new cache atomically. Rerun after a
@@ -762,7 +764,11 @@ def cache_build(
         raise GenrecError("--model (or --config) is needed to decode the cache")
     if min(k, beams, batch_users, chunk_users) < 1:
         raise GenrecError("--k, --beams, --batch-users and --chunk-users must be at least 1")
-    cfg = CacheSection(k=k, beams=beams, batch_users=batch_users, chunk_users=chunk_users, pop_alpha=pop_alpha)
+    from genrec.decode.recommender import check_precision
+
+    check_precision(precision, "--precision")
+    cfg = CacheSection(k=k, beams=beams, batch_users=batch_users, chunk_users=chunk_users, pop_alpha=pop_alpha,
+                       precision=precision)
     say = (lambda m: typer.echo(m, err=True)) if launch_rank()[0] == 0 else (lambda m: None)
     stage_cache(model, index, data, store, cfg, users=users, progress=progress, echo=say)
 
@@ -822,8 +828,8 @@ def _serve(index: Path, data: Path, store: str, model: Path | None = None, decod
            self_check: bool = False, decode_queue: int = 8, store_timeout_ms: float = 50.0,
            store_retry_ms: float = 250.0) -> None:
     """Start the API (blocking). ``self_check``: once it is up, request one user's list and print it.
-    With ``model``, cache misses are decoded with the settings (beams, popularity adjustment) of
-    the active cache's build, else beam 20 without adjustment."""
+    With ``model``, cache misses are decoded with the settings (beams, popularity adjustment,
+    precision) of the active cache's build, else beam 20 without adjustment."""
     import os
     import threading
 
@@ -842,7 +848,8 @@ def _serve(index: Path, data: Path, store: str, model: Path | None = None, decod
 
         built = act or {}
         typer.echo(f"loading the decoder from {model} ...", err=True)
-        rec = DecodeProcess(model, index, data, store, beams=built.get("beams", 20), pop_alpha=built.get("pop_alpha", 0.0))
+        rec = DecodeProcess(model, index, data, store, beams=built.get("beams", 20), pop_alpha=built.get("pop_alpha", 0.0),
+                            precision=built.get("precision"))
     token = os.environ.get(admin_token_env) or None
     app_ = create_app(st, catalog, admin_token=token, recommender=rec, decode_budget_ms=decode_budget_ms,
                       decode_queue=decode_queue, max_k=max_k, store_timeout_ms=store_timeout_ms,

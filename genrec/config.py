@@ -99,6 +99,8 @@ class CacheSection(BaseModel):
     pop_alpha: float | Literal["evaluate"] = Field(
         "evaluate", description="popularity adjustment of the cached rankings: a value, or 'evaluate': the one the "
                                 "evaluate stage picked on validation (0 without an evaluate stage)")
+    precision: Literal["auto", "fp32", "bf16", "int8"] | None = Field(
+        None, description="decoding arithmetic (as `genrec evaluate --precision`); None: the model's training dtype")
 
 
 class RunConfig(BaseModel):

@@ -553,6 +553,7 @@ def stage_cache(
         if unknown:
             raise DataError(users, f"user {unknown[0]!r}", f"expected user ids of {data} ({len(unknown)} unknown)")
     summary = build_cache(store, catalog, model, chosen, k=cfg.k, beams=cfg.beams, batch_users=cfg.batch_users,
-                          chunk_users=cfg.chunk_users, progress=progress, echo=echo, pop_alpha=float(alpha))
+                          chunk_users=cfg.chunk_users, progress=progress, echo=echo, pop_alpha=float(alpha),
+                          precision=cfg.precision)
     manifest = {"stage": "cache", "wall_seconds": summary["seconds"], "metrics": summary, "store": store.url}
     return StageResult(Path(store.url), manifest, skipped=summary["skipped"])

@@ -189,6 +189,30 @@ def test_a_popularity_adjusted_cache_equals_the_adjusted_decoder_and_is_another_
         assert decode_row(rows[ds.user_ids[u]])[0] == [ids[i] for i in res.items[0] if i >= 0]
 
 
+def test_an_int8_cache_equals_the_int8_decoder_and_is_another_version(run, tmp_path, cli):
+    from genrec.data.dataset import Dataset
+    from genrec.decode.recommender import GenerativeRecommender
+
+    assert build(run, tmp_path / "c.db", cli=cli)[0] == 0
+    plain = open_store(tmp_path / "c.db").active()["version"]
+    code, _, err = build(run, tmp_path / "c.db", "--precision", "int8", cli=cli)
+    assert code == 0, err
+    st = open_store(tmp_path / "c.db")
+    assert st.active()["version"] != plain and st.active()["precision"] == "int8"
+    ds = Dataset.load(run / "data")
+    ids = json.loads((run / "index" / "item_ids.json").read_text())
+    rec = GenerativeRecommender.load(run / "model", run / "index", device="cpu", beams=10, batch_users=4,
+                                     precision="int8", popularity=ds.item_popularity(), exclude_history=True)
+    rows = st.rows()
+    # int8 quantises activations per batch, so its lists depend on the batch: decode the build's first chunk
+    res = rec.rank_scored([ds.sequences[u] for u in range(4)], 10)
+    for u in range(4):
+        assert decode_row(rows[ds.user_ids[u]])[0] == [ids[i] for i in res.items[u] if i >= 0]
+    code, _, err = build(run, tmp_path / "c.db", "--precision", "fp16", cli=cli)
+    assert code == 2 and "--precision 'fp16'" in err and open_store(tmp_path / "c.db").active()["version"] == \
+        st.active()["version"]
+
+
 def test_kill_9_during_cache_build_then_rerun_gives_the_uninterrupted_cache(run, tmp_path):
     code, _, err = build(run, tmp_path / "whole.db")
     assert code == 0, err

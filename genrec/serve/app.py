@@ -269,12 +269,13 @@ class DecodeThread:
 _worker_rec = None  # in a DecodeProcess's child: its decoder
 
 
-def _worker_load(model, index, data, store, beams, pop_alpha) -> None:
+def _worker_load(model, index, data, store, beams, pop_alpha, precision=None) -> None:
     global _worker_rec
     from genrec.serve.cache import load_decoder
     from genrec.serve.store import open_store
 
-    _worker_rec = load_decoder(model, Catalog(index, data, open_store(store)), beams=beams, batch_users=1, pop_alpha=pop_alpha)
+    _worker_rec = load_decoder(model, Catalog(index, data, open_store(store)), beams=beams, batch_users=1, pop_alpha=pop_alpha,
+                               precision=precision)
 
 
 def _worker_items() -> int:
@@ -290,11 +291,11 @@ class DecodeProcess:
     build's) loaded in one child process, so decoding never holds the server's interpreter lock
     and cache hits only share the CPU with it. Returns once the model is loaded."""
 
-    def __init__(self, model, index, data, store: str, beams: int, pop_alpha: float):
+    def __init__(self, model, index, data, store: str, beams: int, pop_alpha: float, precision: str | None = None):
         import multiprocessing
 
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_worker_load, initargs=(model, index, data, store, beams, pop_alpha))
+                                        initializer=_worker_load, initargs=(model, index, data, store, beams, pop_alpha, precision))
         try:
             self.n_items = self.pool.submit(_worker_items).result()
         except BrokenProcessPool:

@@ -36,13 +36,14 @@ def cache_version(model_dir: Path, catalog: Catalog, users: Sequence[str], setti
 
 
 def load_decoder(model_dir: str | Path, catalog: Catalog, beams: int = 20, batch_users: int = 8, pop_alpha: float = 0.0,
-                 device: str = "auto"):
+                 device: str = "auto", precision: str | None = None):
     """The decoder a cache build ranks with, over the catalogue with its added items (their last
     codes backed off to their siblings'), the popularity adjustment, and the user's history left out
-    on data without repeats. `genrec serve --decode` decodes cache misses with it too."""
+    on data without repeats, in ``precision`` (None: the model's training dtype). `genrec serve
+    --decode` decodes cache misses with it too."""
     from genrec.decode.recommender import GenerativeRecommender
 
-    return GenerativeRecommender.load(model_dir, catalog.extended_index(), device=device, beams=beams,
+    return GenerativeRecommender.load(model_dir, catalog.extended_index(), device=device, beams=beams, precision=precision,
                                       batch_users=batch_users, cold_from=catalog.n_catalogue, pop_alpha=pop_alpha,
                                       popularity=catalog.ds.item_popularity(), exclude_history=not catalog.ds.has_repeats())
 
@@ -60,10 +61,12 @@ def build_cache(
     progress: bool = True,
     echo: Callable[[str], None] = print,
     pop_alpha: float = 0.0,
+    precision: str | None = None,
 ) -> dict:
     """Build (or finish) the cache of ``users`` (default: every user of the dataset) and activate it.
     ``pop_alpha``: the popularity adjustment of the ranking (as the evaluate stage's, over the
-    training popularity; added items count 0). Returns a summary: version, users, chunks decoded
+    training popularity; added items count 0). ``precision``: the decoding arithmetic
+    (:func:`genrec.decode.recommender.inference_precision`; None: the model's training dtype). Returns a summary: version, users, chunks decoded
     by this process, seconds."""
     from genrec.device import launch_rank
 
@@ -79,6 +82,8 @@ def build_cache(
     settings = {"k": k, "beams": beams, "batch_users": batch_users, "chunk_users": chunk_users}
     if pop_alpha:  # absent at 0, so caches built before the setting keep their versions
         settings["pop_alpha"] = pop_alpha
+    if precision is not None:  # likewise; another arithmetic gives other lists, so another version
+        settings["precision"] = precision
     version = cache_version(model_dir, catalog, users, settings)
     active = store.active()
     if active is not None and active["version"] == version:
@@ -99,7 +104,7 @@ def build_cache(
     if mine:
         from tqdm.auto import tqdm
 
-        rec = load_decoder(model_dir, catalog, beams, batch_users, pop_alpha, device)
+        rec = load_decoder(model_dir, catalog, beams, batch_users, pop_alpha, device, precision)
         loaded = time.time() - start
         bar = tqdm(total=sum(len(chunks[c]) for c in mine), unit="user", desc=f"cache [rank {rank}]",
                    disable=not progress)
