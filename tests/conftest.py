@@ -125,6 +125,34 @@ def recipe_run(tiny_backbone, tmp_path_factory):
     return root / "run"
 
 
+@pytest.fixture(scope="session")
+def query_run(tiny_backbone, tmp_path_factory):
+    """A finished `genrec run` of the recipe's prompt form with the ``seq_query`` task beside ``seq``
+    (requests in words, the first position of each sequence with no history) on a tiny synthetic
+    shop, without distillation or model selection: the run folder. Read-only for the tests that share it."""
+    import yaml
+
+    from genrec.cli import main
+
+    root = tmp_path_factory.mktemp("query")
+    cfg = {
+        "name": "query", "run_dir": str(root / "run"), "seed": 0,
+        "data": {"source": "synth", "synth": {"n_users": 40, "n_items": 24, "seed": 4}, "prepare": {"kcore": 2}},
+        "baselines": [], "backbone": str(tiny_backbone),
+        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
+        "index": {"method": "alignment", "config": {"levels": 2, "codebook_size": 8, "epochs": 2, "progress": False}},
+        "tasks": {"tasks": ["seq", "seq_query"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
+        "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 3e-3,
+                  "code_init": "scaled", "untie_codes": True, "code_lr": 1e-2, "epochs": 2, "batch_size": 8,
+                  "save_every": 1000, "task_fraction": {"seq_query": 0.5}},
+        "decode": {"beams": 5, "batch_users": 8},
+    }
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    return root / "run"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: intra-op threads only add contention on a busy 2-core machine (restored after)."""

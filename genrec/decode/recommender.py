@@ -1,7 +1,8 @@
 """The fine-tuned LLM as a recommender: sequential prompt -> constrained beam search -> items.
 
 It has ``rank(histories, users, k)``, so it goes through the same evaluator as every baseline,
-and ``recommend(history, k)`` over the dataset's own item ids. ``save_pretrained(folder)`` writes
+and ``recommend(history, k, query=None)`` over the dataset's own item ids: with a request in words
+when the model was trained with the ``seq_query`` task (its corpus meta lists the tasks). ``save_pretrained(folder)`` writes
 one self-contained folder (model settings and weights, corpus meta, decoding settings and the
 index with its item ids, no pickle) that ``from_pretrained(folder)`` loads.
 """
@@ -27,7 +28,7 @@ class GenerativeRecommender:
     def __init__(self, lm, tokenizer, index: ItemIndex, beams: int = 20, batch_users: int = 8, max_history: int = 20,
                  cold_from: int | None = None, layout: str = "per_prefix", prompt: str = "chat",
                  pop_alpha: float = 0.0, popularity: np.ndarray | None = None, exclude_history: bool = False,
-                 item_ids: list | None = None, precision: str | None = None):
+                 item_ids: list | None = None, precision: str | None = None, query_max_chars: int | None = None):
         """``cold_from``: items from this index on were added after training (their unseen last
         codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`).
         ``layout`` and ``prompt``: the sequential layout and prompt form ('chat', 'plain' or 'codes') the
@@ -38,7 +39,10 @@ class GenerativeRecommender:
         history items never come out (they take no beam slot), as the evaluator's masking wants.
         ``item_ids``: the dataset's id of each item index (what :meth:`recommend` takes and gives).
         ``precision``: the decoding arithmetic (see :func:`inference_precision`); None: the dtype the
-        model computes in (its training ``dtype``, ``auto`` by default)."""
+        model computes in (its training ``dtype``, ``auto`` by default). ``query_max_chars``: set when
+        the model was trained with the ``seq_query`` task (the length its requests were cut to, which
+        a request is cut to as well); None: it takes no request (:meth:`load` reads it from the
+        model folder's ``corpus_meta.json``)."""
         from genrec.llm.encode import PromptFormat
 
         self.lm = lm.eval()
@@ -61,6 +65,7 @@ class GenerativeRecommender:
         if item_ids is not None and len(item_ids) != index.n_items:
             raise GenrecError(f"{len(item_ids)} item ids for an index of {index.n_items} items")
         self.item_ids = None if item_ids is None else list(item_ids)
+        self.query_max_chars = query_max_chars
         self._positions: dict | None = None
         self.model_dir: Path | None = None  # the folder the weights came from (load), which save_pretrained copies
         self.trie = TrieTensors.of(index.trie(self.fmt.items), self.decoder.device, cold, weight)
@@ -92,6 +97,7 @@ class GenerativeRecommender:
         raw.pop("new_tokens", None)
         layout = raw.pop("layout", None) or _corpus_layout(model_dir)
         prompt = raw.pop("prompt", "chat")
+        kw.setdefault("query_max_chars", query_capacity(model_dir))
         cfg = LLMTrainConfig.model_validate(raw)
         if not isinstance(index, ItemIndex):
             if kw.get("item_ids") is None and (Path(index) / ITEM_IDS_FILE).is_file():
@@ -175,47 +181,84 @@ class GenerativeRecommender:
             out.append(k)
         return np.asarray(out, dtype=np.int64)
 
-    def recommend(self, history: list, k: int = 10) -> list[tuple[object, float]]:
-        """The top ``k`` items after ``history`` (the dataset's item ids, oldest first) as (item
-        id, log-probability) pairs, best first; history items are left out if ``exclude_history``."""
-        return self.recommend_batch([history], k)[0]
+    def recommend(self, history: list, k: int = 10, query: str | None = None) -> list[tuple[object, float]]:
+        """The top ``k`` items after ``history`` (the dataset's item ids, oldest first; may be empty)
+        as (item id, log-probability) pairs, best first; history items are left out if
+        ``exclude_history``. ``query``: a request in words ("a quiet mechanical keyboard"), which the
+        items are decoded conditioned on too (a model trained with the ``seq_query`` task only; with
+        an empty history: a cold user)."""
+        return self.recommend_batch([history], k, None if query is None else [query])[0]
 
-    def recommend_batch(self, histories: list[list], k: int = 10) -> list[list[tuple[object, float]]]:
-        """:meth:`recommend` for each history, decoded ``batch_users`` at a time. Beam search keeps
-        at least ``k`` beams (``max(beams, k)``), so a list is shorter than ``k`` only when fewer
-        items are left to recommend."""
+    def recommend_batch(self, histories: list[list], k: int = 10,
+                        queries: list[str | None] | None = None) -> list[list[tuple[object, float]]]:
+        """:meth:`recommend` for each history (and its request in ``queries``, None for none),
+        decoded ``batch_users`` at a time. Beam search keeps at least ``k`` beams (``max(beams,
+        k)``), so a list is shorter than ``k`` only when fewer items are left to recommend."""
         hist = [self.item_positions(h) for h in histories]
         if not hist:
             return []
-        res = self.rank_scored(hist, k, max(self.beams, k))
+        res = self.rank_scored(hist, k, max(self.beams, k), queries)
         return [[(self.item_ids[int(i)], float(s)) for i, s in zip(items, scores, strict=True) if i >= 0]
                 for items, scores in zip(res.items, res.scores, strict=True)]
 
-    def prompts(self, histories: list[np.ndarray]) -> list[list[int]]:
-        return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history, self.layout) for h in histories]
+    def clean_queries(self, queries: list[str | None] | None, n: int) -> list[str | None]:
+        """``queries`` as the model reads them (:func:`genrec.llm.tasks.clean_query`), one per history
+        (None: no request). Raises GenrecError for a model trained without the ``seq_query`` task, a
+        request that is not a string or is blank, or a count other than ``n``."""
+        from genrec.llm.tasks import clean_query
 
-    def rank_scored(self, histories: list[np.ndarray], k: int, beams: int | None = None) -> BeamResult:
-        """Top-``k`` items per history with their log-probabilities, best first (-1 / -inf pad a
-        list with fewer than k items). ``beams``: instead of ``self.beams``."""
+        if queries is None:
+            return [None] * n
+        if len(queries) != n:
+            raise GenrecError(f"{len(queries)} queries for {n} histories: one per history (None for none)")
+        if any(q is not None for q in queries) and self.query_max_chars is None:
+            where = f" ({self.model_dir})" if self.model_dir is not None else ""
+            raise GenrecError(f"this model{where} was not trained to take a request in words: its corpus has no "
+                              "seq_query task. Retrain with tasks.tasks including seq_query, or ask without query")
+        out = []
+        for q in queries:
+            if q is not None and not isinstance(q, str):
+                raise GenrecError(f"query {q!r}: expected a string")
+            c = None if q is None else clean_query(q, self.query_max_chars)
+            if q is not None and not c:
+                raise GenrecError("query: a blank request (leave it out to recommend from the history alone)")
+            out.append(c)
+        return out
+
+    def prompts(self, histories: list[np.ndarray], queries: list[str | None] | None = None) -> list[list[int]]:
+        """Each history's prompt: the sequential task's, or with a request (``queries``) the
+        ``seq_query`` task's (:meth:`genrec.llm.encode.PromptFormat.query_prompt`)."""
+        queries = self.clean_queries(queries, len(histories))
+        return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history, self.layout) if q is None
+                else self.fmt.query_prompt([int(i) for i in h], q, self.max_history)
+                for h, q in zip(histories, queries, strict=True)]
+
+    def rank_scored(self, histories: list[np.ndarray], k: int, beams: int | None = None,
+                    queries: list[str | None] | None = None) -> BeamResult:
+        """Top-``k`` items per history (and request, see :meth:`prompts`) with their
+        log-probabilities, best first (-1 / -inf pad a list with fewer than k items). ``beams``:
+        instead of ``self.beams``."""
         from genrec.llm.train import autocast
 
+        prompts = self.prompts(histories, queries)
         with autocast(self.decoder.device, self.dtype):
-            return rank_prompts(self.decoder, self.prompts(histories), self.trie, beams or self.beams, k, self.batch_users,
+            return rank_prompts(self.decoder, prompts, self.trie, beams or self.beams, k, self.batch_users,
                                 self.pop_alpha, histories if self.exclude_history else None)
 
     def rank(self, histories: list[np.ndarray], users: np.ndarray, k: int) -> np.ndarray:
         """Top-``k`` items per history, best first (-1 pads a list with fewer than k items)."""
         return self.rank_scored(histories, k).items
 
-    def score_items(self, histories: list[np.ndarray], items: np.ndarray) -> np.ndarray:
-        """Log-probability of each given item's codes after each history's prompt, [U, K] for
-        ``items`` [U, K] (-1 pads: -inf); the score beam search ranks by. ``batch_users`` users
-        at a time, grouped by prompt length."""
+    def score_items(self, histories: list[np.ndarray], items: np.ndarray,
+                    queries: list[str | None] | None = None) -> np.ndarray:
+        """Log-probability of each given item's codes after each history's prompt (and request, see
+        :meth:`prompts`), [U, K] for ``items`` [U, K] (-1 pads: -inf); the score beam search ranks
+        by. ``batch_users`` users at a time, grouped by prompt length."""
         from genrec.decode.beam import score_sequences
         from genrec.llm.train import autocast
 
         items = np.asarray(items, dtype=np.int64)
-        prompts = self.prompts(histories)
+        prompts = self.prompts(histories, queries)
         width = max(len(t) for t in self.fmt.items)
         seqs = np.full((*items.shape, width), -1, dtype=np.int64)
         for (u, j), i in np.ndenumerate(items):
@@ -276,6 +319,14 @@ def inference_precision(lm, precision: str | None = None):
                       "decoding in fp32", stacklevel=3)
         return precision, torch.float32, None
     return precision, pick_dtype(device, precision), None
+
+
+def query_capacity(model_dir: Path) -> int | None:
+    """The request length (characters) a model folder's corpus cut its ``seq_query`` requests to, or
+    None when it was trained without that task (or before corpora listed their tasks)."""
+    meta = Path(model_dir) / "corpus_meta.json"
+    meta = json.loads(meta.read_text()) if meta.is_file() else {}
+    return int(meta.get("query_max_chars", 300)) if "seq_query" in meta.get("tasks", []) else None
 
 
 def _corpus_layout(model_dir: Path) -> str:

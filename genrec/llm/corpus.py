@@ -192,6 +192,8 @@ def build_corpus(
         "max_length": max_length,
         "layout": cfg.layout,
         "prompt": cfg.prompt,
+        "tasks": list(train.task_names),  # what a model trained on it can be asked (a request: seq_query)
+        **({"query_max_chars": cfg.max_review_chars} if "seq_query" in train.task_names else {}),
         "item_tokens": fmt.items,  # saved as item_tokens.npy: what the trie of valid items is built from
     }
     return train, valid, info

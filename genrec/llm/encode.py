@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from genrec.index.base import ItemIndex
 from genrec.llm.backbone import text_ids
-from genrec.llm.tasks import SEQ_TEMPLATES, Sample
+from genrec.llm.tasks import QUERY_CLOSE, QUERY_OPEN, SEQ_TEMPLATES, Sample, query_parts
 
 IGNORE = -100
 SYSTEM_PROMPT = "You are a recommender system. Items are written as codes."
@@ -96,6 +96,8 @@ class PromptFormat:
         return text_ids(self.tok, str(value))
 
     def encode(self, sample: Sample) -> Encoded:
+        if sample.task == "seq_query":
+            return self._encode_query(sample)
         if self.codes_only and sample.task in SEQ_TASKS:
             ids = list(self.start)
             labels = [IGNORE] * len(ids)
@@ -143,3 +145,33 @@ class PromptFormat:
         if layout == "all_positions":
             return ids + self._template(", ") if len(history) else ids
         return ids + self._template(". " + tail) + self.user_suffix
+
+    def query_prompt(self, history: list[int], query: str, max_history: int = 20) -> list[int]:
+        """The inference prompt of the ``seq_query`` task (what precedes the target's tokens in
+        training): the last ``max_history`` history items (none: a cold user) and the request, which
+        is data (tokenized with ``split_special_tokens``: never a control or code token). ``codes``:
+        the start token, the history's codes back to back, then ``QUERY_OPEN`` request ``QUERY_CLOSE``
+        as text; ``plain`` / ``chat``: the sample's text (:func:`genrec.llm.tasks.query_parts`) in the
+        user turn. ``query`` is taken as given (see :func:`genrec.llm.tasks.clean_query`)."""
+        hist = [int(i) for i in history][-max_history:] if max_history else []
+        if self.codes_only:
+            return (list(self.start) + [t for i in hist for t in self.items[i]] + self._template(QUERY_OPEN)
+                    + text_ids(self.tok, query) + self._template(QUERY_CLOSE))
+        ids = list(self.user_prefix)
+        for kind, value, _ in query_parts(hist, query, 0)[:-1]:
+            ids += self._part(kind, value)
+        return ids + self.user_suffix
+
+    def _encode_query(self, sample: Sample) -> Encoded:
+        """A ``seq_query`` sample: :meth:`query_prompt`, then the target's tokens (and the end token
+        in the text forms, as every chat target)."""
+        history = [int(v) for k, v, loss in sample.parts if k == "i" and not loss]
+        query = next(str(v) for k, v, _ in sample.parts if k == "d")
+        (target,) = sample.targets()
+        ids = self.query_prompt(history, query, len(history))
+        labels = [IGNORE] * len(ids) + list(self.items[target])
+        ids += self.items[target]
+        if not self.codes_only and self.eos is not None:
+            ids.append(self.eos)
+            labels.append(self.eos)
+        return Encoded(ids, labels)

@@ -15,7 +15,14 @@ Tasks, each with several paraphrased templates:
   compute their shared prompt once;
 - ``title2item`` / ``item2title``: an item's title and description -> its codes, and back;
 - ``query``: a user's review of an item -> the item (``query-review``), or, where the data has no
-  reviews, a query built from the item's attributes (``query-attr``, labelled as such).
+  reviews, a query built from the item's attributes (``query-attr``, labelled as such);
+- ``seq_query``: a request in words conditioned on the history: for every position of a user's
+  training sequence, the items before it (none at the first position: a cold user) and a query
+  describing the item at it (its review where the data has one, else a phrasing of its
+  attributes, see :func:`item_query`) -> that item. One target per sample (the query describes
+  that item alone), so these samples are per-prefix in either layout; ``train.task_fraction``
+  takes a share of them per epoch. :meth:`genrec.llm.encode.PromptFormat.query_prompt` is the
+  prompt, the same in training and decoding.
 
 Only the training part of the split is used: no validation or test item is ever a target, and
 a review is used only for an interaction in the training part. Two layouts for ``seq``:
@@ -64,6 +71,14 @@ QUERY_ATTR_TEMPLATES = [
     ("I am looking for ", ". Which item should I get?"),
     ("Recommend an item for this request: ", ""),
 ]
+# seq_query: "Purchase history: <items>\nRequest: <query>\nRecommended item: <target>" (the history
+# part left out for an empty history; the codes form keeps only the history's codes and the request).
+# The query is whitespace-normalised (clean_query), so it never holds the newline that opens both
+# separators: no query text can pose as the end of the request.
+QUERY_HISTORY = "Purchase history: "
+QUERY_OPEN = "\nRequest: "
+QUERY_CLOSE = "\nRecommended item: "
+QUERY_PHRASINGS = ("attributes", "category", "brand", "title_words")
 
 
 class TaskConfig(BaseModel):
@@ -71,7 +86,7 @@ class TaskConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: list[Literal["seq", "neg", "title2item", "item2title", "query"]] = Field(
+    tasks: list[Literal["seq", "neg", "title2item", "item2title", "query", "seq_query"]] = Field(
         default_factory=lambda: ["seq", "neg", "title2item", "item2title", "query"]
     )
     layout: Literal["per_prefix", "all_positions"] = "per_prefix"
@@ -98,7 +113,13 @@ class TaskConfig(BaseModel):
         "the model was trained on",
     )
     max_description_chars: int = Field(300, ge=0)
-    max_review_chars: int = Field(300, ge=1)
+    max_review_chars: int = Field(300, ge=1, description="a review or request is cut to this many characters")
+    query_phrasings: list[Literal["attributes", "category", "brand", "title_words"]] = Field(
+        default_factory=lambda: list(QUERY_PHRASINGS), min_length=1,
+        description="seq_query on data without reviews: how a target item's request is phrased, one drawn per sample "
+        "('attributes': its category and brand, as query-attr; 'category' or 'brand' alone; 'title_words': a few "
+        "words of its title); a phrasing the item has nothing for falls back to the next that has",
+    )
     seed: int = 0
 
 
@@ -151,14 +172,58 @@ def _text(dataset: Dataset, i: int, max_desc: int) -> str:
     return f"{title}. {desc}".strip(". ").strip() if desc else title
 
 
-def _attribute_query(dataset: Dataset, i: int) -> str:
+def _leaf_category(row) -> str:
+    cats = [c.strip() for c in str(row.get("categories", "") or "").split(",") if c.strip()]
+    return cats[-1].lower() if cats else ""
+
+
+def attribute_query(dataset: Dataset, i: int) -> str:
+    """A request built from item ``i``'s attributes only (leaf category and brand; never its id or
+    title): "a <category> item by <brand>", or the part it has, or "" for neither. The query task's
+    ``query-attr`` samples and the held-out requests of ``benchmarks/query.py``."""
     row = dataset.items.iloc[i]
-    cats = [c.strip() for c in str(row["categories"]).split(",") if c.strip()]
-    what = cats[-1] if cats else ""
-    brand = str(row["brand"]).strip()
+    what = _leaf_category(row)
+    brand = " ".join(str(row.get("brand", "") or "").split())
     if what and brand:
-        return f"a {what.lower()} item by {brand}"
-    return f"a {what.lower()} item" if what else (f"something by {brand}" if brand else "")
+        return f"a {what} item by {brand}"
+    return f"a {what} item" if what else (f"something by {brand}" if brand else "")
+
+_STOP = frozenset("a an and the of for with in on to by from or x".split())
+
+
+def item_query(dataset: Dataset, i: int, phrasing: str, rng: np.random.Generator) -> str:
+    """A request for item ``i`` phrased as ``phrasing`` (see ``TaskConfig.query_phrasings``), from
+    its attributes and title words only; a phrasing it has nothing for falls back to the next one
+    (cyclically); "" when it has nothing at all."""
+    row = dataset.items.iloc[i]
+    order = QUERY_PHRASINGS[QUERY_PHRASINGS.index(phrasing):] + QUERY_PHRASINGS[: QUERY_PHRASINGS.index(phrasing)]
+    for p in order:
+        if p == "attributes":
+            q = attribute_query(dataset, i)
+        elif p == "category":
+            q = _leaf_category(row)
+        elif p == "brand":
+            q = " ".join(str(row.get("brand", "") or "").split())
+        else:
+            words = [w for w in str(row.get("title", "") or "").lower().replace(",", " ").split()
+                     if w.isalpha() and w not in _STOP]
+            n = min(len(words), int(rng.integers(2, 5)))
+            q = " ".join(words[k] for k in sorted(rng.choice(len(words), size=n, replace=False))) if n else ""
+        if q:
+            return q
+    return ""
+
+
+def clean_query(text: str, max_chars: int) -> str:
+    """A request as the model reads it: whitespace runs (newlines too) as one space, cut to ``max_chars``."""
+    return " ".join(str(text).split())[:max_chars].strip()
+
+
+def query_parts(history, query: str, target: int) -> list[Part]:
+    """The parts of a ``seq_query`` sample (its text form; see :data:`QUERY_HISTORY`)."""
+    head: list[Part] = [("t", QUERY_HISTORY, False), *_history_parts(np.asarray(history, dtype=np.int64))] if len(history) else []
+    return [*head, ("t", QUERY_OPEN if head else QUERY_OPEN.lstrip("\n"), False), ("d", query, False),
+            ("t", QUERY_CLOSE, False), ("i", int(target), True)]
 
 
 def build_tasks(dataset: Dataset, cfg: TaskConfig | None = None) -> list[Sample]:
@@ -227,6 +292,32 @@ def build_tasks(dataset: Dataset, cfg: TaskConfig | None = None) -> list[Sample]
             out.append(Sample("item2title", t, [("t", head, False), ("i", int(i), False), ("t", tail, False), ("d", title, True)], -1, -1))
     if "query" in cfg.tasks:
         out.extend(_query_samples(dataset, cfg, rng, train_items, has_text))
+    if "seq_query" in cfg.tasks:
+        out.extend(_seq_query_samples(dataset, cfg, rng))
+    return out
+
+
+def _seq_query_samples(dataset: Dataset, cfg: TaskConfig, rng: np.random.Generator) -> list[Sample]:
+    """``seq_query``: every position of every training sequence (the first too: no history, a cold
+    user) -> the item at it, requested by its review of that interaction where there is one, else by
+    :func:`item_query` with a phrasing drawn from ``cfg.query_phrasings``. Positions whose item has
+    no request at all are skipped."""
+    reviews = None
+    if "review" in dataset.interactions.columns:
+        reviews = dataset.interactions["review"].fillna("").astype(str).to_numpy()
+    bounds = np.concatenate([[0], np.cumsum(dataset.lengths())])
+    out: list[Sample] = []
+    for u, s in enumerate(dataset.train_sequences()):
+        for pos in range(len(s)):
+            target = int(s[pos])
+            text = reviews[bounds[u] + pos] if reviews is not None else ""
+            if not text.strip():
+                phrasing = cfg.query_phrasings[int(rng.integers(len(cfg.query_phrasings)))]
+                text = item_query(dataset, target, phrasing, rng)
+            query = clean_query(text, cfg.max_review_chars)
+            if query:
+                hist = s[max(0, pos - cfg.max_history) : pos]
+                out.append(Sample("seq_query", 0, query_parts(hist, query, target), u, target))
     return out
 
 
@@ -248,7 +339,7 @@ def _query_samples(dataset: Dataset, cfg: TaskConfig, rng: np.random.Generator, 
             out.append(Sample("query-review", t, [("t", head, False), ("d", text, False), ("t", tail, False), ("i", int(items[r]), True)], int(users[r]), int(items[r])))
     if not out and has_text:
         for i in train_items:
-            q = _attribute_query(dataset, int(i))
+            q = attribute_query(dataset, int(i))
             if not q:
                 continue
             t = int(rng.integers(len(QUERY_ATTR_TEMPLATES)))
