@@ -4,8 +4,10 @@
   hold gets a fallback, marked in ``source`` and ``fallback_reason``: a decode on the fly when the
   server has the model and the user's history (within a time budget and a queue length), else the
   most popular items.
-- ``POST /recommendations`` with a history of item ids: decoded on the fly by the same path
-  (anonymous sessions, users whose cached list is stale); unknown item ids are a 422 naming them.
+- ``POST /recommendations`` with a history of item ids and/or a request in words (``query``, for a
+  model trained with the ``seq_query`` task): decoded on the fly by the same path (anonymous
+  sessions, users whose cached list is stale, cold users with a request); unknown item ids are a
+  422 naming them, and so is a request to a model that takes none.
 - ``POST /items`` (admin token): a new item's codes from the codebooks, persisted; the next
   ``genrec cache build`` decodes with it. ``GET /items/{item_id}``: an item and its codes.
 - ``/healthz``; ``/metrics`` (Prometheus text format).
@@ -32,10 +34,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from genrec.errors import GenrecError
+from genrec.llm.tasks import clean_query
 from genrec.serve.catalog import Catalog
 from genrec.serve.store import CacheStore, StoreError, decode_row
 
 MAX_BODY = 64 * 1024
+MAX_QUERY_CHARS = 1000  #: the longest request in words POST /recommendations takes (the model reads at most its own cut)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -57,7 +61,11 @@ class Recommendations(BaseModel):
 class HistoryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    history: list[str | int] = Field(min_length=1, max_length=1000, description="item ids, oldest first")
+    history: list[str | int] = Field(default_factory=list, max_length=1000,
+                                     description="item ids, oldest first (may be empty with a query: a cold user)")
+    query: str | None = Field(None, min_length=1, max_length=MAX_QUERY_CHARS,
+                              description="a request in words, e.g. 'a quiet mechanical keyboard' (a model trained with "
+                                          "the seq_query task; cut to the length it was trained on)")
     k: int = Field(10, ge=1, description="items wanted (at most the server's max k)")
     user_id: str | None = Field(None, max_length=200, description="a label echoed back (e.g. a session id)")
 
@@ -248,11 +256,16 @@ class Fallback(Exception):
     """No decoded list now; the reason goes to ``fallback_reason``."""
 
 
-def _rank(rec, history) -> tuple[list[int], list[float]]:
-    """The decoder's list for one history: (item positions, log-probabilities), best first."""
-    res = rec.rank_scored([history], rec.beams)
+def _rank(rec, history, query: str | None = None) -> tuple[list[int], list[float]]:
+    """The decoder's list for one history (and request): (item positions, log-probabilities), best first."""
+    res = rec.rank_scored([history], rec.beams) if query is None else rec.rank_scored([history], rec.beams, queries=[query])
     ok = res.items[0] >= 0
     return res.items[0][ok].tolist(), res.scores[0][ok].tolist()
+
+
+def _query_chars(rec) -> int | None:
+    """How long a request the decoder's model reads (None: it takes none)."""
+    return getattr(rec, "query_max_chars", None)
 
 
 class DecodeThread:
@@ -260,10 +273,11 @@ class DecodeThread:
 
     def __init__(self, rec, n_items: int):
         self.rec, self.n_items = rec, n_items
+        self.query_chars = _query_chars(rec)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
-    def submit(self, history) -> Future:
-        return self.pool.submit(_rank, self.rec, history)
+    def submit(self, history, query: str | None = None) -> Future:
+        return self.pool.submit(_rank, self.rec, history, query)
 
 
 _worker_rec = None  # in a DecodeProcess's child: its decoder
@@ -278,12 +292,12 @@ def _worker_load(model, index, data, store, beams, pop_alpha, precision=None) ->
                                precision=precision)
 
 
-def _worker_items() -> int:
-    return _worker_rec.index.n_items
+def _worker_items() -> tuple[int, int | None]:
+    return _worker_rec.index.n_items, _query_chars(_worker_rec)
 
 
-def _worker_rank(history) -> tuple[list[int], list[float]]:
-    return _rank(_worker_rec, history)
+def _worker_rank(history, query: str | None = None) -> tuple[list[int], list[float]]:
+    return _rank(_worker_rec, history, query)
 
 
 class DecodeProcess:
@@ -297,12 +311,12 @@ class DecodeProcess:
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_worker_load, initargs=(model, index, data, store, beams, pop_alpha, precision))
         try:
-            self.n_items = self.pool.submit(_worker_items).result()
+            self.n_items, self.query_chars = self.pool.submit(_worker_items).result()
         except BrokenProcessPool:
             raise GenrecError(f"{model}: the decoder process failed to load the model (its error is above)") from None
 
-    def submit(self, history) -> Future:
-        return self.pool.submit(_worker_rank, history)
+    def submit(self, history, query: str | None = None) -> Future:
+        return self.pool.submit(_worker_rank, history, query)
 
 
 class OnTheFly:
@@ -326,7 +340,7 @@ class OnTheFly:
             while len(self.done) > self.keep:
                 self.done.popitem(last=False)
 
-    async def get(self, key: tuple, history) -> tuple[list[str], list[float]]:
+    async def get(self, key: tuple, history, query: str | None = None) -> tuple[list[str], list[float]]:
         if key in self.done:
             return self.done[key]
         fut = self.pending.get(key)
@@ -334,7 +348,8 @@ class OnTheFly:
             if len(self.pending) >= self.max_pending:
                 raise Fallback(f"decode queue full ({len(self.pending)} decodes waiting)")
             try:
-                fut = asyncio.wrap_future(self.decoder.submit(history))
+                fut = asyncio.wrap_future(self.decoder.submit(history) if query is None
+                                          else self.decoder.submit(history, query))
             except Exception as e:  # noqa: BLE001 - e.g. the decoder process died: fall back, never a 500
                 raise Fallback(f"decoder unavailable ({type(e).__name__}: {e})") from None
             self.pending[key] = fut
@@ -398,11 +413,11 @@ def create_app(
     def popular_for(body: dict, reason: str, k: int) -> JSONResponse:
         return respond({**body, "source": "popular", "fallback_reason": reason}, popular, [None] * len(popular), k)
 
-    async def decoded_or_popular(body: dict, key: tuple, history, reason: str, k: int) -> JSONResponse:
-        """A decode of ``history`` on the fly, or the popular items with why."""
+    async def decoded_or_popular(body: dict, key: tuple, history, reason: str, k: int, query: str | None = None) -> JSONResponse:
+        """A decode of ``history`` (and ``query``) on the fly, or the popular items with why."""
         if fly is not None:
             try:
-                items, scores = await fly.get(key, history)
+                items, scores = await fly.get(key, history, query)
                 return respond({**body, "source": "decode"}, items, scores, k)
             except Fallback as e:
                 reason = f"{reason}; {e}"
@@ -432,10 +447,21 @@ def create_app(
         return await decoded_or_popular(body, ("user", user_id), history, "user not in the cache", k)
 
     @app.post("/recommendations", response_model=Recommendations, responses=err,
-              summary="Top-k recommendations after a given history (decoded on the fly)")
+              summary="Top-k recommendations after a given history and/or for a request in words (decoded on the fly)")
     async def recommendations_for(req: HistoryRequest):
         if req.k > max_k:
             return _error(422, f"k: at most {max_k}, got {req.k}")
+        query = None
+        if req.query is not None:
+            chars = getattr(fly.decoder, "query_chars", None) if fly is not None else MAX_QUERY_CHARS
+            if chars is None:
+                return _error(422, "query: this server's model was not trained to take a request in words (its corpus "
+                                   "has no seq_query task); send the history alone")
+            query = clean_query(req.query, chars)  # as the model reads it: the key of the decoded list too
+            if not query:
+                return _error(422, "query: a blank request (leave it out to recommend from the history alone)")
+        elif not req.history:
+            return _error(422, "history: at least one item id, or a query")
         ids = [str(i) for i in req.history]
         n_items = fly.n_items if fly is not None else len(catalog.ids)
         positions = [catalog.pos.get(i) for i in ids]
@@ -445,9 +471,10 @@ def create_app(
             return _error(422, f"history: unknown item ids {shown} (not among the {n_items} items served)")
         body = {"user_id": req.user_id or "anonymous", "k": req.k, "fallback_reason": None, "model_version": None,
                 "cache_version": None}
-        reason = "fresh history" if fly is not None else "no decoder on this server (start it with --decode)"
+        reason = ("fresh history" if query is None else "request in words") if fly is not None \
+            else "no decoder on this server (start it with --decode)"
         history = np.asarray(positions, dtype=np.int64)
-        return await decoded_or_popular(body, ("history", *positions), history, reason, req.k)
+        return await decoded_or_popular(body, ("history", query, *positions), history, reason, req.k, query)
 
     @app.get("/items/{item_id}", response_model=Item, responses=err, summary="An item and its codes")
     def get_item(item_id: str = Path(max_length=200)):
