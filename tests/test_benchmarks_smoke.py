@@ -206,6 +206,40 @@ def test_rerank_quality_smoke_run_compares_the_yes_no_ranker_with_code_likelihoo
     assert proc.returncode != 0 and "same test users" in proc.stderr
 
 
+def test_query_smoke_run_ranks_with_requests_built_from_the_targets_attributes(query_run, tmp_path):
+    from genrec.data.dataset import Dataset
+    from genrec.decode.recommender import GenerativeRecommender
+    from genrec.evaluate import Evaluator
+
+    bench("benchmarks/query.py", "--run", query_run, "--users", 12, "--beams", 6, "--batch", 4, "--rerank", 8,
+          "--device", "cpu", "--out", tmp_path)
+    r = json.loads((tmp_path / "query.json").read_text())
+    assert r["command"] == f"python benchmarks/query.py --run {query_run} --users 12 --beams 6 --batch 4 --rerank 8 " \
+                           f"--device cpu --out {tmp_path}"
+    assert [x["method"] for x in r["rows"]] == ["ours: history + query", "ours: query only (cold user)", "ours: history only",
+                                                 "BM25: query", "BM25: query only (cold user)",
+                                                 "BM25 top-8 reranked by history"]
+    assert r["users"] == 12 and r["query_max_chars"] == 300 and all(0 <= x["HR@10"] <= 1 for x in r["rows"])
+    assert all(x["NDCG@10"] <= x["HR@10"] for x in r["rows"])
+    ds = Dataset.load(query_run / "data")
+    evaluator = Evaluator(ds, ks=(10,), progress=False)
+    split = evaluator.split("test")
+    for e in r["examples"]:  # the request: the test target's leaf category and brand, written out here
+        item = ds.items.iloc[int(split.targets[e["user"]])]
+        assert e["query"] == f"a {item['categories'].split(',')[-1].strip().lower()} item by {item['brand']}"
+    # the history-only row is what the shared evaluator gives the same users (the same seeded sample)
+    pool = np.flatnonzero(split.targets >= 0)
+    users = np.sort(np.random.default_rng(0).choice(pool, size=12, replace=False))
+    assert [e["user"] for e in r["examples"]] == users[:3].tolist()
+    rec = GenerativeRecommender.load(query_run / "model", query_run / "index", device="cpu", beams=6, batch_users=4,
+                                     exclude_history=evaluator.mask_history)
+    m = evaluator.evaluate(rec, stage="test", users=users).metrics
+    hist_only = r["rows"][2]
+    assert hist_only["HR@10"] == pytest.approx(m["HR@10"], abs=1e-5)
+    assert hist_only["NDCG@10"] == pytest.approx(m["NDCG@10"], abs=1e-5)
+    assert (tmp_path / "query.md").read_text().count("| ours: ") == 3
+
+
 # ------------------------------------------------------------------------------------ runners
 
 
