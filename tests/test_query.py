@@ -266,3 +266,28 @@ def test_bm25_by_hand_on_three_documents():
     assert bm.rank(["red apple"], 3).tolist() == [[2, 0, 1]]
     assert bm.rank(["red apple"], 3, exclude=[[0]]).tolist() == [[2, 1, -1]]
     assert bm.rank(["banana"], 2).tolist() == [[0, 1]]  # no match: a full list still, by item index
+
+
+def test_the_decoder_process_of_serve_decode_takes_a_request(query_run, tmp_path):
+    """`genrec serve --decode` decodes in a child process (DecodeProcess): it reports that its model
+    takes requests and decodes one to the in-process decoder's list."""
+    from genrec.serve.app import DecodeProcess
+    from genrec.serve.cache import load_decoder
+    from genrec.serve.catalog import Catalog
+    from genrec.serve.store import open_store
+
+    store = open_store(tmp_path / "c.db")
+    catalog = Catalog(query_run / "index", query_run / "data", store)
+    proc = DecodeProcess(query_run / "model", query_run / "index", query_run / "data", str(tmp_path / "c.db"), beams=6,
+                         pop_alpha=0.0)
+    try:
+        assert (proc.n_items, proc.query_chars) == (len(catalog.ids), 300)
+        rec = load_decoder(query_run / "model", catalog, beams=6, batch_users=1, device="cpu")
+        for history, query in (([0, 3], "a camera lens"), ([], "tripod"), ([0, 3], None)):
+            positions, scores = proc.submit(np.array(history, dtype=np.int64), query).result(timeout=120)
+            res = rec.rank_scored([np.array(history, dtype=np.int64)], 6, queries=None if query is None else [query])
+            ok = res.items[0] >= 0
+            assert positions == res.items[0][ok].tolist()
+            np.testing.assert_allclose(scores, res.scores[0][ok], rtol=1e-5, atol=1e-5)
+    finally:
+        proc.pool.shutdown()
