@@ -429,6 +429,43 @@ def index_assign(
     typer.echo(f"assigned {len(rows)} new items ({ms:.2f} ms each){'; wrote ' + str(out) if out else ''}", err=True)
 
 
+# -- tags ------------------------------------------------------------------------------
+tags_app = typer.Typer(help="LLM-written keyword tags for items with a short description.", no_args_is_help=True)
+app.add_typer(tags_app, name="tags")
+
+
+@tags_app.command("generate")
+def tags_generate(
+    data: Annotated[Path, typer.Option("--data", "-d", help="prepared dataset folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="write {item_id: tags} of the tagged items here (JSON)")],
+    backbone: Annotated[str, typer.Option(help="the instruct LLM: default, a folder, a .gguf or a hub id")] = "default",
+    min_description: Annotated[int, typer.Option(help="tag the items whose description is shorter (characters)")] = 50,
+    batch: Annotated[int, typer.Option(help="prompts per generate call")] = 16,
+    max_tags: Annotated[int, typer.Option(help="tags kept per item")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens generated per item")] = 32,
+    cache: Annotated[Path | None, typer.Option(help="the tag cache folder (default $GENREC_CACHE/tags)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, fp32 or bf16")] = "auto",
+) -> None:
+    """Generate tags for the items with little description (greedy, batched, cached by content hash:
+    a rerun generates only for new or changed items, a killed run resumes). A run config's ``tags``
+    section does the same inside `genrec run` and puts the tags into the item text."""
+    from genrec.data.dataset import Dataset
+    from genrec.llm.config import TagsConfig
+    from genrec.llm.tags import item_tags, write_tags_file
+
+    cfg = _validated(TagsConfig, {"backbone": backbone, "min_description": min_description, "batch_size": batch,
+                                  "max_tags": max_tags, "max_new_tokens": max_new_tokens, "device": device, "dtype": dtype,
+                                  "cache": str(cache) if cache is not None else None}, "tags")
+    items = Dataset.load(data).items
+    tags, s = item_tags(items, cfg)
+    write_tags_file(out, items, tags)
+    typer.echo(f"{s['eligible']:,} of {s['items']:,} items have a description under {min_description} characters: "
+               f"{s['generated']:,} generated, {s['reused']:,} reused, {s['seconds']:.1f}s generating"
+               + (f" (+{s['load_seconds']:.1f}s loading)" if "load_seconds" in s else ""))
+    typer.echo(f"{s['tagged']:,} items tagged; wrote {out} (cache {s['cache_file']})")
+
+
 # -- tasks and train -------------------------------------------------------------------
 tasks_app = typer.Typer(help="Alignment tasks: the fine-tuning corpus.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")

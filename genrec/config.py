@@ -18,7 +18,7 @@ from genrec.data.preprocess import PrepareConfig
 from genrec.data.synth import SynthConfig
 from genrec.errors import DataError, GenrecError
 from genrec.index.configs import CONFIGS as INDEX_CONFIGS
-from genrec.llm.config import LLMTrainConfig
+from genrec.llm.config import LLMTrainConfig, TagsConfig
 from genrec.llm.tasks import TaskConfig
 from genrec.registry import EMBEDDING_MODELS
 from genrec.registry import SPECS as BASELINE_SPECS
@@ -120,6 +120,9 @@ class RunConfig(BaseModel):
     )
 
     backbone: str = Field("default", description="LLM for item text, tasks and fine-tuning: default, a folder, a .gguf or a hub id")
+    tags: TagsConfig | None = Field(None, description="LLM-written keyword tags for items with a short description, "
+                                    "added to the item text that the text stage, the index, the tasks and the "
+                                    "text-reading baselines read (genrec.llm.tags); unset: the plain item text")
     cf: CFSection | None = Field(None, description="behaviour embeddings for the index (when the indexer needs them)")
     index: IndexSection | None = None
     tasks: TaskConfig | None = None

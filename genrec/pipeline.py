@@ -10,6 +10,7 @@ from genrec.artifacts import StageResult
 from genrec.config import CFSection, RunConfig
 from genrec.data.dataset import Dataset
 from genrec.errors import GenrecError
+from genrec.registry import READS_ITEM_TEXT
 from genrec.stages import (
     stage_baseline,
     stage_cache,
@@ -19,6 +20,7 @@ from genrec.stages import (
     stage_evaluate,
     stage_index,
     stage_synth,
+    stage_tags,
     stage_tasks,
     stage_text,
     stage_train,
@@ -26,14 +28,22 @@ from genrec.stages import (
 )
 
 
+def item_text_data(cfg: RunConfig, run_dir: Path) -> Path:
+    """The prepared dataset the stages that read item text read: the tags stage's (``data-tags``)
+    when the config has a ``tags`` section, else the data stage's."""
+    return run_dir / ("data-tags" if cfg.tags is not None else "data")
+
+
 def run_baselines(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, StageResult], None]) -> None:
     """The baseline stages of ``cfg.baselines``, in order. ``cllm4rec-emb`` without a ``source`` reads the
-    run's ``cllm4rec`` baseline (fitted first when the list does not hold it before)."""
+    run's ``cllm4rec`` baseline (fitted first when the list does not hold it before). The baselines that
+    read item text (``READS_ITEM_TEXT``) read :func:`item_text_data`."""
     fitted: dict[str, StageResult] = {}
 
     def baseline(name: str, params: dict | None, inputs: dict | None = None) -> StageResult:
         if name not in fitted:
-            fitted[name] = stage_baseline(run_dir / "data", run_dir / "baselines" / name, name, cfg.evaluate,
+            data = item_text_data(cfg, run_dir) if name in READS_ITEM_TEXT else run_dir / "data"
+            fitted[name] = stage_baseline(data, run_dir / "baselines" / name, name, cfg.evaluate,
                                           seed=cfg.seed, params=params, inputs=inputs, force=force)
             note(f"baseline:{name}", fitted[name])
         return fitted[name]
@@ -69,6 +79,8 @@ def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print
         source, fmt = res.path, "tabular"
     res = stage_data(source, run_dir / "data", cfg.data.prepare, format=fmt, options=cfg.data.options, force=force)
     note("data", res)
+    if cfg.tags is not None:
+        note("tags", stage_tags(res.path, item_text_data(cfg, run_dir), cfg.tags, force=force))
     if until in ("index", "tasks", "train"):
         llm_stages(cfg, run_dir, force, note, until, stop_after, progress)
         return done
@@ -79,14 +91,16 @@ def run(cfg: RunConfig, force: bool = False, echo: Callable[[str], None] = print
 
 def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, StageResult], None],
                until: str | None = None, stop_after: int | None = None, progress: bool = True) -> None:
-    """cf -> text -> index -> tasks -> train, as far as the config has sections (and ``until`` allows)."""
+    """cf -> text -> index -> tasks -> train, as far as the config has sections (and ``until`` allows).
+    The text, index and tasks stages read the item text of :func:`item_text_data`; the others, which
+    read interactions only, the data stage's folder."""
     if cfg.index is None:
         if until is not None:
             raise GenrecError(f"the config has no index section: nothing to build up to {until!r}")
         return
     from genrec.index.stage import NEEDS_LLM, needs_behaviour
 
-    data = run_dir / "data"
+    data, text_data = run_dir / "data", item_text_data(cfg, run_dir)
     emb = None
     if needs_behaviour(cfg.index.method, cfg.index.config):
         cf = cfg.cf or CFSection()
@@ -96,21 +110,21 @@ def llm_stages(cfg: RunConfig, run_dir: Path, force: bool, note: Callable[[str, 
     text = index_text = None
     layers = cfg.index.text_layers if cfg.index.method in NEEDS_LLM else None
     if (cfg.index.method in NEEDS_LLM and not layers) or (cfg.train is not None and cfg.train.code_init == "text"):
-        res = stage_text(data, run_dir / "text", cfg.backbone, force=force)  # the mean input-layer embedding
+        res = stage_text(text_data, run_dir / "text", cfg.backbone, force=force)  # the mean input-layer embedding
         note("text", res)
         text = index_text = res.path
     if layers:  # the index's text vectors from deeper in the backbone, a folder of their own
-        res = stage_text(data, run_dir / f"text-l{layers}", cfg.backbone, layers=layers, force=force)
+        res = stage_text(text_data, run_dir / f"text-l{layers}", cfg.backbone, layers=layers, force=force)
         note(f"text:l{layers}", res)
         index_text = res.path
-    res = stage_index(data, run_dir / "index", cfg.index, embeddings=emb,
+    res = stage_index(text_data, run_dir / "index", cfg.index, embeddings=emb,
                       text=index_text if cfg.index.method in NEEDS_LLM else None, seed=cfg.seed, force=force)
     note(f"index:{cfg.index.method}", res)
     if until == "index" or cfg.tasks is None:
         if until in ("tasks", "train"):
             raise GenrecError("the config has no tasks section")
         return
-    res = stage_tasks(data, run_dir / "index", run_dir / "tasks", cfg.tasks, backbone=cfg.backbone, force=force)
+    res = stage_tasks(text_data, run_dir / "index", run_dir / "tasks", cfg.tasks, backbone=cfg.backbone, force=force)
     note("tasks", res)
     if until == "tasks" or cfg.train is None:
         if until == "train":

@@ -31,6 +31,9 @@ SPECS: dict[str, Spec] = {
     "sasrec-llm": Spec("genrec.llm.sasrec_llm:SASRecLLMBaseline", SASRecLLMConfig),
 }
 
+#: the baselines that read item text: with a run's ``tags`` section they read the tagged dataset
+READS_ITEM_TEXT = ("sasrec-llm", "cllm4rec")
+
 #: behaviour model of the cf stage -> the baseline it trains (its class, model and trainer settings)
 EMBEDDING_MODELS: dict[str, str] = {
     "dccf": "dccf",

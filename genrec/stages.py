@@ -46,6 +46,7 @@ __all__ = [
     "stage_evaluate",
     "stage_index",
     "stage_synth",
+    "stage_tags",
     "stage_tasks",
     "stage_text",
     "stage_train",
@@ -87,6 +88,36 @@ def stage_data(
 
     config = {"format": format, "options": options, "prepare": prepare.model_dump()}
     return run_stage(out, "data", config, {"source": source}, build, force)
+
+
+def stage_tags(data: Path, out: Path, cfg, *, force: bool = False, generator=None) -> StageResult:
+    """The prepared dataset ``data`` with LLM-written keyword tags in the descriptions of its items whose
+    description is short (``cfg``: a :class:`genrec.llm.config.TagsConfig`; see :mod:`genrec.llm.tags`):
+    ``out`` is a prepared dataset like ``data`` (users and interactions as they were) whose tagged items'
+    description is ``"<description> Tags: <tags>"``, plus ``tags.json`` ({item_id: tags}). The stages
+    that read item text read it in place of ``data``. Generations are cached by content hash outside
+    the artifact, so a killed stage resumes and a rebuild generates only for new or changed text.
+    The batch size, device and cache folder stay out of the config: they do not change the tags.
+    ``generator``: a callable in place of the backbone (tests)."""
+    from genrec.llm.tags import (
+        CLEAN_VERSION,
+        PROMPT_VERSION,
+        TAGS_FILE,
+        item_tags,
+        with_tags,
+        write_tags_file,
+    )
+
+    config = {**cfg.model_dump(exclude={"batch_size", "device", "cache"}), "prompt": PROMPT_VERSION, "clean": CLEAN_VERSION}
+
+    def build(tmp: Path) -> dict:
+        ds = Dataset.load(data)
+        tags, stats = item_tags(ds.items, cfg, generator)
+        Dataset(with_tags(ds.items, tags), ds.user_ids, ds.interactions, {**ds.meta, "tags": config}).save(tmp)
+        write_tags_file(tmp / TAGS_FILE, ds.items, tags)
+        return stats
+
+    return run_stage(out, "tags", config, {"data": data}, build, force)
 
 
 # -- models: baselines and cf -----------------------------------------------------------------------

@@ -199,3 +199,22 @@ class TallrecConfig(BaseModel):
     train: LLMTrainConfig = Field(default_factory=LLMTrainConfig,
                                   description="the fine-tuning settings (the shared trainer's train section; LoRA by "
                                               "default)")
+
+
+class TagsConfig(BaseModel):
+    """LLM-generated keyword tags for items with little description (:mod:`genrec.llm.tags`; the
+    ``tags`` section of a run config): the instruct backbone writes them, greedy, and they join the
+    item text every later stage reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field("default", description="the instruct LLM that writes the tags (default: SmolLM2-135M-Instruct)")
+    min_description: int = Field(50, ge=1, description="items whose description is shorter than this many characters "
+                                                       "get tags; the others are left alone")
+    max_tags: int = Field(8, ge=1, description="tags kept per item (asked for in the prompt too)")
+    max_new_tokens: int = Field(32, ge=1, description="tokens generated per item")
+    max_input_tokens: int = Field(64, ge=1, description="tokens of an item's title and description in the prompt")
+    dtype: str = Field("auto", description="the backbone's dtype (auto: bf16 where the device computes it natively)")
+    batch_size: int = Field(16, ge=1, description="prompts per generate call (left padded)")
+    device: str = Field("auto", description="auto, cpu, cuda, ...")
+    cache: str | None = Field(None, description="the tag cache folder; None: $GENREC_CACHE/tags (~/.cache/genrec/tags)")

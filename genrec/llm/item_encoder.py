@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,12 +30,9 @@ import torch
 
 from genrec.artifacts import atomic_file
 from genrec.errors import DataError
+from genrec.llm.textcache import cache_root, fill
 
 EmbedFn = Callable[[list[str]], np.ndarray]
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def encoder_key(backbone: str, layers: int | None, max_tokens: int, dtype: str) -> str:
@@ -48,7 +44,7 @@ def encoder_key(backbone: str, layers: int | None, max_tokens: int, dtype: str) 
 
 def default_cache_dir() -> Path:
     """``$GENREC_CACHE/item-encoder``, by default ``~/.cache/genrec/item-encoder``."""
-    return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec")) / "item-encoder"
+    return cache_root() / "item-encoder"
 
 
 def read_cache(path: Path) -> dict[str, np.ndarray]:
@@ -80,24 +76,20 @@ def cached_embeddings(texts: Sequence[str], embed: EmbedFn, cache_file: Path | N
     cache as it comes (a killed build resumes). Returns (vectors, stats: encoded, reused, seconds of
     encoding)."""
     table = read_cache(cache_file) if cache_file is not None else {}
-    keys = [text_hash(t) for t in texts]
-    todo = list(dict.fromkeys(k for k in keys if k not in table))
-    first = {k: t for k, t in zip(keys, texts, strict=True)}
-    t0 = time.perf_counter()
-    for lo in range(0, len(todo), chunk):
-        part = todo[lo : lo + chunk]
-        new = np.asarray(embed([first[k] for k in part]), dtype=np.float32)
+
+    def encode(part: list[str]) -> np.ndarray:
+        new = np.asarray(embed(part), dtype=np.float32)
         if new.ndim != 2 or new.shape[0] != len(part):
             raise ValueError(f"the encoder returned shape {new.shape} for {len(part)} texts")
         if table and new.shape[1] != next(iter(table.values())).shape[0]:
             raise DataError(cache_file, None, f"cached vectors of size {next(iter(table.values())).shape[0]}, "
                                               f"the encoder gives {new.shape[1]}: another encoder's cache")
-        table.update(zip(part, new, strict=True))
-        if cache_file is not None:
-            write_cache(cache_file, table)
-    seconds = time.perf_counter() - t0
+        return new
+
+    save = (lambda t: write_cache(cache_file, t)) if cache_file is not None else None
+    keys, stats = fill(texts, encode, table, save, chunk)
     out = np.stack([table[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
-    return out, {"encoded": len(todo), "reused": len(set(keys)) - len(todo), "seconds": round(seconds, 3)}
+    return out, {"encoded": stats["computed"], "reused": stats["reused"], "seconds": stats["seconds"]}
 
 
 class BackboneEncoder:
