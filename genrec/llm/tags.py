@@ -10,7 +10,8 @@ items whose description is missing or short, and the tags join the item text the
   control or code token. Without a chat template, the same in plain text.
 - **Generation.** Greedy, ``max_new_tokens`` at most, several prompts per ``generate`` call (left
   padded, similar lengths together), stopped at the end-of-turn token; decoded without special
-  tokens.
+  tokens. A generation the token limit cut off loses its last comma-separated piece, a tag
+  likely cut mid-word.
 - **Cleaning** (:func:`clean_tags`). Anything written like a token (``<...>`` without spaces) is
   cut out and ``<``, ``>``, ``|`` removed, so the tags can never carry control or code tokens, even
   as text; then lower case, split on commas, semicolons and line ends, list markers and edge
@@ -42,7 +43,7 @@ from genrec.llm.config import TagsConfig
 from genrec.llm.textcache import cache_root, fill, text_hash
 
 #: what the cached generations are a function of besides the settings: change it with the prompt
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 #: what a tags artifact is a function of besides the generations: change it with the cleaning
 CLEAN_VERSION = 1
 SYSTEM = "You write short keyword tags for products in an online shop."
@@ -156,7 +157,10 @@ class TagGenerator:
         for lo in range(0, len(order), self.cfg.batch_size):
             rows = order[lo : lo + self.cfg.batch_size]
             for i, ids in zip(rows, self.greedy([prompts[i] for i in rows]), strict=True):
-                out[i] = self.tok.decode(ids, skip_special_tokens=True)
+                text = self.tok.decode(ids, skip_special_tokens=True)
+                if len(ids) >= self.cfg.max_new_tokens and "," in text:  # cut off by the limit: drop the last,
+                    text = text[: text.rfind(",")]                          # likely unfinished tag
+                out[i] = text
         return out
 
     def greedy(self, prompts: list[list[int]]) -> list[list[int]]:
