@@ -99,8 +99,10 @@ def tiny_backbone(real_tokenizer, tmp_path_factory):
 @pytest.fixture(scope="session")
 def recipe_run(tiny_backbone, tmp_path_factory):
     """A finished `genrec run` of the recipe of configs/scientific.yaml on a tiny synthetic shop (codes prompt, trie
-    softmax, a 1-layer cut of the tiny backbone, SASRec-CE distillation): the run folder, with its config
-    beside it as ``run.yaml``. Read-only for the tests that share it."""
+    softmax, a 1-layer cut of the tiny backbone, SASRec-CE distillation), with a two-level code index in place of
+    the recipe's cluster-then-item levels, so the new-item tests that share it have codebooks for every level
+    (the item level is run end to end in tests/test_recipe.py): the run folder, with its config beside it as
+    ``run.yaml``. Read-only for the tests that share it."""
     import yaml
 
     from genrec.cli import main
