@@ -65,8 +65,8 @@ class IndexSection(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description="indexer settings (genrec.index.configs), "
                                                                      "e.g. {levels: 4}")
     id_level: bool = Field(False, description="add a last level that is each item's own token (one new token per "
-                           "item): the codes narrow the choice, the last token names the item; new items then need "
-                           "retraining")
+                           "item): the codes narrow the choice, the last token names the item; a new item gets its "
+                           "cluster from the codebooks and an own token scored by the sibling back-off")
     text_layers: int | None = Field(None, ge=1, description="the items' text embeddings (LLM alignment, new items) "
                                     "from the backbone's first N decoder layers, mean-pooled; unset: the mean "
                                     "input-layer embedding (benchmarks/text_encoder.py compares the depths)")

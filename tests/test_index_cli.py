@@ -88,7 +88,11 @@ def test_text_layers_index_embeds_new_items_at_its_depth(cli, prepared, tiny_bac
     assert row["source"] == "text" and row["codes"] == [int(c) for c in want[0]]
 
 
-def test_id_level_index_builds_and_refuses_new_items(cli, prepared, tiny_backbone, tmp_path):
+def test_id_level_index_builds_and_assigns_new_items_their_cluster_and_a_new_own_token(cli, prepared, tiny_backbone,
+                                                                                       tmp_path):
+    """An id-level index: every item is <a_cluster><b_item>. `genrec index assign` gives a new item the
+    cluster code the codebooks give its behaviour vector and the next own code (the catalogue's size,
+    then the next): with a catalogue item's own behaviour vector, that item's cluster."""
     root, ds = prepared
     out = tmp_path / "align-id"
     code, stdout, err = cli("index", "build", "--method", "alignment", "--data", root / "data", "--embeddings",
@@ -98,10 +102,31 @@ def test_id_level_index_builds_and_refuses_new_items(cli, prepared, tiny_backbon
     codes = np.load(out / "codes.npy")
     assert codes.shape == (ds.n_items, 2) and codes[:, 1].tolist() == list(range(ds.n_items))
     assert codes[:, 0].max() < 8
+    emb = np.load(root / "emb.npy")
     new = tmp_path / "new.jsonl"
-    new.write_text(json.dumps({"item_id": "n1", "title": "x", "neighbours": ds.items["item_id"].tolist()[:2]}) + "\n")
+    rows = [{"item_id": f"n{k}", "title": "x", "embedding": emb[i].tolist()} for k, i in enumerate((5, 5, 17))]
+    rows.append({"item_id": "n3", "title": "x", "neighbours": ds.items["item_id"].tolist()[:2]})
+    new.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, _, err = cli("index", "assign", out, new, "--out", tmp_path / "codes.jsonl")
-    assert code == 2 and "id_level" in err and "retrain" in err and not (tmp_path / "codes.jsonl").exists()
+    assert code == 0, err
+    got = [json.loads(line) for line in (tmp_path / "codes.jsonl").read_text().splitlines()]
+    n = ds.n_items
+    assert [g["codes"][1] for g in got] == [n, n + 1, n + 2, n + 3]  # a new own token each, past the catalogue's
+    assert [g["codes"][0] for g in got[:3]] == [codes[5, 0], codes[5, 0], codes[17, 0]]  # the same vector: same cluster
+    assert got[0]["item_string"] == f"<a_{codes[5, 0]}><b_{n}>" and 0 <= got[3]["codes"][0] < 8
+    assert len({tuple(g["codes"]) for g in got} | {tuple(c) for c in codes.tolist()}) == n + 4
+    assert [g["source"] for g in got] == ["behaviour"] * 3 + ["neighbours"]
+
+
+def test_assign_on_an_index_that_cannot_encode_is_a_clear_error(cli, prepared, tmp_path):
+    root, ds = prepared
+    out = tmp_path / "cid"
+    code, _, err = cli("index", "build", "--method", "cid", "--data", root / "data", "--out", out)
+    assert code == 0, err
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"item_id": "n1", "title": "x"}) + "\n")
+    code, _, err = cli("index", "assign", out, new, "--out", tmp_path / "codes.jsonl")
+    assert code == 2 and "cid index cannot give new items codes" in err and not (tmp_path / "codes.jsonl").exists()
 
 
 @pytest.mark.parametrize("method", ["cid", "tid", "rid", "iid"])

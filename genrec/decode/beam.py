@@ -127,21 +127,35 @@ class TrieTensors:
         return cls(t(trie.child_ptr), t(trie.child_token), t(trie.child_node), t(trie.item), trie.max_depth, cold, prior)
 
 
-def _backoff(tt: TrieTensors, beam: torch.Tensor, edge: torch.Tensor, logp: torch.Tensor, n_beams: int) -> torch.Tensor:
+def _backoff(tt: TrieTensors, beam: torch.Tensor, edge: torch.Tensor, logp: torch.Tensor, n_beams: int,
+             renorm: bool = False) -> torch.Tensor:
     """Token log-probabilities with cold edges (leading only to items added after training) scored
     as the mean probability of the same beam's warm edges: the model has never written a cold
-    item's last codes after this prefix, so its own probability for them says little. A beam
-    without warm edges keeps the model's values."""
+    item's last codes after this prefix, so its own probability for them says little. With
+    ``renorm`` (a trie-softmax model) each beam's step is first renormalised over its warm edges, so
+    a cold edge scores the mean of its warm siblings' renormalised probabilities and the warm edges
+    keep exactly the scores they have without the added items.
+
+    A beam without warm edges (every item under it was added) keeps the model's values,
+    renormalised over all its edges; an edge the model has no value for (-inf: the own token of an
+    item added to an id-level index, which has no model row) gets an even share of the beam."""
     if tt.cold is None:
-        return logp
+        return _renormalize(logp, beam, n_beams) if renorm else logp
     cold = tt.cold[tt.node[edge]]
     if not bool(cold.any()):
-        return logp
+        return _renormalize(logp, beam, n_beams) if renorm else logp
+    zeros = lambda: torch.zeros(n_beams, dtype=logp.dtype, device=logp.device)  # noqa: E731
     warm = (~cold).to(logp.dtype)
-    mass = torch.zeros(n_beams, dtype=logp.dtype, device=logp.device).index_add_(0, beam, logp.exp() * warm)
-    count = torch.zeros(n_beams, dtype=logp.dtype, device=logp.device).index_add_(0, beam, warm)
+    count = zeros().index_add_(0, beam, warm)
+    orphan = count[beam] == 0  # an edge of a beam without warm edges
+    if bool(orphan.any()):
+        edges = zeros().index_add_(0, beam, torch.ones_like(logp))
+        logp = torch.where(orphan & torch.isneginf(logp), -torch.log(edges[beam]), logp)
+    if renorm:
+        logp = _renormalize(logp, beam, n_beams, over=~cold | orphan)
+    mass = zeros().index_add_(0, beam, logp.exp() * warm)
     mean = torch.log(mass / count.clamp(min=1))
-    return torch.where(cold & (count[beam] > 0), mean[beam], logp)
+    return torch.where(cold & ~orphan, mean[beam], logp)
 
 
 @dataclass
@@ -163,14 +177,16 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _renormalize(logp: torch.Tensor, beam: torch.Tensor, n_beams: int) -> torch.Tensor:
-    """Candidate log-probabilities minus the log-sum-exp of their beam's candidates: each beam's
-    step becomes a distribution over its trie node's children."""
+def _renormalize(logp: torch.Tensor, beam: torch.Tensor, n_beams: int, over: torch.Tensor | None = None) -> torch.Tensor:
+    """Candidate log-probabilities minus the log-sum-exp of their beam's candidates (``over``: of
+    those of its candidates only): each beam's step becomes a distribution over its trie node's
+    children. A candidate at -inf stays there."""
+    use = logp if over is None else logp.masked_fill(~over, float("-inf"))
     top = torch.full((n_beams,), float("-inf"), dtype=logp.dtype, device=logp.device)
-    top = top.scatter_reduce(0, beam, logp, "amax")
+    top = top.scatter_reduce(0, beam, use, "amax")
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    mass = torch.zeros(n_beams, dtype=logp.dtype, device=logp.device).index_add_(0, beam, (logp - top[beam]).exp())
-    return logp - (top + mass.log())[beam]
+    mass = torch.zeros(n_beams, dtype=logp.dtype, device=logp.device).index_add_(0, beam, (use - top[beam]).exp())
+    return torch.where(torch.isneginf(logp), logp, logp - (top + mass.log())[beam])
 
 
 def _expand(trie: TrieTensors, nodes: torch.Tensor, alive: torch.Tensor):
@@ -319,10 +335,12 @@ class _Steps:
 
 
 def _token_logp(decoder: Decoder, logp: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``logp[rows[i], column of tokens[i]]``; -inf for a token below the head's first column."""
+    """``logp[rows[i], column of tokens[i]]``; -inf for a token outside the head's columns (below
+    its first, or past the model's vocabulary: an item token added after training, which has no
+    row), and no such column is read."""
     col = tokens - decoder.first_token
-    out = logp[rows, col.clamp(min=0)]
-    return out if decoder.first_token == 0 else out.masked_fill(col < 0, float("-inf"))
+    outside = (col < 0) | (col >= logp.shape[-1])
+    return logp[rows, torch.where(outside, 0, col)].masked_fill(outside, float("-inf"))
 
 
 class _Found:
@@ -394,9 +412,8 @@ class _Search:
         next-token log-probabilities are ``logp[rows[i]]``."""
         tt = self.trie
         beam, edge = _expand(tt, nodes, alive)
-        lp = _backoff(tt, beam, edge, _token_logp(self.decoder, logp, rows[beam], tt.token[edge]), len(nodes))
-        if self.decoder.renorm:
-            lp = _renormalize(lp, beam, len(nodes))
+        lp = _backoff(tt, beam, edge, _token_logp(self.decoder, logp, rows[beam], tt.token[edge]), len(nodes),
+                      self.decoder.renorm)
         if self.pop_alpha:
             lp = lp - self.pop_alpha * tt.prior[edge]
         cand = scores[beam] + lp

@@ -30,7 +30,9 @@ class GenerativeRecommender:
                  pop_alpha: float = 0.0, popularity: np.ndarray | None = None, exclude_history: bool = False,
                  item_ids: list | None = None, precision: str | None = None, query_max_chars: int | None = None):
         """``cold_from``: items from this index on were added after training (their unseen last
-        codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`).
+        codes are scored by their trained siblings; see :func:`genrec.decode.beam._backoff`; on an
+        id-level index their own tokens have no model row: without ``cold_from`` they score -inf and
+        never come out).
         ``layout`` and ``prompt``: the sequential layout and prompt form ('chat', 'plain' or 'codes') the
         model was trained on, which fix the prompt (see :meth:`genrec.llm.encode.PromptFormat.seq_prompt`).
         ``pop_alpha`` with ``popularity`` (training interactions per item; items past its end count
@@ -69,6 +71,8 @@ class GenerativeRecommender:
         self._positions: dict | None = None
         self.model_dir: Path | None = None  # the folder the weights came from (load), which save_pretrained copies
         self.trie = TrieTensors.of(index.trie(self.fmt.items), self.decoder.device, cold, weight)
+        # items added to an id-level index after training: their own token has no model row to read
+        self.unreadable = {i for i, toks in enumerate(self.fmt.items) if max(toks) >= len(tokenizer)}
 
     @property
     def device(self):
@@ -229,6 +233,13 @@ class GenerativeRecommender:
         """Each history's prompt: the sequential task's, or with a request (``queries``) the
         ``seq_query`` task's (:meth:`genrec.llm.encode.PromptFormat.query_prompt`)."""
         queries = self.clean_queries(queries, len(histories))
+        for h in histories if self.unreadable else []:
+            bad = [int(i) for i in h if int(i) in self.unreadable]
+            if bad:
+                name = self.item_ids[bad[0]] if self.item_ids is not None else bad[0]
+                raise GenrecError(f"item {name!r} was added after training to an id-level index: the model has no row "
+                                  "for its own token, so it cannot read it in a history (it can recommend it). Leave "
+                                  "it out of the history, or retrain with it")
         return [self.fmt.seq_prompt([int(i) for i in h], 0, self.max_history, self.layout) if q is None
                 else self.fmt.query_prompt([int(i) for i in h], q, self.max_history)
                 for h, q in zip(histories, queries, strict=True)]
@@ -253,7 +264,9 @@ class GenerativeRecommender:
                     queries: list[str | None] | None = None) -> np.ndarray:
         """Log-probability of each given item's codes after each history's prompt (and request, see
         :meth:`prompts`), [U, K] for ``items`` [U, K] (-1 pads: -inf); the score beam search ranks
-        by. ``batch_users`` users at a time, grouped by prompt length."""
+        by, except for items added after training, which score by the model alone (no cold-item
+        back-off: -inf for an item added to an id-level index, whose own token has no model row).
+        ``batch_users`` users at a time, grouped by prompt length."""
         from genrec.decode.beam import score_sequences
         from genrec.llm.train import autocast
 

@@ -127,8 +127,9 @@ def with_id_level(index: ItemIndex) -> ItemIndex:
     narrow the choice; the last token is the item's identity, with an input and an output row of its
     own, as an ID-based sequential model has. The trie then offers, under each prefix, exactly the
     items of that prefix. The level goes on the indexer's codes before collision handling
-    (``raw_codes``), which the id level makes needless. New items cannot be encoded without retraining
-    (their token has no trained row)."""
+    (``raw_codes``), which the id level makes needless. An item added after training gets its
+    cluster codes from the codebooks and the next id (see :meth:`ItemIndex.extended`); its own token
+    has no trained row, so the decoder scores it by the cold-item back-off."""
     if index.codes is None:
         raise ValueError(f"the {index.method} index has no codes to add an item level to")
     n = index.n_items
@@ -169,6 +170,36 @@ class ItemIndex:
     @property
     def levels(self) -> int:
         return 0 if self.codes is None else int(self.codes.shape[1])
+
+    @property
+    def id_level(self) -> bool:
+        """Whether the last level is each item's own token (:func:`with_id_level`)."""
+        return bool(self.config.get("id_level"))
+
+    def extended(self, codes: np.ndarray) -> ItemIndex:
+        """This index with items added after training: ``codes`` [n_items + added, levels] holds the
+        trained items' tuples, then the added items'. The vocabulary (``new_tokens``, ``sizes``) stays
+        the trained one, so a model built from the extended index is the trained model.
+
+        On a plain index the added items' codes are old tokens. On an id-level index an added item's
+        last code is its own position (``n_items``, ``n_items + 1``, ...), one past the trained item
+        tokens: its token string (``<b_{position}>``) names a token the model never had, which
+        :func:`genrec.llm.encode.item_token_ids` maps past the vocabulary and the decoder scores by
+        the cold-item back-off (:func:`genrec.decode.beam._backoff`) without reading a model row."""
+        if self.codes is None:
+            raise ValueError(f"the {self.method} index has no codes to add items to")
+        codes = np.asarray(codes, dtype=np.int64)
+        n = self.n_items
+        if codes.ndim != 2 or codes.shape[1] != self.levels or len(codes) < n or (codes[:n] != self.codes).any():
+            raise ValueError(f"expected the {n} trained items' {self.levels}-level codes followed by the added items'")
+        shared = self.levels - 1 if self.id_level else self.levels  # the levels whose codes are trained tokens
+        added = codes[n:]
+        if ((added[:, :shared] < 0) | (added[:, :shared] >= np.asarray(self.sizes[:shared]))).any():
+            raise ValueError(f"an added item's codes are outside the index's code sizes {self.sizes[:shared]}")
+        if self.id_level and (added[:, -1] != np.arange(n, len(codes))).any():
+            raise ValueError("on an id-level index an added item's last code is its position (the next id)")
+        return ItemIndex(self.method, codes_to_strings(codes), list(self.new_tokens), codes, list(self.sizes),
+                         self.end_token, dict(self.stats), dict(self.config))
 
     @classmethod
     def from_codes(cls, method: str, codes: np.ndarray, sizes: list[int], **kw) -> ItemIndex:

@@ -24,6 +24,8 @@ NEEDS_LLM = {"alignment", "rqvae", "semid"}
 #: indexers that read behaviour embeddings from the cf stage
 NEEDS_BEHAVIOUR = {"alignment", "rqvae"}
 EMBEDDINGS_FILE = "item_embeddings.npy"
+#: indexers whose codebooks give new items codes (:func:`encode_new_item`)
+ENCODES_NEW_ITEMS = {"alignment", "rqvae", "semid"}
 
 
 def needs_behaviour(method: str, config: dict | None = None) -> bool:
@@ -100,21 +102,30 @@ def load_indexer(index_dir: Path):
     if manifest is None:
         raise DataError(index_dir, None, "expected a built index (manifest.json missing)")
     method = manifest["config"]["method"]
-    if manifest["config"].get("id_level"):
-        raise GenrecError(f"{index_dir}: this index gives every item a token of its own (id_level), which a new item "
-                          "would lack a trained row for: retrain to add items, or build the index without id_level")
+    if method not in ENCODES_NEW_ITEMS:
+        raise GenrecError(f"the {method} index cannot give new items codes: build the index with "
+                          f"{', '.join(sorted(ENCODES_NEW_ITEMS))} to add items without retraining")
+    if not (index_dir / "indexer").is_dir():
+        raise DataError(index_dir / "indexer", None, "expected the fitted indexer of the built index (rebuild the index)")
     indexer = INDEXERS[method].load(index_dir / "indexer")
-    if not hasattr(indexer, "encode"):
-        raise GenrecError(f"the {method} index cannot encode new items; use alignment or rqvae")
     return indexer, manifest
 
 
 def encode_new_item(indexer, row: dict, pos: dict[str, int], taken: set[tuple[int, ...]],
-                    text_embed: Callable[[pd.DataFrame], np.ndarray]) -> tuple[tuple[int, ...], str]:
+                    text_embed: Callable[[pd.DataFrame], np.ndarray],
+                    item_code: int | None = None) -> tuple[tuple[int, ...], str]:
     """Codes of one new item, unique against ``taken``, and what they came from: its behaviour
     ``embedding``, else its co-interacted catalogue items (``neighbours``, ids), else its text
     (``text_embed`` maps a title/description frame to LLM embeddings). Raises ValueError with
-    what was expected."""
+    what was expected.
+
+    ``item_code``: the index is id-level (:func:`genrec.index.base.with_id_level`) and this is the
+    item's own last code, its position among the items (see :meth:`ItemIndex.extended`); the
+    codebooks then give its cluster codes, the nearest ones as for the catalogue (the own code makes
+    the tuple unique: ``taken`` is not consulted)."""
+    if item_code is not None:
+        codes, source = encode_new_item(indexer, row, pos, set(), text_embed)
+        return (*codes, int(item_code)), source
 
     def text_embedding() -> np.ndarray | None:
         title, desc = str(row.get("title") or ""), str(row.get("description") or "")
@@ -155,7 +166,8 @@ def assign_new_items(index_dir: Path, new_items: Path,
                      embedder: Callable[[str | None, int | None], Callable[[pd.DataFrame], np.ndarray]]) -> list[dict]:
     """Codes for new items from a built index's codebooks, without retraining; returns one dict per
     item (item_id, codes, item_string, source). Items are encoded in file order, each unique
-    against the catalogue and the items before it. ``embedder(backbone, layers)``: a function of a
+    against the catalogue and the items before it (on an id-level index by its own last code: the
+    catalogue's size, then the next, ...). ``embedder(backbone, layers)``: a function of a
     title/description frame giving the LLM embeddings the index's text stage gave the catalogue
     (:class:`genrec.llm.backbone.TextEmbedder`), made when the first item needs it."""
     indexer, manifest = load_indexer(index_dir)
@@ -176,7 +188,7 @@ def assign_new_items(index_dir: Path, new_items: Path,
         if str(row["item_id"]) in pos:
             raise DataError(new_items, where, f"item {row['item_id']!r} is already in the catalogue")
         try:
-            t, source = encode_new_item(indexer, row, pos, taken, embed)
+            t, source = encode_new_item(indexer, row, pos, taken, embed, index.n_items + len(out) if index.id_level else None)
         except ValueError as e:
             raise DataError(new_items, where, str(e)) from None
         taken.add(t)

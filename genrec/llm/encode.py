@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from genrec.errors import GenrecError
 from genrec.index.base import ItemIndex
 from genrec.llm.backbone import text_ids
 from genrec.llm.tasks import QUERY_CLOSE, QUERY_OPEN, SEQ_TEMPLATES, Sample, query_parts
@@ -21,12 +22,27 @@ SYSTEM_PROMPT = "You are a recommender system. Items are written as codes."
 
 
 def item_token_ids(index: ItemIndex, tokenizer) -> list[list[int]]:
-    """Token ids of every item's identifier: its code tokens, or its text plus the end token."""
+    """Token ids of every item's identifier: its code tokens, or its text plus the end token.
+
+    An item added after training to an id-level index (:meth:`ItemIndex.extended`) has an item token
+    the vocabulary lacks: it gets the id ``len(tokenizer) + k`` for the k-th such token, past every
+    row of the model, which no model step reads or writes (the decoder backs its score off to its
+    trained siblings')."""
     if index.codes is not None and index.method != "iid":
         from genrec.index.base import code_token
 
         vocab = {t: i for t, i in zip(index.new_tokens, tokenizer.convert_tokens_to_ids(index.new_tokens), strict=True)}
-        return [[vocab[code_token(lv, int(c))] for lv, c in enumerate(row)] for row in index.codes]
+        last, trained = index.levels - 1, index.sizes[-1] if index.sizes else 0
+
+        def token(lv: int, c: int) -> int:
+            if index.id_level and lv == last and c >= trained:
+                return len(tokenizer) + c - trained
+            tid = vocab.get(code_token(lv, c))
+            if tid is None:
+                raise GenrecError(f"code {code_token(lv, c)} is not among the {index.method} index's tokens")
+            return tid
+
+        return [[token(lv, int(c)) for lv, c in enumerate(row)] for row in index.codes]
     if index.end_token is None:  # one token per item
         ids = tokenizer.convert_tokens_to_ids(index.item_strings)
         return [[i] for i in ids]

@@ -33,7 +33,7 @@ from fastapi import FastAPI, Header, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from genrec.errors import GenrecError
+from genrec.errors import DataError, GenrecError
 from genrec.llm.tasks import clean_query
 from genrec.serve.catalog import Catalog
 from genrec.serve.store import CacheStore, StoreError, decode_row
@@ -506,6 +506,10 @@ def create_app(
             return _error(409, f"item {item.item_id!r} already exists")
         except ValueError as e:
             return _error(422, str(e))
+        except DataError as e:  # the server's own index folder is broken or unreadable
+            return _error(503, f"the item was not added: the index cannot be read ({e})")
+        except GenrecError as e:  # e.g. an index whose codes cannot be given to new items
+            return _error(409, f"the item was not added: {e}")
         return JSONResponse(out, status_code=201)
 
     @app.get("/healthz", summary="Liveness and what is being served", responses={503: {"model": Error}})

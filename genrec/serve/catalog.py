@@ -1,7 +1,8 @@
 """What the service knows about items and users: the index's items plus those added while serving.
 
-New items get codes from the index's codebooks (no retraining), are persisted in the cache store,
-and join the trie the next cache build decodes with.
+New items get codes from the index's codebooks (no retraining; on an id-level index the cluster
+codes, then a new own token past the trained ones), are persisted in the cache store, and join the
+trie the next cache build decodes with.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ class Catalog:
 
     def _sync(self) -> None:
         for rec in self.store.new_items()[len(self.added):]:  # the store's order is the order of record
+            codes = tuple(rec["codes"])
+            if self.index.id_level:  # the own code is the item's position, which the store's order fixes
+                codes = (*codes[:-1], len(self.ids))
             self.added.append(rec)
             self.ids.append(rec["item_id"])
-            self.codes.append(tuple(rec["codes"]))
+            self.codes.append(codes)
         self.pos = {i: k for k, i in enumerate(self.ids)}
 
     # lookups ----------------------------------------------------------------------------
@@ -81,10 +85,11 @@ class Catalog:
         return [self.ids[i] for i in np.argsort(-counts, kind="stable")[:n]]
 
     def extended_index(self) -> ItemIndex:
-        """The index with the added items appended (same code vocabulary: their codes are old tokens)."""
+        """The index with the added items appended (:meth:`ItemIndex.extended`: the same code
+        vocabulary; on an id-level index each added item's own token lies past it)."""
         if not self.added:
             return self.index
-        return ItemIndex.from_codes(self.index.method, np.array(self.codes), self.index.sizes, config=self.index.config)
+        return self.index.extended(np.array(self.codes))
 
     # new items --------------------------------------------------------------------------
     def _text_embed(self, items, manifest: dict) -> np.ndarray:
@@ -98,8 +103,9 @@ class Catalog:
         return self._embedder(items)
 
     def add(self, row: dict) -> dict:
-        """Codes for a new item from the codebooks, persisted in the store. Raises ValueError
-        (bad or duplicate item) with what was expected."""
+        """Codes for a new item from the codebooks, persisted in the store (on an id-level index:
+        its cluster codes, then its own code, the item's position). Raises ValueError (bad item),
+        KeyError (a duplicate) or GenrecError (an index that cannot give new items codes)."""
         from genrec.index.stage import encode_new_item, load_indexer
 
         item_id = str(row["item_id"])
@@ -111,7 +117,8 @@ class Catalog:
             if item_id in self.pos:
                 raise KeyError(item_id)
             codes, source = encode_new_item(indexer, row, self.catalogue_pos, set(self.codes),
-                                            lambda items: self._text_embed(items, manifest))
+                                            lambda items: self._text_embed(items, manifest),
+                                            len(self.ids) if self.index.id_level else None)
             rec = {"item_id": item_id, "title": str(row.get("title") or ""), "description": str(row.get("description") or ""),
                    "codes": list(codes), "source": source, "added_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             added = self.store.add_item(item_id, rec)
