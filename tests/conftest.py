@@ -128,6 +128,35 @@ def recipe_run(tiny_backbone, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def idlevel_run(tiny_backbone, tmp_path_factory):
+    """A finished `genrec run` of the shipped index form (configs/scientific.yaml) on a tiny synthetic shop:
+    an alignment index of one cluster level (4 codes), then each item's own token; a trie-softmax full
+    fine-tune of a 1-layer cut of the tiny Llama; evaluated with beam 5. Read-only for the tests that share it."""
+    import yaml
+
+    from genrec.cli import main
+
+    root = tmp_path_factory.mktemp("idlevel")
+    cfg = {
+        "name": "idlevel", "run_dir": str(root / "run"), "seed": 0,
+        "data": {"source": "synth", "synth": {"n_users": 40, "n_items": 30, "seed": 3}, "prepare": {"kcore": 2}},
+        "baselines": [], "backbone": str(tiny_backbone),
+        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
+        "index": {"method": "alignment", "config": {"levels": 1, "codebook_size": 4, "epochs": 2, "progress": False},
+                  "id_level": True},
+        "tasks": {"tasks": ["seq"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
+        "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 3e-3,
+                  "code_init": "scaled", "untie_codes": True, "code_lr": 1e-2, "epochs": 2, "batch_size": 8,
+                  "save_every": 1000},
+        "decode": {"beams": 5, "batch_users": 8},
+    }
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
 def query_run(tiny_backbone, tmp_path_factory):
     """A finished `genrec run` of the recipe's prompt form with the ``seq_query`` task beside ``seq``
     (requests in words, the first position of each sequence with no history) on a tiny synthetic

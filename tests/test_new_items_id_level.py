@@ -20,30 +20,8 @@ ADMIN = {"Authorization": "Bearer s3cret"}
 
 
 @pytest.fixture(scope="module")
-def idrun(tmp_path_factory, tiny_backbone):
-    """The shipped index form on a tiny run: alignment with one cluster level (4 codes), then each
-    item's own token; a trie-softmax fine-tune of the tiny Llama (as configs/scientific.yaml)."""
-    import yaml
-
-    from genrec.cli import main
-
-    root = tmp_path_factory.mktemp("idnew")
-    cfg = {
-        "name": "idnew", "run_dir": str(root / "run"), "seed": 0,
-        "data": {"source": "synth", "synth": {"n_users": 40, "n_items": 30, "seed": 3}, "prepare": {"kcore": 2}},
-        "baselines": [], "backbone": str(tiny_backbone),
-        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
-        "index": {"method": "alignment", "config": {"levels": 1, "codebook_size": 4, "epochs": 2, "progress": False},
-                  "id_level": True},
-        "tasks": {"tasks": ["seq"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
-        "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 3e-3,
-                  "code_init": "scaled", "untie_codes": True, "code_lr": 1e-2, "epochs": 2, "batch_size": 8,
-                  "save_every": 1000},
-    }
-    path = root / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["train", "--config", str(path), "--no-progress"]) == 0
-    return root / "run"
+def idrun(idlevel_run):
+    return idlevel_run
 
 
 def catalog_with_new_items(run, store_path, rows):

@@ -121,34 +121,15 @@ def test_text_code_init_runs_through_the_pipeline(tiny_backbone, tmp_path):
     assert len({tuple(np.round(rows[t - n_old], 4)) for t in first}) == len(first)
 
 
-def test_the_item_level_recipe_trains_and_decodes_as_exhaustive_scoring(tiny_backbone, tmp_path):
+def test_the_item_level_recipe_trains_and_decodes_as_exhaustive_scoring(idlevel_run):
     """The shipped index form (configs/scientific.yaml): one cluster level, then each item's own token.
     `genrec run` trains and evaluates it; with a beam per item, the decoded lists are the exact ranking
     of every item by its teacher-forced log-probability (trie-renormalised at both levels)."""
-    import yaml
-
-    from genrec.cli import main
     from genrec.data.dataset import Dataset
     from genrec.decode.recommender import GenerativeRecommender
     from genrec.index.base import ItemIndex
 
-    cfg = {
-        "name": "idlevel", "run_dir": str(tmp_path / "run"), "seed": 0,
-        "data": {"source": "synth", "synth": {"n_users": 40, "n_items": 30, "seed": 3}, "prepare": {"kcore": 2}},
-        "baselines": [], "backbone": str(tiny_backbone),
-        "cf": {"model": "lightgcn", "dim": 8, "train": {"epochs": 2}},
-        "index": {"method": "alignment", "config": {"levels": 1, "codebook_size": 4, "epochs": 2, "progress": False},
-                  "id_level": True},
-        "tasks": {"tasks": ["seq"], "layout": "all_positions", "negatives_per_positive": 0, "prompt": "codes"},
-        "train": {"mode": "full", "train_text_rows": False, "softmax": "trie", "layers": 1, "dtype": "fp32", "lr": 3e-3,
-                  "code_init": "scaled", "untie_codes": True, "code_lr": 1e-2, "epochs": 2, "batch_size": 8,
-                  "save_every": 1000},
-        "decode": {"beams": 5, "batch_users": 8},
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(path), "--no-progress"]) == 0
-    run = tmp_path / "run"
+    run = idlevel_run
     idx = ItemIndex.load(run / "index")
     assert idx.codes.shape[1] == 2 and idx.codes[:, 1].tolist() == list(range(idx.n_items))
     assert 0 <= json.loads((run / "evaluate" / "metrics.json").read_text())["test"]["metrics"]["NDCG@10"] <= 1
