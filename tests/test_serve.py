@@ -169,48 +169,41 @@ def test_cache_build_equals_the_decoder_and_reruns_are_up_to_date(run, tmp_path,
     assert code == 0 and "up to date" in err
 
 
-def test_a_popularity_adjusted_cache_equals_the_adjusted_decoder_and_is_another_version(run, tmp_path, cli):
+def variant_cache_against_its_decoder(run, store, cli, args: list[str], setting: tuple[str, object], **decoder):
+    """Build the plain cache, then the one with ``args``: it is another version that names ``setting``, and
+    its first chunk of users (4, decoded together as the build batches them) holds the lists of a decoder
+    loaded with ``decoder``. Returns the variant's active version."""
     from genrec.data.dataset import Dataset
     from genrec.decode.recommender import GenerativeRecommender
 
-    assert build(run, tmp_path / "c.db", cli=cli)[0] == 0
-    plain = open_store(tmp_path / "c.db").active()["version"]
-    code, _, err = build(run, tmp_path / "c.db", "--pop-alpha", "1.0", cli=cli)
+    assert build(run, store, cli=cli)[0] == 0
+    plain = open_store(store).active()["version"]
+    code, _, err = build(run, store, *args, cli=cli)
     assert code == 0, err
-    st = open_store(tmp_path / "c.db")
-    assert st.active()["version"] != plain and st.active()["pop_alpha"] == 1.0
-    ds = Dataset.load(run / "data")
-    ids = json.loads((run / "index" / "item_ids.json").read_text())
-    rec = GenerativeRecommender.load(run / "model", run / "index", device="cpu", beams=10, batch_users=4, pop_alpha=1.0,
-                                     popularity=ds.item_popularity(), exclude_history=True)
-    rows = st.rows()
-    for u in (0, 5):
-        res = rec.rank_scored([ds.sequences[u]], 10)
-        assert decode_row(rows[ds.user_ids[u]])[0] == [ids[i] for i in res.items[0] if i >= 0]
-
-
-def test_an_int8_cache_equals_the_int8_decoder_and_is_another_version(run, tmp_path, cli):
-    from genrec.data.dataset import Dataset
-    from genrec.decode.recommender import GenerativeRecommender
-
-    assert build(run, tmp_path / "c.db", cli=cli)[0] == 0
-    plain = open_store(tmp_path / "c.db").active()["version"]
-    code, _, err = build(run, tmp_path / "c.db", "--precision", "int8", cli=cli)
-    assert code == 0, err
-    st = open_store(tmp_path / "c.db")
-    assert st.active()["version"] != plain and st.active()["precision"] == "int8"
+    st = open_store(store)
+    assert st.active()["version"] != plain and st.active()[setting[0]] == setting[1]
     ds = Dataset.load(run / "data")
     ids = json.loads((run / "index" / "item_ids.json").read_text())
     rec = GenerativeRecommender.load(run / "model", run / "index", device="cpu", beams=10, batch_users=4,
-                                     precision="int8", popularity=ds.item_popularity(), exclude_history=True)
+                                     popularity=ds.item_popularity(), exclude_history=True, **decoder)
     rows = st.rows()
-    # int8 quantises activations per batch, so its lists depend on the batch: decode the build's first chunk
     res = rec.rank_scored([ds.sequences[u] for u in range(4)], 10)
     for u in range(4):
         assert decode_row(rows[ds.user_ids[u]])[0] == [ids[i] for i in res.items[u] if i >= 0]
+    return st.active()["version"]
+
+
+def test_a_popularity_adjusted_cache_equals_the_adjusted_decoder_and_is_another_version(run, tmp_path, cli):
+    variant_cache_against_its_decoder(run, tmp_path / "c.db", cli, ["--pop-alpha", "1.0"], ("pop_alpha", 1.0),
+                                      pop_alpha=1.0)
+
+
+def test_an_int8_cache_equals_the_int8_decoder_and_is_another_version(run, tmp_path, cli):
+    # int8 quantises activations per batch, so its lists depend on the batch: the helper decodes the build's first chunk
+    version = variant_cache_against_its_decoder(run, tmp_path / "c.db", cli, ["--precision", "int8"],
+                                                ("precision", "int8"), precision="int8")
     code, _, err = build(run, tmp_path / "c.db", "--precision", "fp16", cli=cli)
-    assert code == 2 and "--precision 'fp16'" in err and open_store(tmp_path / "c.db").active()["version"] == \
-        st.active()["version"]
+    assert code == 2 and "--precision 'fp16'" in err and open_store(tmp_path / "c.db").active()["version"] == version
 
 
 def test_kill_9_during_cache_build_then_rerun_gives_the_uninterrupted_cache(run, tmp_path):
